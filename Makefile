@@ -1,0 +1,35 @@
+# The two commands of the README: `make run` and `make test`. Each creates .venv itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test unit lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,fast]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) deploy/devstack.py
+
+test: $(STAMP)
+	bash deploy/ensure-test-tools.sh
+	$(VENV)/bin/ruff check gateway portal tests deploy
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit tests/http
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gateway portal tests deploy
+	$(VENV)/bin/ruff format --check gateway portal tests deploy
+
+bench: $(STAMP)
+	bash deploy/ensure-test-tools.sh
+	$(PY) deploy/bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,65 @@
+"""create_app(config): the only place where authgate's parts are wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from gateway import authz
+from gateway.config import Config
+from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
+from gateway.rules import CompiledRules
+from gateway.secret_files import load_or_create_secret_lines
+from gateway.services import SERVICES, Services
+from gateway.session_service import SessionService
+from gateway.sessions import SessionCodec
+from gateway.store.sqlite import Store
+from portal import routes as portal_routes
+from portal.web import portal_base_path
+
+
+def session_keys(config: Config) -> tuple[str, ...]:
+    """Return the session signing keys, newest first (generated into data_dir when not configured)."""
+    if config.secrets.session_keys:
+        return config.secrets.session_keys
+    return tuple(load_or_create_secret_lines(config.storage.data_dir, "session_keys"))
+
+
+def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+    """Build the aiohttp application for a validated configuration."""
+    app = web.Application(client_max_size=64 * 1024)
+    keys = session_keys(config)
+    cfg = config.session
+    codec = SessionCodec(keys, max_age=max(cfg.expiration, cfg.remember_me))
+    rules = CompiledRules.from_config(config.access_control)
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        store = await Store.open(config.storage.database_path)
+        hasher = AsyncPasswordHasher(PasswordHasher(config.password), config.password.max_concurrent)
+        sessions = SessionService(store, codec, cfg, config.identity_headers, clock)
+        app[SERVICES] = Services(
+            config=config,
+            store=store,
+            sessions=sessions,
+            rules=rules,
+            passwords=hasher,
+            clock=clock,
+            csrf_keys=keys,
+        )
+        flusher = asyncio.create_task(sessions.run_flusher())
+        yield
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await sessions.flush_activity()
+        hasher.close()
+        await store.close()
+
+    app.cleanup_ctx.append(lifetime)
+    authz.add_routes(app)
+    portal_routes.add_routes(app, portal_base_path(config))
+    return app

@@ -1,0 +1,117 @@
+"""The forward-auth endpoints: translate proxy requests to a decision and back.
+
+/api/authz/forward-auth  Traefik and Caddy (X-Forwarded-*); unauthenticated
+                         browser navigation gets 302 to the portal, the rest 401.
+/api/authz/auth-request  nginx auth_request (X-Original-URL); always 401 with a
+                         Location header, which nginx turns into a redirect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from urllib.parse import quote
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from gateway.decision import Decision, Verdict, decide
+from gateway.domains import match_cookie_domain
+from gateway.errors import InvalidForwardedHeaders
+from gateway.forwarded import parse_auth_request, parse_forward_auth
+from gateway.logs import log_event
+from gateway.models import Level, OriginalRequest
+from gateway.services import SERVICES, Services
+from gateway.sessions import CachedSession
+
+Parser = Callable[..., OriginalRequest]
+
+
+def login_url(portal_url: str, target: str) -> str:
+    """Return the portal's login URL that comes back to target afterwards."""
+    return f"{portal_url}/login?rd={quote(target, safe='')}"
+
+
+def _wants_redirect(headers: CIMultiDictProxy[str], method: str) -> bool:
+    # Only a browser navigating can follow a redirect to a login page; API calls get 401.
+    return method in ("GET", "HEAD") and "text/html" in headers.get("Accept", "")
+
+
+def _bad_request(request: web.Request, exc: InvalidForwardedHeaders) -> web.Response:
+    log_event("authz_bad_request", logging.WARNING, reason=exc.reason, peer=request.remote)
+    return web.Response(status=400, text=f"400 bad request: {exc.reason}\n")
+
+
+def _denied(original: OriginalRequest, session: CachedSession | None, decision: Decision) -> web.Response:
+    log_event(
+        "access_denied",
+        user=session.subject.username if session else None,
+        method=original.method,
+        url=original.url,
+        client_ip=str(original.client_ip),
+        rule=decision.rule_index,
+    )
+    return web.Response(status=403, text="403 forbidden\n")
+
+
+def _to_portal(
+    services: Services, request: web.Request, original: OriginalRequest, *, always_401: bool
+) -> web.Response:
+    cookie_domain = match_cookie_domain(original.host, services.config.session.cookies)
+    if cookie_domain is None:
+        # A session cookie could never reach this host, so a login could not help.
+        log_event("access_denied", reason="host outside every session cookie domain", host=original.host)
+        return web.Response(status=403, text="403 forbidden: host is not under a session cookie domain\n")
+    location = login_url(cookie_domain.portal_url, original.url)
+    if not always_401 and _wants_redirect(request.headers, original.method):
+        return web.Response(status=302, headers={"Location": location})
+    return web.Response(status=401, headers={"Location": location}, text="401 unauthorized\n")
+
+
+async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> web.Response:
+    services = request.app[SERVICES]
+    try:
+        original = parse(request.headers, request.remote, services.config.server.trusted_proxies)
+    except InvalidForwardedHeaders as exc:
+        return _bad_request(request, exc)
+    session = await services.sessions.resolve_header(request.headers.get("Cookie"))
+    subject = session.subject if session else None
+    level = session.level if session else Level.ANONYMOUS
+    decision = decide(services.rules, original, subject, level)
+    if decision.verdict is Verdict.ALLOW:
+        if decision.with_identity and session is not None:
+            return web.Response(status=200, headers=session.headers)
+        return web.Response(status=200)
+    if decision.verdict is Verdict.DENY:
+        return _denied(original, session, decision)
+    return _to_portal(services, request, original, always_401=always_401)
+
+
+async def forward_auth(request: web.Request) -> web.Response:
+    """Answer Traefik's and Caddy's forward-auth subrequest."""
+    return await _answer(request, parse_forward_auth, always_401=False)
+
+
+async def auth_request(request: web.Request) -> web.Response:
+    """Answer nginx's auth_request subrequest."""
+    return await _answer(request, parse_auth_request, always_401=True)
+
+
+async def health(request: web.Request) -> web.Response:
+    """Report whether the database answers."""
+    try:
+        await request.app[SERVICES].store.ping()
+    except Exception as exc:  # any storage failure means unhealthy, never a 500
+        log_event("health_failed", logging.ERROR, error=type(exc).__name__)
+        return web.json_response({"status": "error", "database": "unreachable"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+def add_routes(app: web.Application) -> None:
+    for path, handler in (
+        ("/api/authz/forward-auth", forward_auth),
+        ("/api/authz/auth-request", auth_request),
+    ):
+        # Proxies send the method of the original request for some setups (Traefik keeps GET).
+        app.router.add_route("*", path, handler)
+    app.router.add_get("/api/health", health)

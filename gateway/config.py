@@ -1,0 +1,859 @@
+"""Configuration: YAML file + AUTHGATE_* environment -> frozen dataclasses.
+
+Every error names the key path, the bad value and what is allowed; all errors
+are collected and raised together in one ConfigError.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.errors import ConfigError
+from gateway.models import Policy
+
+Network = IPv4Network | IPv6Network
+
+LOOPBACK_NETWORKS: tuple[Network, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 9091
+    workers: int = 1  # 0 = one per CPU core
+    trusted_proxies: tuple[Network, ...] = LOOPBACK_NETWORKS
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"  # debug | info | warning | error
+    format: str = "json"  # json | text
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: str = "./data"  # SQLite database and generated secrets live here
+
+    @property
+    def database_path(self) -> str:
+        return f"{self.data_dir.rstrip('/')}/authgate.sqlite3"
+
+
+@dataclass(frozen=True)
+class SecretsConfig:
+    # Newest key first. Empty = generated once into data_dir/secrets/session_keys.
+    session_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CookieDomain:
+    domain: str  # "example.com" covers example.com and *.example.com; "localhost" is host-only
+    portal_url: str  # where the login portal is reachable for this domain, e.g. https://auth.example.com
+    default_redirect_url: str | None = None  # where to go after login when no rd was given
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    cookies: tuple[CookieDomain, ...] = (
+        CookieDomain(domain="localhost", portal_url="http://localhost:8080/auth"),
+    )
+    cookie_name: str = "authgate_session"
+    secure: bool = True  # may be false only when every cookie domain is localhost
+    expiration: float = 3600.0  # seconds; absolute lifetime of a normal session
+    inactivity: float = 300.0  # seconds; idle timeout (not applied to remember-me sessions); 0 = off
+    remember_me: float = 30 * 86400.0  # seconds; lifetime when "remember me" is ticked; 0 = no checkbox
+    cache_ttl: float = 5.0  # seconds; max staleness of the forward-auth session cache
+    activity_flush_interval: float = 10.0  # seconds; how often last-activity is written back
+
+
+@dataclass(frozen=True)
+class Argon2Config:
+    time_cost: int = 3
+    memory_cost: int = 65536  # KiB
+    parallelism: int = 4
+    max_concurrent: int = 2  # argon2 verifies running at once (bounds memory and CPU)
+
+
+@dataclass(frozen=True)
+class RegulationConfig:
+    max_retries: int = 5  # 0 = regulation off
+    find_time: float = 120.0  # seconds
+    ban_time: float = 300.0  # seconds
+
+
+@dataclass(frozen=True)
+class IdentityHeadersConfig:
+    user: str = "Remote-User"
+    email: str = "Remote-Email"
+    groups: str = "Remote-Groups"
+    name: str = "Remote-Name"
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    policy: Policy
+    domains: tuple[str, ...] = ()  # exact "app.example.com" or wildcard "*.example.com"; empty = any
+    paths: tuple[str, ...] = ()  # regexes (re.search) against path + "?" + query; empty = any
+    methods: tuple[str, ...] = ()  # upper case; empty = any
+    networks: tuple[Network, ...] = ()  # client address CIDRs; empty = any
+    subjects: tuple[str, ...] = ()  # "user:NAME" / "group:NAME"; empty = anyone
+
+
+@dataclass(frozen=True)
+class AccessControlConfig:
+    default_policy: Policy = Policy.DENY
+    rules: tuple[AccessRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class PortalConfig:
+    title: str = "authgate"
+    admin_group: str = "admins"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    password: Argon2Config = field(default_factory=Argon2Config)
+    regulation: RegulationConfig = field(default_factory=RegulationConfig)
+    identity_headers: IdentityHeadersConfig = field(default_factory=IdentityHeadersConfig)
+    access_control: AccessControlConfig = field(default_factory=AccessControlConfig)
+    portal: PortalConfig = field(default_factory=PortalConfig)
+
+
+# --- Loading -----------------------------------------------------------------------------------------
+
+# Switch on once TOTP/WebAuthn exist; until then a two_factor rule could never be satisfied.
+SECOND_FACTORS_AVAILABLE = False
+
+ENV_PREFIX = "AUTHGATE_"
+CONFIG_PATH_VARIABLE = "AUTHGATE_CONFIG"  # read by the CLI, not a configuration key
+FILE_SUFFIX = "_FILE"
+
+Problems = list[tuple[str, str]]
+_Parser = Callable[[Any, str, Problems], Any]
+
+
+class _Invalid:
+    """Marks a value that produced a problem; the default is used so checking can go on."""
+
+
+_INVALID = _Invalid()
+_NO_ENVIRONMENT: Mapping[str, str] = MappingProxyType({})
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("json", "text")
+_POLICIES = tuple(policy.value for policy in Policy)
+_HTTP_METHODS = (
+    *("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"),
+    *("PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "MKCALENDAR"),
+)
+_MIN_SESSION_KEY_LENGTH = 32
+_MAX_CACHE_TTL = 60.0
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_DURATION_HELP = "use seconds or a number with s/m/h/d/w (e.g. 90s, 5m, 1h)"
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token; also RFC 6265 cookie-name
+# The gateway reads or the proxy rewrites these, so an identity header with such a name would either
+# be dropped on the way or let the identity overwrite routing and trust information.
+_RESERVED_HEADERS = frozenset(
+    {
+        *("host", "cookie", "set-cookie", "authorization", "proxy-authorization", "www-authenticate"),
+        *("proxy-authenticate", "content-length", "content-type", "content-encoding", "transfer-encoding"),
+        *("connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect", "date"),
+        *("location", "via", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"),
+        *("x-forwarded-port", "x-forwarded-uri", "x-forwarded-method", "x-original-url"),
+        *("x-original-method", "x-real-ip"),
+    }
+)
+
+
+def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
+    """Read the YAML file at `path` (None = no file), apply AUTHGATE_* variables and validate."""
+    data: object = None
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as stream:
+                text = stream.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([(path, f"cannot read the configuration file: {_reason(exc)}")]) from exc
+        try:
+            data = _load_yaml(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError([(path, f"not valid YAML: {_one_line(exc)}")]) from exc
+    return parse_config(data, environ)
+
+
+def parse_config(data: object, environ: Mapping[str, str] = _NO_ENVIRONMENT) -> Config:
+    """Turn parsed YAML plus AUTHGATE_* variables into a Config, reporting every problem at once."""
+    problems: Problems = []
+    overrides, sources = _environment_overrides(environ, problems)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(("(top level)", f"{_show(data)} is not a mapping; start with sections like server:"))
+        data = {}
+    _check_keys(data, _SCHEMA, "", problems)
+    failed: set[str] = set()
+    sections = {
+        name: _parse_section(name, data.get(name), overrides.get(name, {}), sources, problems, failed)
+        for name in _SCHEMA
+    }
+    config = Config(**sections)
+    _check_across_keys(config, failed, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def env_variable_names() -> dict[str, str]:
+    """Map every AUTHGATE_* variable to the key path it overrides."""
+    return {
+        f"{ENV_PREFIX}{section}_{key}".upper(): f"{section}.{key}"
+        for section, (_, parsers) in _SCHEMA.items()
+        for key in parsers
+    }
+
+
+# --- Sections and environment -------------------------------------------------------------------------
+
+
+def _parse_section(
+    name: str,
+    raw: object,
+    overrides: dict[str, object],
+    sources: dict[str, str],
+    problems: Problems,
+    failed: set[str],
+) -> Any:
+    cls, parsers = _SCHEMA[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append((name, f"{_show(raw)} is not a mapping; allowed keys: {', '.join(parsers)}"))
+        raw = {}
+    _check_keys(raw, parsers, name, problems)
+    values = {**raw, **overrides}
+    kwargs: dict[str, Any] = {}
+    for key, parse in parsers.items():
+        # null means "not set", so `inactivity:` with nothing after it keeps the default
+        if values.get(key) is None:
+            continue
+        leaf = f"{name}.{key}"
+        found: Problems = []
+        value = parse(values[key], leaf, found)
+        if leaf in sources:
+            found = [(where, f"{message} (set by {sources[leaf]})") for where, message in found]
+        problems.extend(found)
+        if value is _INVALID:
+            failed.add(leaf)
+            continue
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _environment_overrides(
+    environ: Mapping[str, str], problems: Problems
+) -> tuple[dict[str, dict[str, object]], dict[str, str]]:
+    """Collect AUTHGATE_* values by section; also say which variable set each key path."""
+    names = env_variable_names()
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable == CONFIG_PATH_VARIABLE:
+            continue
+        if variable in names or variable.removesuffix(FILE_SUFFIX) in names:
+            continue
+        # compare without the shared prefix, or every name looks alike
+        suffixes = [name.removeprefix(ENV_PREFIX) for name in (*names, CONFIG_PATH_VARIABLE)]
+        hint = _did_you_mean(variable.removeprefix(ENV_PREFIX), suffixes, prefix=ENV_PREFIX)
+        problems.append(
+            (
+                variable,
+                f"unknown variable{hint}; names are AUTHGATE_ + the key path, "
+                "e.g. AUTHGATE_SERVER_PORT for server.port",
+            )
+        )
+
+    overrides: dict[str, dict[str, object]] = {}
+    sources: dict[str, str] = {}
+    for variable, key in names.items():
+        file_variable = variable + FILE_SUFFIX
+        if variable in environ and file_variable in environ:
+            problems.append((variable, f"both {variable} and {file_variable} are set; use one"))
+            continue
+        if variable in environ:
+            value = _env_value(key, environ[variable], variable, problems)
+            source = variable
+        elif file_variable in environ:
+            value = _env_file_value(key, environ[file_variable], file_variable, problems)
+            source = file_variable
+        else:
+            continue
+        if value is _INVALID:
+            continue
+        section, leaf = key.split(".")
+        overrides.setdefault(section, {})[leaf] = value
+        sources[key] = source
+    return overrides, sources
+
+
+def _env_value(key: str, text: str, variable: str, problems: Problems) -> object:
+    # Plain string keys are taken verbatim: YAML would turn a title like "yes" into true.
+    if key in _STRING_KEYS:
+        return text
+    try:
+        return _load_yaml(text)
+    except yaml.YAMLError as exc:
+        problems.append((variable, f"not valid YAML ({_one_line(exc)}); quote it or use [a, b] for lists"))
+        return _INVALID
+
+
+def _env_file_value(key: str, file_path: str, variable: str, problems: Problems) -> object:
+    try:
+        with open(file_path, encoding="utf-8") as stream:
+            text = stream.read().removesuffix("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append((variable, f"cannot read {file_path}: {_reason(exc)}"))
+        return _INVALID
+    if key == "secrets.session_keys":
+        # one key per line, so rotating is "add a line at the top"
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    return _env_value(key, text, variable, problems)
+
+
+def _check_keys(mapping: dict[Any, Any], allowed: Iterable[str], prefix: str, problems: Problems) -> None:
+    allowed = list(allowed)
+    for key in mapping:
+        if key in allowed:
+            continue
+        path = f"{prefix}.{key}" if prefix else str(key)
+        hint = _did_you_mean(str(key), allowed)
+        problems.append((path, f"unknown key{hint}; allowed: {', '.join(allowed)}"))
+
+
+def _check_across_keys(config: Config, failed: set[str], problems: Problems) -> None:
+    """Check rules that relate several keys, skipping any whose inputs were already reported."""
+    session = config.session
+    if not failed & {"session.secure", "session.cookies"} and not session.secure:
+        remote = [cookie.domain for cookie in session.cookies if not _is_local_host(cookie.domain)]
+        if remote:
+            problems.append(
+                (
+                    "session.secure",
+                    f"false, but cookie domain(s) {', '.join(remote)} are not localhost; "
+                    "cookies may be sent without Secure only for http://localhost",
+                )
+            )
+    if "session.cookie_name" not in failed:
+        name = session.cookie_name
+        if name.startswith("__Host-"):
+            problems.append(
+                ("session.cookie_name", f"{_show(name)}: __Host- cookies cannot carry the Domain attribute")
+            )
+        if name.startswith("__Secure-") and not session.secure and "session.secure" not in failed:
+            problems.append(
+                ("session.cookie_name", f"{_show(name)}: __Secure- cookies need session.secure: true")
+            )
+
+    password = config.password
+    if not failed & {"password.memory_cost", "password.parallelism"}:
+        minimum = 8 * password.parallelism
+        if password.memory_cost < minimum:
+            problems.append(
+                (
+                    "password.memory_cost",
+                    f"{password.memory_cost} is too small; argon2 needs at least 8 KiB per lane, "
+                    f"so use >= {minimum} for parallelism {password.parallelism}",
+                )
+            )
+
+    seen: dict[str, str] = {}
+    for key in ("user", "email", "groups", "name"):
+        path = f"identity_headers.{key}"
+        if path in failed:
+            continue
+        header = getattr(config.identity_headers, key).lower()
+        if header in seen:
+            problems.append((path, f"{_show(header)} is already used by identity_headers.{seen[header]}"))
+            continue
+        seen[header] = key
+
+
+# --- Leaf parsers: return the typed value, or add a problem and return _INVALID -----------------------
+
+
+def _fail(problems: Problems, path: str, message: str) -> _Invalid:
+    problems.append((path, message))
+    return _INVALID
+
+
+def _text(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, str):
+        return _fail(problems, path, f"{_show(value)} is not a string")
+    if not value.strip():
+        return _fail(problems, path, "is empty; give a value or remove the key for the default")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> _Parser:
+    def parse(value: Any, path: str, problems: Problems) -> Any:
+        if not isinstance(value, str) or value.lower() not in choices:
+            return _fail(problems, path, f"{_show(value)} is not allowed; use one of {', '.join(choices)}")
+        return value.lower()
+
+    return parse
+
+
+def _flag(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, bool):
+        return _fail(problems, path, f"{_show(value)} is not a boolean; use true or false")
+    return value
+
+
+def _integer(minimum: int, maximum: int | None = None) -> _Parser:
+    allowed = f"{minimum}-{maximum}" if maximum is not None else f"a whole number >= {minimum}"
+
+    def parse(value: Any, path: str, problems: Problems) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return _fail(problems, path, f"{_show(value)} is not a whole number; use {allowed}")
+        if value < minimum or (maximum is not None and value > maximum):
+            return _fail(problems, path, f"{value} is out of range; use {allowed}")
+        return value
+
+    return parse
+
+
+def _seconds(value: Any) -> float | None:
+    """Read a duration as seconds: a number, or "1h30m" style; None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if re.fullmatch(r"-?\d+(?:\.\d+)?", text):
+        return float(text)
+    if not _DURATION.fullmatch(text):
+        return None
+    return float(sum(float(amount) * _DURATION_UNITS[unit] for amount, unit in _DURATION_PART.findall(text)))
+
+
+def _duration(*, positive: bool = False, maximum: float | None = None) -> _Parser:
+    def parse(value: Any, path: str, problems: Problems) -> Any:
+        seconds = _seconds(value)
+        if seconds is None:
+            return _fail(problems, path, f"{_show(value)} is not a duration; {_DURATION_HELP}")
+        if seconds < 0:
+            return _fail(problems, path, f"{_show(value)} is negative; use 0 or more")
+        if positive and seconds == 0:
+            return _fail(problems, path, f"{_show(value)} is zero; use more than 0 seconds")
+        if maximum is not None and seconds > maximum:
+            return _fail(problems, path, f"{_show(value)} is too long; use at most {maximum:g}s")
+        return seconds
+
+    return parse
+
+
+def _each(
+    value: Any,
+    path: str,
+    parse_item: Callable[[str, str, Problems], Any],
+    problems: Problems,
+    *,
+    secret: bool = False,
+) -> Any:
+    """Parse a string or a list of strings item by item into a tuple; absent (None) is empty."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        pairs = [(path, value)]
+    elif isinstance(value, list):
+        pairs = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+    else:
+        shown = "this value" if secret else _show(value)
+        return _fail(problems, path, f"{shown} is not a string or a list of strings")
+    parsed = []
+    for item_path, item in pairs:
+        if not isinstance(item, str):
+            shown = "this entry" if secret else _show(item)
+            parsed.append(_fail(problems, item_path, f"{shown} is not a string"))
+            continue
+        parsed.append(parse_item(item, item_path, problems))
+    if any(item is _INVALID for item in parsed):
+        return _INVALID
+    return tuple(parsed)
+
+
+def _network(item: str, path: str, problems: Problems) -> Any:
+    try:
+        return ip_network(item.strip(), strict=False)
+    except ValueError:
+        return _fail(
+            problems, path, f"{_show(item)} is not an IP network; use an address or a CIDR like 10.0.0.0/8"
+        )
+
+
+def _networks(value: Any, path: str, problems: Problems) -> Any:
+    return _each(value, path, _network, problems)
+
+
+def _session_key(item: str, path: str, problems: Problems) -> Any:
+    # never echo the key itself: problems end up in logs
+    if len(item) < _MIN_SESSION_KEY_LENGTH:
+        return _fail(
+            problems,
+            path,
+            f"key is {len(item)} characters; use at least {_MIN_SESSION_KEY_LENGTH} random characters "
+            "(e.g. from `openssl rand -hex 32`)",
+        )
+    return item
+
+
+def _session_keys(value: Any, path: str, problems: Problems) -> Any:
+    return _each(value, path, _session_key, problems, secret=True)
+
+
+def _policy(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, str) or value.lower() not in _POLICIES:
+        return _fail(problems, path, f"{_show(value)} is not a policy; use one of {', '.join(_POLICIES)}")
+    policy = Policy(value.lower())
+    if policy is Policy.TWO_FACTOR and not SECOND_FACTORS_AVAILABLE:
+        return _fail(
+            problems,
+            path,
+            "two_factor needs second factors (TOTP/WebAuthn), which this version does not provide yet; "
+            "use one_factor or deny",
+        )
+    return policy
+
+
+def _hostname_problem(host: str) -> str | None:
+    """Say what is wrong with a cookie or rule domain, or None when it is a plain host name."""
+    if "://" in host:
+        return "is a URL; give only the host name, without scheme"
+    if "/" in host:
+        return "contains a path; give only the host name (match paths with path:)"
+    if ":" in host:
+        return "contains a port; give only the host name"
+    if host.startswith("."):
+        return "starts with a dot; give the domain without it (it already covers subdomains)"
+    if not host.isascii():
+        return "is not ASCII; use its IDNA form (xn--...)"
+    if len(host) > 253 or not _HOSTNAME.fullmatch(host.lower()):
+        return "is not a host name; use letters, digits, '-' and dots, like app.example.com"
+    return None
+
+
+def _rule_domain(item: str, path: str, problems: Problems) -> Any:
+    host = item.strip().lower()
+    reason = _hostname_problem(host.removeprefix("*."))
+    if reason is not None:
+        return _fail(problems, path, f"{_show(item)} {reason}; a wildcard looks like *.example.com")
+    return host
+
+
+def _rule_path(item: str, path: str, problems: Problems) -> Any:
+    try:
+        re.compile(item)
+    except re.error as exc:
+        return _fail(problems, path, f"{_show(item)} is not a valid regular expression: {exc}")
+    return item
+
+
+def _rule_method(item: str, path: str, problems: Problems) -> Any:
+    method = item.strip().upper()
+    if method not in _HTTP_METHODS:
+        return _fail(problems, path, f"{_show(item)} is not an HTTP method; use {', '.join(_HTTP_METHODS)}")
+    return method
+
+
+def _rule_subject(item: str, path: str, problems: Problems) -> Any:
+    kind, _, name = item.partition(":")
+    if kind not in ("user", "group") or not name or name != name.strip():
+        return _fail(problems, path, f"{_show(item)} is not a subject; use user:NAME or group:NAME")
+    return item
+
+
+_RULE_KEYS = ("domain", "path", "methods", "networks", "subject", "policy")
+
+
+def _rule(item: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(item, dict):
+        return _fail(problems, path, f"{_show(item)} is not a mapping; allowed keys: {', '.join(_RULE_KEYS)}")
+    _check_keys(item, _RULE_KEYS, path, problems)
+    if item.get("policy") is None:
+        policy = _fail(problems, f"{path}.policy", f"missing; use one of {', '.join(_POLICIES)}")
+    else:
+        policy = _policy(item["policy"], f"{path}.policy", problems)
+    parsed = {
+        "domains": _each(item.get("domain"), f"{path}.domain", _rule_domain, problems),
+        "paths": _each(item.get("path"), f"{path}.path", _rule_path, problems),
+        "methods": _each(item.get("methods"), f"{path}.methods", _rule_method, problems),
+        "networks": _each(item.get("networks"), f"{path}.networks", _network, problems),
+        "subjects": _each(item.get("subject"), f"{path}.subject", _rule_subject, problems),
+    }
+    if policy is Policy.BYPASS and isinstance(parsed["subjects"], tuple) and parsed["subjects"]:
+        # Authelia's rule: bypass lets requests through unauthenticated, so no subject can be known
+        return _fail(
+            problems,
+            f"{path}.subject",
+            "a bypass rule cannot have subjects: bypass does not identify anyone; use one_factor",
+        )
+    if not isinstance(policy, Policy) or _INVALID in parsed.values():
+        return _INVALID
+    return AccessRule(policy=policy, **parsed)
+
+
+def _rules(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, list):
+        return _fail(problems, path, f"{_show(value)} is not a list of rules")
+    rules = [_rule(item, f"{path}[{index}]", problems) for index, item in enumerate(value)]
+    if _INVALID in rules:
+        return _INVALID
+    return tuple(rules)
+
+
+def _is_local_host(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1") or host.endswith(".localhost")
+
+
+def _url_problem(url: str, domain: str, *, portal: bool) -> str | None:
+    """Say what is wrong with a URL that must live under the cookie domain, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an absolute http(s) URL like https://auth.example.com"
+    if parts.username is not None:
+        return "must not contain user:password@"
+    try:
+        parts.port  # noqa: B018 - the property raises on a bad port
+    except ValueError:
+        return "has an invalid port"
+    host = parts.hostname
+    if host != domain and not host.endswith(f".{domain}"):
+        return f"has host {host}, which is not {domain} or under it, so the session cookie would not reach it"
+    if parts.scheme != "https" and not _is_local_host(host):
+        return "must use https (http is allowed only for localhost)"
+    if portal and (parts.query or parts.fragment):
+        return "must not have a query or fragment"
+    return None
+
+
+_COOKIE_KEYS = ("domain", "portal_url", "default_redirect_url")
+
+
+def _cookie(item: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(item, dict):
+        return _fail(
+            problems, path, f"{_show(item)} is not a mapping; allowed keys: {', '.join(_COOKIE_KEYS)}"
+        )
+    _check_keys(item, _COOKIE_KEYS, path, problems)
+    start = len(problems)
+    domain = item.get("domain")
+    if not isinstance(domain, str):
+        _fail(problems, f"{path}.domain", f"{_show(domain)} is not a domain like example.com")
+        return _INVALID
+    domain = domain.strip().lower()
+    reason = _hostname_problem(domain)
+    if reason is not None:
+        _fail(problems, f"{path}.domain", f"{_show(item['domain'])} {reason}")
+        return _INVALID
+    urls: dict[str, str | None] = {}
+    for key in ("portal_url", "default_redirect_url"):
+        url = item.get(key)
+        if url is None:
+            if key == "portal_url":
+                _fail(
+                    problems,
+                    f"{path}.{key}",
+                    f"missing; use a URL under {domain}, like https://auth.{domain}",
+                )
+            urls[key] = None
+            continue
+        if not isinstance(url, str):
+            _fail(problems, f"{path}.{key}", f"{_show(url)} is not a URL")
+            continue
+        reason = _url_problem(url, domain, portal=key == "portal_url")
+        if reason is not None:
+            _fail(problems, f"{path}.{key}", f"{_show(url)} {reason}")
+            continue
+        # stored without a trailing slash, so joining a path onto it never doubles the slash
+        urls[key] = url.rstrip("/") if key == "portal_url" else url
+    if len(problems) > start:
+        return _INVALID
+    return CookieDomain(
+        domain=domain,
+        portal_url=str(urls["portal_url"]),
+        default_redirect_url=urls.get("default_redirect_url"),
+    )
+
+
+def _cookies(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, list):
+        return _fail(problems, path, f"{_show(value)} is not a list of cookie domains")
+    if not value:
+        return _fail(problems, path, "is empty; list at least one cookie domain with its portal_url")
+    cookies = [_cookie(item, f"{path}[{index}]", problems) for index, item in enumerate(value)]
+    if _INVALID in cookies:
+        return _INVALID
+    start = len(problems)
+    seen: set[str] = set()
+    portal_path = urlsplit(cookies[0].portal_url).path
+    for index, cookie in enumerate(cookies):
+        if cookie.domain in seen:
+            _fail(problems, f"{path}[{index}].domain", f"{_show(cookie.domain)} is listed twice")
+        seen.add(cookie.domain)
+        other_path = urlsplit(cookie.portal_url).path
+        if other_path != portal_path:
+            _fail(
+                problems,
+                f"{path}[{index}].portal_url",
+                f"has path {_show(other_path)} but {path}[0].portal_url has {_show(portal_path)}; "
+                "the portal is mounted once, so every portal_url needs the same path",
+            )
+    if len(problems) > start:
+        return _INVALID
+    return tuple(cookies)
+
+
+def _cookie_name(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        return _fail(
+            problems,
+            path,
+            f"{_show(value)} is not a valid cookie name; use letters, digits and !#$%&'*+-.^_`|~",
+        )
+    return value
+
+
+def _header_name(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        return _fail(
+            problems,
+            path,
+            f"{_show(value)} is not a valid header name; use letters, digits and '-', like Remote-User",
+        )
+    if value.lower() in _RESERVED_HEADERS:
+        return _fail(
+            problems,
+            path,
+            f"{_show(value)} is a standard or proxy header the gateway must not overwrite; "
+            "use e.g. Remote-User",
+        )
+    return value
+
+
+_SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
+    "server": (
+        ServerConfig,
+        {"host": _text, "port": _integer(1, 65535), "workers": _integer(0), "trusted_proxies": _networks},
+    ),
+    "log": (LogConfig, {"level": _choice(_LOG_LEVELS), "format": _choice(_LOG_FORMATS)}),
+    "storage": (StorageConfig, {"data_dir": _text}),
+    "secrets": (SecretsConfig, {"session_keys": _session_keys}),
+    "session": (
+        SessionConfig,
+        {
+            "cookies": _cookies,
+            "cookie_name": _cookie_name,
+            "secure": _flag,
+            "expiration": _duration(positive=True),
+            "inactivity": _duration(),
+            "remember_me": _duration(),
+            "cache_ttl": _duration(positive=True, maximum=_MAX_CACHE_TTL),
+            "activity_flush_interval": _duration(positive=True),
+        },
+    ),
+    "password": (
+        Argon2Config,
+        {
+            "time_cost": _integer(1),
+            "memory_cost": _integer(8),
+            "parallelism": _integer(1),
+            "max_concurrent": _integer(1),
+        },
+    ),
+    "regulation": (
+        RegulationConfig,
+        {"max_retries": _integer(0), "find_time": _duration(), "ban_time": _duration()},
+    ),
+    "identity_headers": (
+        IdentityHeadersConfig,
+        {"user": _header_name, "email": _header_name, "groups": _header_name, "name": _header_name},
+    ),
+    "access_control": (AccessControlConfig, {"default_policy": _policy, "rules": _rules}),
+    "portal": (PortalConfig, {"title": _text, "admin_group": _text}),
+}
+
+# Keys typed `str` in the dataclasses take environment values verbatim instead of through YAML.
+_STRING_KEYS = frozenset(
+    f"{section}.{item.name}"
+    for section, (cls, _) in _SCHEMA.items()
+    for item in fields(cls)
+    if item.type == "str"
+)
+
+
+# --- YAML and message helpers --------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys, where PyYAML would silently keep the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, list | dict):
+            continue  # unhashable: construct_mapping below reports it
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _load_yaml(text: str) -> object:
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _did_you_mean(word: str, choices: Iterable[str], *, prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _reason(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

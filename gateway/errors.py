@@ -1,0 +1,54 @@
+"""The one exception tree of authgate.
+
+AuthgateError
+├── ConfigError            invalid configuration; .problems lists every (key path, message)
+├── InvalidForwardedHeaders a proxy header is missing, duplicated, malformed or from an untrusted peer
+├── StorageError           the store could not do what was asked
+│   ├── NotFound           no such user / session
+│   └── Conflict           unique value already taken (username, e-mail)
+└── AuthFailed             a credential was present but wrong, expired or tampered
+    └── SessionInvalid     the session cookie does not verify or its session is gone
+"""
+
+from __future__ import annotations
+
+
+class AuthgateError(Exception):
+    """Base of every error authgate raises on purpose."""
+
+
+class ConfigError(AuthgateError):
+    """The configuration is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {path}: {message}" for path, message in problems)
+        super().__init__(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
+
+
+class InvalidForwardedHeaders(AuthgateError):
+    """The proxy's description of the original request cannot be trusted or parsed."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class StorageError(AuthgateError):
+    """The store could not do what was asked."""
+
+
+class NotFound(StorageError):
+    """No such record."""
+
+
+class Conflict(StorageError):
+    """A unique value is already taken."""
+
+
+class AuthFailed(AuthgateError):
+    """A credential was present but is wrong, expired or tampered with."""
+
+
+class SessionInvalid(AuthFailed):
+    """The session cookie does not verify, or its session no longer exists."""

@@ -1,0 +1,291 @@
+"""Proxy headers from a trusted peer -> the OriginalRequest being judged (pure).
+
+Traefik and Caddy (forward auth) describe the original request with
+X-Forwarded-Method/Proto/Host/Uri; nginx (auth_request) with X-Original-URL and
+X-Original-Method. Whoever reaches authgate directly could forge these, so they
+are only read from peers inside `server.trusted_proxies`; a duplicated or
+malformed value raises InvalidForwardedHeaders with a reason for the 400 and
+the log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from urllib.parse import unquote
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.config import Network
+from gateway.errors import InvalidForwardedHeaders
+from gateway.models import IPAddress, OriginalRequest
+
+Headers = CIMultiDictProxy[str] | CIMultiDict[str]
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_UNKNOWN_CLIENT = IPv4Address(0)  # 0.0.0.0: the peer address is unknown (unix socket)
+
+# RFC 9110 token.
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 3986 reg-name restricted to unreserved characters: percent-encoding and
+# sub-delims (",", ";" ...) are never in a real host and would let one header
+# name two hosts.
+_REG_NAME = re.compile(r"[a-z0-9\-._~]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+_ABSOLUTE_URL = re.compile(r"(https?)://([^/?#]*)(.*)", re.IGNORECASE | re.DOTALL)
+# Characters a request target never contains unencoded: controls, space, DEL, "#".
+_BAD_TARGET_CHAR = re.compile(r"[\x00-\x20\x7f#]")
+_BAD_DECODED_CHAR = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def parse_forward_auth(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> OriginalRequest:
+    """Rebuild the original request from Traefik/Caddy X-Forwarded-* headers."""
+    _require_trusted_peer(headers, peer, trusted)
+    method = _parse_method(_single(headers, "X-Forwarded-Method"), "X-Forwarded-Method")
+    return _from_forwarded_headers(headers, peer, trusted, method)
+
+
+def parse_auth_request(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> OriginalRequest:
+    """Rebuild the original request from nginx X-Original-URL/Method (or X-Forwarded-* as fallback)."""
+    _require_trusted_peer(headers, peer, trusted)
+    method_header = "X-Original-Method"
+    raw_method = _single(headers, method_header)
+    if raw_method is None:
+        method_header = "X-Forwarded-Method"
+        raw_method = _single(headers, method_header)
+    method = _parse_method(raw_method, method_header)
+    url = _single(headers, "X-Original-URL")
+    if url is None:
+        if _single(headers, "X-Forwarded-Proto") is None and _single(headers, "X-Forwarded-Host") is None:
+            raise InvalidForwardedHeaders(
+                "missing X-Original-URL (and no X-Forwarded-Proto/Host to fall back on)"
+            )
+        return _from_forwarded_headers(headers, peer, trusted, method)
+    match = _ABSOLUTE_URL.fullmatch(url)
+    if match is None:
+        raise InvalidForwardedHeaders(f"malformed X-Original-URL {url!r}: not an absolute http(s) URL")
+    scheme = match.group(1).lower()
+    authority, target = match.group(2), match.group(3)
+    if "@" in authority:
+        raise InvalidForwardedHeaders(f"malformed X-Original-URL {url!r}: userinfo is not allowed")
+    host, port = _parse_host_port(authority, "X-Original-URL")
+    if target.startswith("?") or not target:
+        target = "/" + target
+    raw_path, path, query = _parse_target(target, "X-Original-URL")
+    return OriginalRequest(
+        method=method,
+        scheme=scheme,
+        host=host,
+        port=None if port == DEFAULT_PORTS[scheme] else port,
+        path=path,
+        query=query,
+        client_ip=_client_ip(headers, peer, trusted),
+        raw_path=raw_path,
+    )
+
+
+def client_address(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> IPAddress:
+    """Return the client's address for portal requests; never raises."""
+    peer_ip = _parse_ip(peer) if peer else None
+    if peer_ip is None:
+        return _UNKNOWN_CLIENT
+    if not _in_networks(peer_ip, trusted):
+        return peer_ip
+    try:
+        return _client_ip(headers, peer, trusted)
+    except InvalidForwardedHeaders:
+        # A bad header must not lock a user out of the portal; the peer is still true.
+        return peer_ip
+
+
+def _from_forwarded_headers(
+    headers: Headers, peer: str | None, trusted: Sequence[Network], method: str
+) -> OriginalRequest:
+    scheme = _parse_scheme(_single(headers, "X-Forwarded-Proto"))
+    raw_host = _single(headers, "X-Forwarded-Host")
+    if raw_host is None:
+        raise InvalidForwardedHeaders("missing X-Forwarded-Host")
+    host, port = _parse_host_port(raw_host, "X-Forwarded-Host")
+    if port is None:
+        raw_port = _single(headers, "X-Forwarded-Port")
+        if raw_port is not None:
+            port = _parse_port(raw_port, "X-Forwarded-Port")
+    raw_uri = _single(headers, "X-Forwarded-Uri")
+    raw_path, path, query = _parse_target("/" if raw_uri is None else raw_uri, "X-Forwarded-Uri")
+    return OriginalRequest(
+        method=method,
+        scheme=scheme,
+        host=host,
+        port=None if port == DEFAULT_PORTS[scheme] else port,
+        path=path,
+        query=query,
+        client_ip=_client_ip(headers, peer, trusted),
+        raw_path=raw_path,
+    )
+
+
+def _require_trusted_peer(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> None:
+    peer_ip = _parse_ip(peer) if peer else None
+    if peer_ip is not None and _in_networks(peer_ip, trusted):
+        return
+    first = next(
+        (name for name in headers if name.lower().startswith(("x-forwarded-", "x-original-"))),
+        "missing",
+    )
+    raise InvalidForwardedHeaders(
+        f"peer {peer or 'unknown'} is not a trusted proxy (server.trusted_proxies); "
+        f"first forwarding header: {first}"
+    )
+
+
+def _single(headers: Headers, name: str) -> str | None:
+    """Return the only value of a header, None if absent; raise if it is repeated."""
+    values = headers.getall(name, [])
+    if len(values) > 1:
+        raise InvalidForwardedHeaders(f"duplicated {name}")
+    return values[0] if values else None
+
+
+def _parse_method(raw: str | None, name: str) -> str:
+    if raw is None:
+        return "GET"
+    if not _METHOD.fullmatch(raw):
+        raise InvalidForwardedHeaders(f"malformed {name} {raw!r}: not an HTTP method token")
+    return raw.upper()
+
+
+def _parse_scheme(raw: str | None) -> str:
+    if raw is None:
+        raise InvalidForwardedHeaders("missing X-Forwarded-Proto")
+    scheme = raw.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise InvalidForwardedHeaders(f"malformed X-Forwarded-Proto {raw!r}: expected http or https")
+    return scheme
+
+
+def _parse_host_port(raw: str, name: str) -> tuple[str, int | None]:
+    """Split `host[:port]` (host may be a bracketed IPv6 literal) into a normalised host and port."""
+    if raw.startswith("["):
+        literal, bracket, rest = raw[1:].partition("]")
+        if not bracket:
+            raise InvalidForwardedHeaders(f"malformed {name} {raw!r}: unclosed IPv6 literal")
+        host = f"[{_parse_ipv6_literal(literal, raw, name)}]"
+    else:
+        raw_host, colon, raw_port = raw.partition(":")
+        host = _parse_reg_name(raw_host, raw, name)
+        rest = colon + raw_port
+    if not rest:
+        return host, None
+    if not rest.startswith(":"):
+        raise InvalidForwardedHeaders(f"malformed {name} {raw!r}: unexpected text after the host")
+    return host, _parse_port(rest[1:], name)
+
+
+def _parse_ipv6_literal(literal: str, raw: str, name: str) -> str:
+    # Zone identifiers ("%eth0") mean nothing to a browser-facing URL.
+    if "%" in literal:
+        raise InvalidForwardedHeaders(f"malformed {name} {raw!r}: zone identifiers are not allowed")
+    try:
+        return IPv6Address(literal).compressed
+    except ValueError:
+        raise InvalidForwardedHeaders(f"malformed {name} {raw!r}: invalid IPv6 address") from None
+
+
+def _parse_reg_name(host: str, raw: str, name: str) -> str:
+    host = host.lower()
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InvalidForwardedHeaders(
+                f"malformed {name} {raw!r}: invalid internationalised host"
+            ) from None
+    # "app.example.com." is the same site as "app.example.com"; rules must see one name.
+    if host.endswith("."):
+        host = host[:-1]
+    if not host or len(host) > 253:
+        raise InvalidForwardedHeaders(f"malformed {name} {raw!r}: empty or overlong host")
+    if not _REG_NAME.fullmatch(host) or "" in host.split("."):
+        raise InvalidForwardedHeaders(f"malformed {name} {raw!r}: invalid characters in host")
+    return host
+
+
+def _parse_port(raw: str, name: str) -> int:
+    if not _PORT.fullmatch(raw) or not 1 <= int(raw) <= 65535:
+        raise InvalidForwardedHeaders(f"malformed {name} {raw!r}: invalid port")
+    return int(raw)
+
+
+def _parse_target(target: str, name: str) -> tuple[str, str, str]:
+    """Split a request target into (raw path, normalised path, raw query)."""
+    if not target.startswith("/"):
+        raise InvalidForwardedHeaders(f"malformed {name} {target!r}: must start with '/'")
+    if _BAD_TARGET_CHAR.search(target) or not target.isprintable():
+        raise InvalidForwardedHeaders(f"malformed {name} {target!r}: whitespace, control character or '#'")
+    raw_path, _, query = target.partition("?")
+    try:
+        decoded = unquote(raw_path, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidForwardedHeaders(f"malformed {name} {target!r}: percent-encoding is not UTF-8") from None
+    # Rules are regexes: a decoded newline would let "$" match early, a NUL cut a path short.
+    if _BAD_DECODED_CHAR.search(decoded):
+        raise InvalidForwardedHeaders(f"malformed {name} {target!r}: encoded control character in path")
+    return raw_path, _normalise_path(decoded), query
+
+
+def _normalise_path(path: str) -> str:
+    """Resolve dot-segments and collapse repeated slashes, never climbing above the root."""
+    segments = path.split("/")[1:]
+    kept: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment not in ("", "."):
+            kept.append(segment)
+    normalised = "/" + "/".join(kept)
+    # "/a/" and "/a/b/.." name a directory: keep the trailing slash rules may test for.
+    if kept and segments[-1] in ("", ".", ".."):
+        normalised += "/"
+    return normalised
+
+
+def _client_ip(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> IPAddress:
+    """Return the right-most untrusted X-Forwarded-For address, else X-Real-IP, else the peer."""
+    forwarded_for = _single(headers, "X-Forwarded-For")
+    if forwarded_for is not None:
+        chain = [_parse_header_ip(entry.strip(), "X-Forwarded-For") for entry in forwarded_for.split(",")]
+        for address in reversed(chain):
+            if not _in_networks(address, trusted):
+                return address
+        return chain[0]
+    real_ip = _single(headers, "X-Real-IP")
+    if real_ip is not None:
+        return _parse_header_ip(real_ip.strip(), "X-Real-IP")
+    peer_ip = _parse_ip(peer) if peer else None
+    return _UNKNOWN_CLIENT if peer_ip is None else peer_ip
+
+
+def _parse_header_ip(raw: str, name: str) -> IPAddress:
+    address = _parse_ip(raw)
+    if address is None:
+        raise InvalidForwardedHeaders(f"malformed {name}: {raw!r} is not an IP address")
+    return address
+
+
+def _parse_ip(raw: str) -> IPAddress | None:
+    """Parse an address, dropping an IPv6 zone and unwrapping IPv4-mapped IPv6 (dual-stack sockets)."""
+    try:
+        address = ip_address(raw)
+    except ValueError:
+        return None
+    if not isinstance(address, IPv6Address):
+        return address
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return IPv6Address(int(address)) if address.scope_id else address
+
+
+def _in_networks(address: IPAddress, networks: Sequence[Network]) -> bool:
+    return any(address in network for network in networks)

@@ -1,0 +1,85 @@
+"""Plain data passed between the pure core, storage and the handlers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+IPAddress = IPv4Address | IPv6Address
+
+
+class Policy(enum.Enum):
+    """What an access rule demands; ordered from least to most restrictive."""
+
+    BYPASS = "bypass"
+    ONE_FACTOR = "one_factor"
+    TWO_FACTOR = "two_factor"
+    DENY = "deny"
+
+
+class Level(enum.IntEnum):
+    """How strongly a session proved who it is."""
+
+    ANONYMOUS = 0
+    ONE_FACTOR = 1
+    TWO_FACTOR = 2
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalRequest:
+    """The request the proxy is asking about, as reconstructed from trusted headers."""
+
+    method: str  # upper case, e.g. "GET"
+    scheme: str  # "http" or "https"
+    host: str  # lower case, IDNA-encoded, without port
+    port: int | None  # None when the default for the scheme
+    path: str  # percent-decoded path, always starts with "/"
+    query: str  # raw query string without "?"
+    client_ip: IPAddress
+
+    @property
+    def url(self) -> str:
+        """Rebuild the URL as the client asked for it (raw path, for redirects)."""
+        netloc = self.host if self.port is None else f"{self.host}:{self.port}"
+        query = f"?{self.query}" if self.query else ""
+        return f"{self.scheme}://{netloc}{self.raw_path}{query}"
+
+    raw_path: str = "/"  # path exactly as sent (still percent-encoded)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An account as stored; the password hash never leaves storage in this object."""
+
+    id: int
+    username: str
+    email: str
+    display_name: str
+    groups: tuple[str, ...]
+    disabled: bool
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who is asking, as far as access rules care."""
+
+    username: str
+    groups: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A server-side session row."""
+
+    id_hash: str  # sha256 hex of the random session id; the id itself is never stored
+    user_id: int
+    level: Level
+    created_at: float
+    authenticated_at: float  # last time a factor was checked (for re-authentication)
+    last_active: float
+    expires_at: float  # absolute end, from `expiration` or `remember_me`
+    remember_me: bool
+    ip: str
+    user_agent: str

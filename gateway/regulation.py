@@ -1,0 +1,28 @@
+"""Brute-force regulation: when a run of failed logins bans further attempts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.config import RegulationConfig
+
+
+def banned_until(failure_times: Sequence[float], *, now: float, cfg: RegulationConfig) -> float | None:
+    """Return when the ban on further attempts ends, or None when attempts are allowed.
+
+    `failure_times` are the failures since the latest success (any order). As in
+    Authelia, the most recent `max_retries` failures trigger a ban when they all
+    fall within `find_time`; it lasts `ban_time` from the latest of them.
+    """
+    if cfg.max_retries <= 0:
+        return None
+    if len(failure_times) < cfg.max_retries:
+        return None
+    recent = sorted(failure_times)[-cfg.max_retries :]
+    latest = recent[-1]
+    if latest - recent[0] > cfg.find_time:
+        return None
+    until = latest + cfg.ban_time
+    if now >= until:
+        return None
+    return until

@@ -1,0 +1,188 @@
+"""Access rules -> which policy applies to a request (pure, Authelia-compatible).
+
+Rules are ordered and the first match wins. A rule matches when every one of
+its non-empty criteria matches: domains, paths, methods, networks, subjects.
+
+Deciding must not slow down as the rule list grows, so rules are compiled once:
+regexes are precompiled and rules are indexed by exact domain and by wildcard
+suffix; a request only looks at the rules that could apply to its host.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from heapq import merge
+
+from gateway.config import AccessControlConfig, AccessRule, Network
+from gateway.errors import ConfigError
+from gateway.models import OriginalRequest, Policy, Subject
+
+# Enough for every host a deployment serves; clearing when full keeps memory
+# bounded even if clients send arbitrary Host headers.
+_HOST_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RuleDecision:
+    """The policy for one request and the rule that chose it."""
+
+    policy: Policy
+    rule_index: int | None  # None = default_policy applied
+    # A rule with subjects matched an anonymous request: authenticate, then decide again.
+    needs_subject: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledRule:
+    policy: Policy
+    paths: tuple[re.Pattern[str], ...]
+    methods: frozenset[str]
+    networks: tuple[Network, ...]
+    users: frozenset[str]
+    groups: frozenset[str]
+
+    @property
+    def has_subjects(self) -> bool:
+        return bool(self.users or self.groups)
+
+    def matches_request(self, request: OriginalRequest, target: str) -> bool:
+        """Match every criterion except domains (done by the index) and subjects."""
+        if self.methods and request.method not in self.methods:
+            return False
+        if self.networks and not any(request.client_ip in net for net in self.networks):
+            return False
+        if self.paths and not any(p.search(target) for p in self.paths):
+            return False
+        return True
+
+    def matches_subject(self, subject: Subject) -> bool:
+        if subject.username in self.users:
+            return True
+        return not self.groups.isdisjoint(subject.groups)
+
+
+class CompiledRules:
+    """Ordered access rules, compiled once for fast first-match lookups."""
+
+    def __init__(
+        self,
+        default_policy: Policy,
+        rules: tuple[_CompiledRule, ...],
+        exact: dict[str, tuple[int, ...]],
+        wildcard: dict[str, tuple[int, ...]],
+        any_domain: tuple[int, ...],
+    ) -> None:
+        self._default_policy = default_policy
+        self._rules = rules
+        self._exact = exact
+        self._wildcard = wildcard
+        self._any_domain = any_domain
+        self._host_cache: dict[str, tuple[int, ...]] = {}
+
+    @classmethod
+    def from_config(cls, cfg: AccessControlConfig) -> CompiledRules:
+        """Compile the configured rules; raise ConfigError naming every bad regex or subject."""
+        problems: list[tuple[str, str]] = []
+        compiled: list[_CompiledRule] = []
+        exact: dict[str, list[int]] = {}
+        wildcard: dict[str, list[int]] = {}
+        any_domain: list[int] = []
+        for index, rule in enumerate(cfg.rules):
+            compiled.append(_compile_rule(rule, f"access_control.rules[{index}]", problems))
+            if not rule.domains:
+                any_domain.append(index)
+            # A rule listing both a.example.com and *.example.com is indexed twice;
+            # the set keeps its index once per bucket.
+            for domain in {d.lower() for d in rule.domains}:
+                if domain.startswith("*."):
+                    wildcard.setdefault(domain[2:], []).append(index)
+                else:
+                    exact.setdefault(domain, []).append(index)
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            cfg.default_policy,
+            tuple(compiled),
+            {host: tuple(indices) for host, indices in exact.items()},
+            {suffix: tuple(indices) for suffix, indices in wildcard.items()},
+            tuple(any_domain),
+        )
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def decide(self, request: OriginalRequest, subject: Subject | None) -> RuleDecision:
+        """Return the policy of the first rule matching the request, or the default policy."""
+        target = f"{request.path}?{request.query}" if request.query else request.path
+        for index in self._candidates(request.host.lower()):
+            rule = self._rules[index]
+            if not rule.matches_request(request, target):
+                continue
+            if not rule.has_subjects:
+                return RuleDecision(rule.policy, index)
+            if subject is None:
+                return RuleDecision(Policy.ONE_FACTOR, index, needs_subject=True)
+            if rule.matches_subject(subject):
+                return RuleDecision(rule.policy, index)
+        return RuleDecision(self._default_policy, None)
+
+    def _candidates(self, host: str) -> tuple[int, ...]:
+        """Return, in rule order, the indices of the rules whose domains cover host."""
+        cached = self._host_cache.get(host)
+        if cached is not None:
+            return cached
+        buckets: list[tuple[int, ...]] = [self._any_domain]
+        if host in self._exact:
+            buckets.append(self._exact[host])
+        # "*.example.com" covers a.example.com and a.b.example.com, never example.com:
+        # look up every proper suffix of the host.
+        suffix = host
+        while "." in suffix:
+            suffix = suffix.split(".", 1)[1]
+            if suffix in self._wildcard:
+                buckets.append(self._wildcard[suffix])
+        candidates = _merge_unique(buckets)
+        if len(self._host_cache) >= _HOST_CACHE_SIZE:
+            self._host_cache.clear()
+        self._host_cache[host] = candidates
+        return candidates
+
+
+def _merge_unique(buckets: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """Merge sorted index tuples into one sorted tuple without duplicates."""
+    non_empty = [b for b in buckets if b]
+    if len(non_empty) == 1:
+        return non_empty[0]
+    result: list[int] = []
+    for index in merge(*non_empty):
+        if not result or result[-1] != index:
+            result.append(index)
+    return tuple(result)
+
+
+def _compile_rule(rule: AccessRule, key: str, problems: list[tuple[str, str]]) -> _CompiledRule:
+    paths: list[re.Pattern[str]] = []
+    for i, pattern in enumerate(rule.paths):
+        try:
+            paths.append(re.compile(pattern))
+        except re.error as exc:
+            problems.append((f"{key}.paths[{i}]", f"invalid regular expression {pattern!r}: {exc}"))
+    users: set[str] = set()
+    groups: set[str] = set()
+    for i, subject in enumerate(rule.subjects):
+        kind, _, name = subject.partition(":")
+        if kind == "user" and name:
+            users.add(name)
+        elif kind == "group" and name:
+            groups.add(name)
+        else:
+            problems.append((f"{key}.subjects[{i}]", f"{subject!r} is not 'user:NAME' or 'group:NAME'"))
+    return _CompiledRule(
+        policy=rule.policy,
+        paths=tuple(paths),
+        methods=frozenset(m.upper() for m in rule.methods),
+        networks=tuple(rule.networks),
+        users=frozenset(users),
+        groups=frozenset(groups),
+    )

@@ -1,0 +1,103 @@
+"""Run the gateway: one process, or N worker processes sharing the port (SO_REUSEPORT).
+
+With SO_REUSEPORT the kernel spreads new connections over the workers' sockets.
+Workers share nothing but the SQLite database (WAL mode): a session created on
+one worker is found by the others on their first cache miss, and a revocation
+reaches them within `session.cache_ttl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from gateway.app import create_app, session_keys
+from gateway.config import Config
+from gateway.logs import configure_logging, log_event
+from gateway.store.sqlite import Store
+
+
+def _install_uvloop() -> str:
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+async def _run_worker(config: Config, reuse_port: bool) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=1024)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log_event("worker_started", pid=os.getpid(), host=config.server.host, port=config.server.port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        log_event("worker_stopped", pid=os.getpid())
+
+
+async def _prepare_database(config: Config) -> None:
+    # Migrate once here so that workers never race to migrate the same file.
+    store = await Store.open(config.storage.database_path)
+    await store.close()
+
+
+def worker_main(config: Config, reuse_port: bool) -> None:
+    """Entry point of one worker process."""
+    configure_logging(config.log.level, config.log.format)
+    _install_uvloop()
+    asyncio.run(_run_worker(config, reuse_port))
+
+
+def resolve_workers(config: Config, override: int | None) -> int:
+    count = config.server.workers if override is None else override
+    if count < 0:
+        raise ValueError(f"--workers must be 0 (one per core) or more, not {count}")
+    return count or (os.cpu_count() or 1)
+
+
+def serve(config: Config, *, workers: int | None = None) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    configure_logging(config.log.level, config.log.format)
+    count = resolve_workers(config, workers)
+    session_keys(config)  # create generated secrets once, before workers race for them
+    asyncio.run(_prepare_database(config))
+    log_event("starting", workers=count, loop=_install_uvloop() if count == 1 else "per worker")
+    if count == 1:
+        asyncio.run(_run_worker(config, reuse_port=False))
+        return
+    context = multiprocessing.get_context("spawn")
+    processes: list[Any] = [
+        context.Process(target=worker_main, args=(config, True), name=f"authgate-worker-{i}")
+        for i in range(count)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for process in processes:
+        process.join()
+    failed = [p.name for p in processes if p.exitcode not in (0, -signal.SIGINT, -signal.SIGTERM)]
+    if failed:
+        print(f"authgate: workers exited with errors: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,28 @@
+"""The typed application state shared by every handler (built in app.create_app)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.factors.passwords import AsyncPasswordHasher
+from gateway.rules import CompiledRules
+from gateway.session_service import SessionService
+from gateway.store.sqlite import Store
+
+
+@dataclass
+class Services:
+    config: Config
+    store: Store
+    sessions: SessionService
+    rules: CompiledRules
+    passwords: AsyncPasswordHasher
+    clock: Callable[[], float]
+    csrf_keys: tuple[str, ...]
+
+
+SERVICES = web.AppKey("services", Services)

@@ -1,0 +1,77 @@
+"""The versioned SQLite schema: MIGRATIONS[n] takes a database from version n to n + 1.
+
+`PRAGMA user_version` holds the version reached. Append new scripts; never edit one
+that has shipped, since databases in the field have already run it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+_V1: Final = """
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,          -- always lower case
+    email TEXT NOT NULL,                    -- as typed, for display and mail
+    email_key TEXT NOT NULL UNIQUE,         -- lower case, for uniqueness and login lookups
+    display_name TEXT NOT NULL,
+    groups TEXT NOT NULL DEFAULT '[]',      -- JSON array of strings
+    password_hash TEXT,                     -- NULL for passwordless accounts
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    level INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    authenticated_at REAL NOT NULL,
+    last_active REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    remember_me INTEGER NOT NULL,
+    ip TEXT NOT NULL,
+    user_agent TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE INDEX sessions_user_id ON sessions (user_id);
+CREATE INDEX sessions_expires_at ON sessions (expires_at);
+
+CREATE TABLE login_attempts (
+    id INTEGER PRIMARY KEY,
+    username TEXT NOT NULL,                 -- lower case, as typed at login (name or e-mail)
+    ip TEXT NOT NULL,
+    success INTEGER NOT NULL,
+    at REAL NOT NULL
+);
+
+CREATE INDEX login_attempts_username_at ON login_attempts (username, at);
+CREATE INDEX login_attempts_ip_at ON login_attempts (ip, at);
+CREATE INDEX login_attempts_at ON login_attempts (at);
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1,)
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a script into single statements, keeping `;` inside strings and triggers intact."""
+    # executescript() would commit on its own, so migrations run statement by
+    # statement inside the caller's transaction; sqlite3.complete_statement uses
+    # SQLite's own tokenizer to tell a real terminator from one inside a literal.
+    statements: list[str] = []
+    pending = ""
+    *pieces, tail = script.split(";")
+    for piece in pieces:
+        pending += piece + ";"
+        if not sqlite3.complete_statement(pending):
+            continue
+        if pending.removesuffix(";").strip():
+            statements.append(pending.strip())
+        pending = ""
+    leftover = (pending + tail).strip()
+    if leftover:
+        raise ValueError(f"unterminated SQL statement: {leftover[:60]!r}")
+    return statements

@@ -1,0 +1,480 @@
+"""The SQLite store: every SQL statement authgate runs lives in this module."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.errors import Conflict, NotFound, StorageError
+from gateway.models import Level, SessionRecord, User
+from gateway.store import migrations
+
+# Queries are literals, never assembled at run time (the one exception is the
+# PRAGMA that records the schema version, which takes no parameters).
+_SELECT_USER_BY_ID = (
+    "SELECT id, username, email, display_name, groups, disabled, created_at FROM users WHERE id = ?"
+)
+_SELECT_USER_BY_NAME = (
+    "SELECT id, username, email, display_name, groups, disabled, created_at FROM users WHERE username = ?"
+)
+_SELECT_USERS = (
+    "SELECT id, username, email, display_name, groups, disabled, created_at FROM users ORDER BY username"
+)
+
+# A username wins over another account's e-mail that happens to read the same.
+_SELECT_LOGIN = """
+SELECT id, username, email, display_name, groups, disabled, created_at, password_hash FROM users
+WHERE username = ? OR email_key = ?
+ORDER BY username = ? DESC
+LIMIT 1
+"""
+
+_INSERT_USER = """
+INSERT INTO users (username, email, email_key, display_name, groups, password_hash, disabled, created_at)
+VALUES (?, ?, ?, ?, ?, ?, 0, ?)
+RETURNING id, username, email, display_name, groups, disabled, created_at
+"""
+
+# A NULL parameter keeps the current value, so one fixed statement serves every partial update.
+_UPDATE_USER = """
+UPDATE users SET
+    email = COALESCE(?, email),
+    email_key = COALESCE(?, email_key),
+    display_name = COALESCE(?, display_name),
+    groups = COALESCE(?, groups)
+WHERE id = ?
+RETURNING id, username, email, display_name, groups, disabled, created_at
+"""
+
+_INSERT_SESSION = """
+INSERT INTO sessions (id_hash, user_id, level, created_at, authenticated_at, last_active,
+                      expires_at, remember_me, ip, user_agent)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+_SELECT_USER_SESSIONS = """
+SELECT id_hash, user_id, level, created_at, authenticated_at, last_active,
+       expires_at, remember_me, ip, user_agent
+FROM sessions WHERE user_id = ? ORDER BY created_at DESC
+"""
+
+# The u_ prefixes keep user and session columns apart in the one joined row.
+_SELECT_SESSION_WITH_USER = """
+SELECT s.id_hash, s.user_id, s.level, s.created_at, s.authenticated_at, s.last_active,
+       s.expires_at, s.remember_me, s.ip, s.user_agent,
+       u.id AS u_id, u.username AS u_username, u.email AS u_email,
+       u.display_name AS u_display_name, u.groups AS u_groups,
+       u.disabled AS u_disabled, u.created_at AS u_created_at
+FROM sessions AS s JOIN users AS u ON u.id = s.user_id
+WHERE s.id_hash = ?
+"""
+
+# Failures that happened after `since` and after the latest success for the same key:
+# a successful login wipes the slate, as in Authelia.
+_FAILURES_SINCE = {
+    "username": """
+SELECT at FROM login_attempts
+WHERE username = ? AND success = 0 AND at > ?
+  AND at > COALESCE((SELECT MAX(at) FROM login_attempts WHERE username = ? AND success = 1), -1e308)
+ORDER BY at
+""",
+    "ip": """
+SELECT at FROM login_attempts
+WHERE ip = ? AND success = 0 AND at > ?
+  AND at > COALESCE((SELECT MAX(at) FROM login_attempts WHERE ip = ? AND success = 1), -1e308)
+ORDER BY at
+""",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    rows: list[sqlite3.Row]
+    rowcount: int
+
+
+class Store:
+    """Users, sessions and login attempts in one SQLite file.
+
+    Every statement runs under one asyncio lock: the connection is shared, so a
+    read interleaved into another coroutine's open transaction would see its
+    uncommitted rows, and a second BEGIN would fail.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, clock: Callable[[], float]) -> None:
+        self._db = db
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self.statement_count: int = 0
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> Store:
+        """Open (creating if needed) the database at `path` and migrate it to the current schema."""
+        target = os.fspath(path)
+        if target != ":memory:":
+            _create_private_file(Path(target))
+        try:
+            db = await aiosqlite.connect(target, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open database {target!r}: {exc}") from exc
+        db.row_factory = sqlite3.Row
+        store = cls(db, clock)
+        try:
+            # journal_mode and foreign_keys are no-ops inside a transaction, so set them first.
+            await store._sql("PRAGMA journal_mode = WAL")
+            await store._sql("PRAGMA foreign_keys = ON")
+            await store._sql("PRAGMA busy_timeout = 5000")
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        """Close the connection; the store cannot be used afterwards."""
+        await self._db.close()
+
+    async def ping(self) -> None:
+        """Run a trivial query, raising StorageError when the database is unusable."""
+        await self._locked("SELECT 1")
+
+    # -- users --------------------------------------------------------------
+
+    async def create_user(
+        self,
+        username: str,
+        email: str,
+        display_name: str,
+        groups: Sequence[str],
+        password_hash: str | None,
+    ) -> User:
+        """Insert a user; Conflict when the username or e-mail is taken (case-insensitively)."""
+        async with self._lock:
+            return await self._insert_user(username, email, display_name, groups, password_hash)
+
+    async def create_first_user(
+        self,
+        username: str,
+        email: str,
+        display_name: str,
+        groups: Sequence[str],
+        password_hash: str | None,
+    ) -> User | None:
+        """Insert a user only if there is none yet; None when another user already exists."""
+        # IMMEDIATE takes the write lock before the check, so two workers bootstrapping
+        # the same empty database cannot both see it empty.
+        async with self._transaction(immediate=True):
+            result = await self._sql("SELECT EXISTS (SELECT 1 FROM users)")
+            if result.rows[0][0]:
+                return None
+            return await self._insert_user(username, email, display_name, groups, password_hash)
+
+    async def count_users(self) -> int:
+        """Return how many users exist."""
+        result = await self._locked("SELECT COUNT(*) FROM users")
+        return int(result.rows[0][0])
+
+    async def get_user(self, user_id: int) -> User | None:
+        """Return the user with this id, or None."""
+        result = await self._locked(_SELECT_USER_BY_ID, (user_id,))
+        return _user_from_row(result.rows[0]) if result.rows else None
+
+    async def get_user_by_name(self, username: str) -> User | None:
+        """Return the user with this username (any case), or None."""
+        result = await self._locked(_SELECT_USER_BY_NAME, (username.lower(),))
+        return _user_from_row(result.rows[0]) if result.rows else None
+
+    async def find_login(self, login: str) -> tuple[User, str | None] | None:
+        """Return the user whose username or e-mail is `login` (any case) and their password hash."""
+        key = login.lower()
+        result = await self._locked(_SELECT_LOGIN, (key, key, key))
+        if not result.rows:
+            return None
+        row = result.rows[0]
+        return _user_from_row(row), row["password_hash"]
+
+    async def list_users(self) -> list[User]:
+        """Return every user, ordered by username."""
+        result = await self._locked(_SELECT_USERS)
+        return [_user_from_row(row) for row in result.rows]
+
+    async def update_user(
+        self,
+        user_id: int,
+        *,
+        email: str | None = None,
+        display_name: str | None = None,
+        groups: Sequence[str] | None = None,
+    ) -> User:
+        """Change the given fields (None = keep); NotFound or Conflict (e-mail taken)."""
+        params = (
+            email,
+            None if email is None else email.lower(),
+            display_name,
+            None if groups is None else _groups_json(groups),
+            user_id,
+        )
+        async with self._lock:
+            try:
+                result = await self._sql(_UPDATE_USER, params)
+            except sqlite3.IntegrityError as exc:
+                raise _user_conflict(exc, username="", email=email or "") from exc
+        if not result.rows:
+            raise NotFound(f"no user with id {user_id}")
+        return _user_from_row(result.rows[0])
+
+    async def set_password_hash(self, user_id: int, password_hash: str | None) -> None:
+        """Replace the user's password hash (None makes the account passwordless); NotFound."""
+        result = await self._locked(
+            "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id)
+        )
+        if result.rowcount == 0:
+            raise NotFound(f"no user with id {user_id}")
+
+    async def set_disabled(self, user_id: int, disabled: bool) -> None:
+        """Disable or enable a user; disabling also ends all their sessions. NotFound."""
+        async with self._transaction():
+            result = await self._sql("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
+            if result.rowcount == 0:
+                raise NotFound(f"no user with id {user_id}")
+            if disabled:
+                await self._sql("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+
+    async def delete_user(self, user_id: int) -> None:
+        """Delete a user and (by cascade) their sessions; NotFound."""
+        result = await self._locked("DELETE FROM users WHERE id = ?", (user_id,))
+        if result.rowcount == 0:
+            raise NotFound(f"no user with id {user_id}")
+
+    async def _insert_user(
+        self,
+        username: str,
+        email: str,
+        display_name: str,
+        groups: Sequence[str],
+        password_hash: str | None,
+    ) -> User:
+        params = (
+            username.lower(),
+            email,
+            email.lower(),
+            display_name,
+            _groups_json(groups),
+            password_hash,
+            self._clock(),
+        )
+        try:
+            result = await self._sql(_INSERT_USER, params)
+        except sqlite3.IntegrityError as exc:
+            raise _user_conflict(exc, username=username, email=email) from exc
+        return _user_from_row(result.rows[0])
+
+    # -- sessions -----------------------------------------------------------
+
+    async def create_session(self, rec: SessionRecord) -> None:
+        """Store a new session; NotFound when its user does not exist."""
+        params = (
+            rec.id_hash,
+            rec.user_id,
+            int(rec.level),
+            rec.created_at,
+            rec.authenticated_at,
+            rec.last_active,
+            rec.expires_at,
+            int(rec.remember_me),
+            rec.ip,
+            rec.user_agent,
+        )
+        try:
+            await self._locked(_INSERT_SESSION, params)
+        except sqlite3.IntegrityError as exc:
+            if "FOREIGN KEY" in str(exc):
+                raise NotFound(f"no user with id {rec.user_id}") from exc
+            raise Conflict("session id already exists") from exc
+
+    async def get_session(self, id_hash: str) -> tuple[SessionRecord, User] | None:
+        """Return the session and its user in one query, or None."""
+        result = await self._locked(_SELECT_SESSION_WITH_USER, (id_hash,))
+        if not result.rows:
+            return None
+        row = result.rows[0]
+        return _session_from_row(row), _user_from_row(row, prefix="u_")
+
+    async def delete_session(self, id_hash: str) -> bool:
+        """Delete one session; False when it did not exist."""
+        result = await self._locked("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))
+        return result.rowcount > 0
+
+    async def delete_user_sessions(self, user_id: int, *, keep_id_hash: str | None = None) -> int:
+        """Delete a user's sessions except `keep_id_hash`; return how many were deleted."""
+        # `IS NOT NULL` is true for every row, so keep_id_hash=None deletes them all.
+        result = await self._locked(
+            "DELETE FROM sessions WHERE user_id = ? AND id_hash IS NOT ?", (user_id, keep_id_hash)
+        )
+        return result.rowcount
+
+    async def list_user_sessions(self, user_id: int) -> list[SessionRecord]:
+        """Return a user's sessions, newest first."""
+        result = await self._locked(_SELECT_USER_SESSIONS, (user_id,))
+        return [_session_from_row(row) for row in result.rows]
+
+    async def touch_sessions(self, last_active: Mapping[str, float]) -> None:
+        """Record activity times by session id hash; never moves last_active backwards."""
+        if not last_active:
+            return
+        # MAX() keeps a newer time written by another worker from being overwritten.
+        async with self._transaction():
+            await self._sql(
+                "UPDATE sessions SET last_active = MAX(last_active, ?) WHERE id_hash = ?",
+                many=[(at, id_hash) for id_hash, at in last_active.items()],
+            )
+
+    async def delete_expired_sessions(self, now: float) -> int:
+        """Delete sessions whose absolute end has passed; return how many."""
+        result = await self._locked("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+        return result.rowcount
+
+    # -- login attempts -----------------------------------------------------
+
+    async def record_attempt(self, username: str, ip: str, success: bool, at: float) -> None:
+        """Record one login attempt; the username is compared case-insensitively later."""
+        await self._locked(
+            "INSERT INTO login_attempts (username, ip, success, at) VALUES (?, ?, ?, ?)",
+            (username.lower(), ip, int(success), at),
+        )
+
+    async def failures_since(
+        self, *, username: str | None = None, ip: str | None = None, since: float
+    ) -> list[float]:
+        """Return failure times (ascending) after `since` and after the latest success, by username or ip."""
+        if (username is None) == (ip is None):
+            raise ValueError("give exactly one of username and ip")
+        column, key = ("username", username.lower()) if username is not None else ("ip", ip)
+        result = await self._locked(_FAILURES_SINCE[column], (key, since, key))
+        return [float(row[0]) for row in result.rows]
+
+    async def prune_attempts(self, before: float) -> int:
+        """Delete attempts older than `before`; return how many."""
+        result = await self._locked("DELETE FROM login_attempts WHERE at < ?", (before,))
+        return result.rowcount
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def _migrate(self) -> None:
+        target = migrations.SCHEMA_VERSION
+        async with self._transaction(immediate=True):
+            current = int((await self._sql("PRAGMA user_version")).rows[0][0])
+            if current > target:
+                raise StorageError(
+                    f"database schema version {current} is newer than this authgate supports "
+                    f"({target}); upgrade authgate or restore a backup taken before the upgrade"
+                )
+            for version in range(current, target):
+                for statement in migrations.split_statements(migrations.MIGRATIONS[version]):
+                    await self._sql(statement)
+                # PRAGMA takes no parameters; version is an int we computed.
+                await self._sql(f"PRAGMA user_version = {version + 1:d}")
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, *, immediate: bool = False) -> AsyncIterator[None]:
+        async with self._lock:
+            await self._sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield
+                await self._sql("COMMIT")
+            except BaseException:
+                # Shielded so a second cancellation cannot leave the shared connection
+                # inside an open transaction; suppressed so a failed rollback (e.g. the
+                # COMMIT did land) does not hide the original error.
+                with contextlib.suppress(StorageError):
+                    await asyncio.shield(self._sql("ROLLBACK"))
+                raise
+
+    async def _locked(self, sql: str, params: Sequence[Any] = ()) -> _Result:
+        async with self._lock:
+            return await self._sql(sql, params)
+
+    async def _sql(
+        self, sql: str, params: Sequence[Any] = (), *, many: Iterable[Sequence[Any]] | None = None
+    ) -> _Result:
+        """Run one statement; the only place that talks to SQLite."""
+        self.statement_count += 1
+        try:
+            if many is None:
+                cursor = await self._db.execute(sql, params)
+            else:
+                cursor = await self._db.executemany(sql, many)
+            try:
+                rows = list(await cursor.fetchall())
+            finally:
+                await cursor.close()
+        except sqlite3.IntegrityError:
+            # Callers know which unique value was meant and turn this into Conflict/NotFound.
+            raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"database error: {exc}") from exc
+        return _Result(rows=rows, rowcount=cursor.rowcount)
+
+
+def _create_private_file(path: Path) -> None:
+    # Create the file ourselves so it never exists, even briefly, with umask-derived
+    # permissions: it holds password hashes. SQLite gives -wal/-shm the same mode.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as exc:
+        raise StorageError(f"cannot create database file {str(path)!r}: {exc}") from exc
+    os.close(fd)
+
+
+def _groups_json(groups: Sequence[str]) -> str:
+    # A bare string is a Sequence[str] too, and would be stored as one group per letter.
+    if isinstance(groups, str):
+        raise TypeError("groups must be a sequence of group names, not a string")
+    return json.dumps(list(groups))
+
+
+def _user_conflict(exc: sqlite3.IntegrityError, *, username: str, email: str) -> StorageError:
+    message = str(exc)
+    if "users.username" in message:
+        return Conflict(f"username {username.lower()!r} is already taken")
+    if "users.email_key" in message:
+        return Conflict(f"e-mail {email!r} is already taken")
+    return StorageError(f"database error: {message}")
+
+
+def _user_from_row(row: sqlite3.Row, *, prefix: str = "") -> User:
+    return User(
+        id=row[f"{prefix}id"],
+        username=row[f"{prefix}username"],
+        email=row[f"{prefix}email"],
+        display_name=row[f"{prefix}display_name"],
+        groups=tuple(json.loads(row[f"{prefix}groups"])),
+        disabled=bool(row[f"{prefix}disabled"]),
+        created_at=row[f"{prefix}created_at"],
+    )
+
+
+def _session_from_row(row: sqlite3.Row) -> SessionRecord:
+    return SessionRecord(
+        id_hash=row["id_hash"],
+        user_id=row["user_id"],
+        level=Level(row["level"]),
+        created_at=row["created_at"],
+        authenticated_at=row["authenticated_at"],
+        last_active=row["last_active"],
+        expires_at=row["expires_at"],
+        remember_me=bool(row["remember_me"]),
+        ip=row["ip"],
+        user_agent=row["user_agent"],
+    )

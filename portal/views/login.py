@@ -1,0 +1,163 @@
+"""Login, logout and the signed-in page."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from gateway.logs import log_event
+from gateway.models import Level
+from gateway.regulation import banned_until
+from portal.web import (
+    after_login_target,
+    base_of,
+    clear_session_cookie,
+    client_ip,
+    csrf_ok,
+    current_session,
+    form_text,
+    redirect,
+    render,
+    safe_target,
+    services_of,
+    set_session_cookie,
+)
+
+GENERIC_FAILURE = "Incorrect username or password."
+
+
+def _login_page(
+    request: web.Request,
+    *,
+    status: int = 200,
+    error: str | None = None,
+    notice: str | None = None,
+    rd: str = "",
+    login: str = "",
+) -> web.Response:
+    rd = rd or request.query.get("rd", "")
+    return render(
+        request,
+        "login.html",
+        status=status,
+        error=error,
+        notice=notice,
+        rd=rd if safe_target(request, rd) else "",
+        login=login,
+        remember_me_allowed=services_of(request).config.session.remember_me > 0,
+    )
+
+
+async def login_page(request: web.Request) -> web.Response:
+    """Show the login form, or move on when already signed in."""
+    services = services_of(request)
+    if await services.store.count_users() == 0:
+        return redirect(f"{base_of(request)}/setup")
+    if await current_session(request) is not None:
+        return redirect(after_login_target(request, request.query.get("rd")))
+    notice = "You have been signed out." if request.query.get("signed_out") else None
+    return _login_page(request, notice=notice)
+
+
+async def _ban_remaining(request: web.Request, login: str, ip: str) -> float | None:
+    services = services_of(request)
+    cfg = services.config.regulation
+    if cfg.max_retries == 0:
+        return None
+    now = services.clock()
+    since = now - cfg.find_time - cfg.ban_time
+    ends = [
+        banned_until(await services.store.failures_since(username=login, since=since), now=now, cfg=cfg),
+        banned_until(await services.store.failures_since(ip=ip, since=since), now=now, cfg=cfg),
+    ]
+    active = [end for end in ends if end is not None]
+    return max(active) - now if active else None
+
+
+async def login_submit(request: web.Request) -> web.Response:
+    """Check username (or e-mail) and password, then start a session."""
+    services = services_of(request)
+    form = await request.post()
+    login = form_text(form, "username", limit=254).strip().lower()
+    password = form_text(form, "password")
+    rd = form_text(form, "rd", limit=4096)
+    remember = form_text(form, "remember_me") == "on" and services.config.session.remember_me > 0
+    if not csrf_ok(request, form):
+        return _login_page(request, status=403, error="The form expired. Please try again.", rd=rd)
+    if not login or not password:
+        return _login_page(request, status=400, error="Enter your username and password.", rd=rd, login=login)
+    ip = client_ip(request)
+    remaining = await _ban_remaining(request, login, ip)
+    if remaining is not None:
+        log_event("login_refused_banned", logging.WARNING, login=login, client_ip=ip)
+        minutes = max(1, round(remaining / 60))
+        message = f"Too many failed sign-in attempts. Try again in about {minutes} minute(s)."
+        return _login_page(request, status=429, error=message, rd=rd, login=login)
+
+    found = await services.store.find_login(login)
+    user, password_hash = found if found else (None, None)
+    # Unknown users are verified against a dummy hash, so both cases cost the same time.
+    ok = await services.passwords.verify(password_hash, password)
+    ok = ok and user is not None and not user.disabled
+    await services.store.record_attempt(login, ip, ok, services.clock())
+    if not ok or user is None:
+        log_event("login_failed", logging.WARNING, login=login, client_ip=ip)
+        return _login_page(request, status=401, error=GENERIC_FAILURE, rd=rd, login=login)
+
+    if password_hash and services.passwords.needs_rehash(password_hash):
+        await services.store.set_password_hash(user.id, await services.passwords.hash(password))
+    old = await current_session(request)
+    if old is not None:
+        # A new session id at every login: never keep one an attacker may have planted.
+        await services.sessions.revoke(old.id_hash)
+    cookie = await services.sessions.create(
+        user, Level.ONE_FACTOR, remember_me=remember, ip=ip, user_agent=request.headers.get("User-Agent", "")
+    )
+    log_event("login_succeeded", user=user.username, client_ip=ip, remember_me=remember)
+    response = redirect(after_login_target(request, rd))
+    set_session_cookie(request, response, cookie, remember=remember)
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    """End the session (its row is deleted, so a copied cookie stops working)."""
+    services = services_of(request)
+    form = await request.post()
+    if not csrf_ok(request, form):
+        return render(
+            request, "message.html", status=403, heading="Form expired", message="Please try again."
+        )
+    session = await current_session(request)
+    if session is not None:
+        await services.sessions.revoke(session.id_hash)
+        log_event("logout", user=session.subject.username, client_ip=client_ip(request))
+    response = redirect(f"{base_of(request)}/login?signed_out=1")
+    clear_session_cookie(request, response)
+    return response
+
+
+async def home(request: web.Request) -> web.Response:
+    """Show who is signed in and their session."""
+    session = await current_session(request)
+    if session is None:
+        return redirect(f"{base_of(request)}/login")
+    services = services_of(request)
+    user = await services.store.get_user(session.user_id)
+    if user is None:
+        return redirect(f"{base_of(request)}/login")
+    rec = session.record
+    return render(
+        request,
+        "home.html",
+        user=user,
+        is_admin=services.config.portal.admin_group in user.groups,
+        session=rec,
+        level_name={1: "password", 2: "two factors"}.get(int(rec.level), "none"),
+        fmt_time=_fmt_time,
+    )
+
+
+def _fmt_time(value: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))

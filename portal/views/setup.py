@@ -1,0 +1,75 @@
+"""First-run setup: while no user exists, the portal creates the first account (an admin)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.accounts import validate_display_name, validate_email, validate_username
+from gateway.errors import Conflict
+from gateway.factors.passwords import validate_new_password
+from gateway.logs import log_event
+from gateway.models import Level
+from portal.web import (
+    base_of,
+    client_ip,
+    csrf_ok,
+    form_text,
+    redirect,
+    render,
+    services_of,
+    set_session_cookie,
+)
+
+
+async def setup_page(request: web.Request) -> web.Response:
+    """Offer to create the first account, only while there is none."""
+    if await services_of(request).store.count_users() > 0:
+        return redirect(f"{base_of(request)}/login")
+    return render(request, "setup.html", errors=[], values={})
+
+
+async def setup_submit(request: web.Request) -> web.Response:
+    """Create the first account as an admin and sign it in; closed once any user exists."""
+    services = services_of(request)
+    form = await request.post()
+    values = {
+        name: form_text(form, name, limit=256).strip() for name in ("username", "email", "display_name")
+    }
+    values["username"] = values["username"].lower()
+    password = form_text(form, "password")
+    if not csrf_ok(request, form):
+        return render(
+            request, "setup.html", status=403, errors=["The form expired. Please try again."], values=values
+        )
+    if await services.store.count_users() > 0:
+        return redirect(f"{base_of(request)}/login")
+    problems = [
+        validate_username(values["username"]),
+        validate_email(values["email"]),
+        validate_display_name(values["display_name"] or values["username"]),
+        validate_new_password(password),
+        None if password == form_text(form, "password_confirm") else "The two passwords differ.",
+    ]
+    errors = [p for p in problems if p]
+    if errors:
+        return render(request, "setup.html", status=400, errors=errors, values=values)
+    try:
+        user = await services.store.create_first_user(
+            values["username"],
+            values["email"],
+            values["display_name"] or values["username"],
+            [services.config.portal.admin_group],
+            await services.passwords.hash(password),
+        )
+    except Conflict as exc:
+        return render(request, "setup.html", status=409, errors=[str(exc)], values=values)
+    if user is None:  # someone else finished setup first
+        return redirect(f"{base_of(request)}/login")
+    ip = client_ip(request)
+    log_event("first_user_created", user=user.username, client_ip=ip)
+    cookie = await services.sessions.create(
+        user, Level.ONE_FACTOR, remember_me=False, ip=ip, user_agent=request.headers.get("User-Agent", "")
+    )
+    response = redirect(f"{base_of(request)}/")
+    set_session_cookie(request, response, cookie, remember=False)
+    return response

@@ -1,0 +1,182 @@
+"""Shared helpers of the portal views: rendering, cookies, CSRF, who is asking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+from aiohttp import web
+
+from gateway.config import Config, CookieDomain
+from gateway.domains import cookie_domain_attribute, match_cookie_domain
+from gateway.forwarded import client_address
+from gateway.redirects import safe_redirect_target
+from gateway.services import SERVICES, Services
+from gateway.sessions import CachedSession
+from portal.csrf import CsrfSigner, generate_csrf_secret
+
+CSRF_COOKIE = "authgate_csrf"
+CSRF_FIELD = "csrf_token"
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+# Portal pages are never framed, sniffed, cached or leak their URL (it may hold rd) as a referrer.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def portal_base_path(config: Config) -> str:
+    """Return the path the portal is mounted at ("" for the root)."""
+    return urlsplit(config.session.cookies[0].portal_url).path.rstrip("/")
+
+
+def services_of(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def base_of(request: web.Request) -> str:
+    return portal_base_path(services_of(request).config)
+
+
+def request_host(request: web.Request) -> str:
+    """Return the host the browser used, lower case, without port."""
+    host = request.host or ""
+    if host.startswith("["):
+        return host[1 : host.find("]")].lower()
+    return host.rsplit(":", 1)[0].lower() if host.count(":") == 1 else host.lower()
+
+
+def cookie_domain_of(request: web.Request) -> CookieDomain:
+    """Return the cookie domain that covers this portal request (the first one otherwise)."""
+    cookies = services_of(request).config.session.cookies
+    return match_cookie_domain(request_host(request), cookies) or cookies[0]
+
+
+def client_ip(request: web.Request) -> str:
+    trusted = services_of(request).config.server.trusted_proxies
+    return str(client_address(request.headers, request.remote, trusted))
+
+
+def safe_target(request: web.Request, rd: str | None) -> str | None:
+    """Return rd when it points under a configured cookie domain, else None."""
+    config = services_of(request).config
+    domains = [c.domain for c in config.session.cookies]
+    return safe_redirect_target(rd, domains, allow_http=not config.session.secure)
+
+
+def home_url(request: web.Request) -> str:
+    return f"{portal_base_path(services_of(request).config)}/"
+
+
+def after_login_target(request: web.Request, rd: str | None) -> str:
+    """Where to send someone after login: rd if safe, the domain's default, or the portal."""
+    target = safe_target(request, rd)
+    if target:
+        return target
+    default = cookie_domain_of(request).default_redirect_url
+    return default or home_url(request)
+
+
+async def current_session(request: web.Request) -> CachedSession | None:
+    return await services_of(request).sessions.resolve_header(request.headers.get("Cookie"))
+
+
+def _csrf(request: web.Request) -> CsrfSigner:
+    return CsrfSigner(services_of(request).csrf_keys)
+
+
+def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
+    """Render a page with a CSRF token (and set the CSRF cookie when missing)."""
+    services = services_of(request)
+    secret = request.cookies.get(CSRF_COOKIE) or generate_csrf_secret()
+    base = portal_base_path(services.config)
+    html = TEMPLATES.get_template(template).render(
+        title=services.config.portal.title,
+        base=base,
+        csrf_field=CSRF_FIELD,
+        csrf_token=_csrf(request).token_for(secret),
+        **context,
+    )
+    response = web.Response(status=status, text=html, content_type="text/html", headers=SECURITY_HEADERS)
+    if request.cookies.get(CSRF_COOKIE) != secret:
+        response.set_cookie(
+            CSRF_COOKIE,
+            secret,
+            path=base or "/",
+            httponly=True,
+            secure=services.config.session.secure,
+            samesite="Strict",
+        )
+    return response
+
+
+def redirect(location: str) -> web.Response:
+    """303 See Other: after a POST the browser follows with GET."""
+    return web.Response(status=303, headers={"Location": location, **SECURITY_HEADERS})
+
+
+def csrf_ok(request: web.Request, form: Any) -> bool:
+    """True when the form's CSRF token matches the CSRF cookie, and Origin (if sent) is ours."""
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and not _origin_is_portal(request, origin):
+        return False
+    token = form.get(CSRF_FIELD)
+    return isinstance(token, str) and _csrf(request).verify(request.cookies.get(CSRF_COOKIE), token)
+
+
+def _origin_is_portal(request: web.Request, origin: str) -> bool:
+    origins = set()
+    for cookie in services_of(request).config.session.cookies:
+        parts = urlsplit(cookie.portal_url)
+        origins.add(f"{parts.scheme}://{parts.netloc}".lower())
+    return origin.lower() in origins
+
+
+def form_text(form: Any, name: str, *, limit: int = 1024) -> str:
+    """Return a form field as text ('' when absent, a file, or absurdly long)."""
+    value = form.get(name)
+    if not isinstance(value, str) or len(value) > limit:
+        return ""
+    return value
+
+
+def set_session_cookie(request: web.Request, response: web.Response, value: str, *, remember: bool) -> None:
+    services = services_of(request)
+    cfg = services.config.session
+    cookie_domain = cookie_domain_of(request)
+    response.set_cookie(
+        cfg.cookie_name,
+        value,
+        domain=cookie_domain_attribute(cookie_domain.domain),
+        path="/",
+        max_age=int(cfg.remember_me) if remember else None,
+        httponly=True,
+        secure=cfg.secure,
+        samesite="Lax",
+    )
+
+
+def clear_session_cookie(request: web.Request, response: web.Response) -> None:
+    cfg = services_of(request).config.session
+    response.del_cookie(
+        cfg.cookie_name,
+        domain=cookie_domain_attribute(cookie_domain_of(request).domain),
+        path="/",
+        secure=cfg.secure,
+        httponly=True,
+        samesite="Lax",
+    )
