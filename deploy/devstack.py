@@ -42,6 +42,8 @@ def main() -> int:
     processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def stop(*_: object) -> None:
+        # A second Ctrl-C must not abandon the children half-stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for process in processes.values():
             if process.poll() is None:
                 process.terminate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -54,7 +55,8 @@ async def login_page(request: web.Request) -> web.Response:
     """Show the login form, or move on when already signed in."""
     services = services_of(request)
     if await services.store.count_users() == 0:
-        return redirect(f"{base_of(request)}/setup")
+        rd = safe_target(request, request.query.get("rd"))
+        return redirect(f"{base_of(request)}/setup" + (f"?rd={quote(rd, safe='')}" if rd else ""))
     if await current_session(request) is not None:
         return redirect(after_login_target(request, request.query.get("rd")))
     notice = "You have been signed out." if request.query.get("signed_out") else None

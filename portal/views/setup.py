@@ -10,12 +10,14 @@ from gateway.factors.passwords import validate_new_password
 from gateway.logs import log_event
 from gateway.models import Level
 from portal.web import (
+    after_login_target,
     base_of,
     client_ip,
     csrf_ok,
     form_text,
     redirect,
     render,
+    safe_target,
     services_of,
     set_session_cookie,
 )
@@ -25,7 +27,11 @@ async def setup_page(request: web.Request) -> web.Response:
     """Offer to create the first account, only while there is none."""
     if await services_of(request).store.count_users() > 0:
         return redirect(f"{base_of(request)}/login")
-    return render(request, "setup.html", errors=[], values={})
+    return render(request, "setup.html", errors=[], values={}, rd=_rd(request, request.query.get("rd")))
+
+
+def _rd(request: web.Request, rd: str | None) -> str:
+    return safe_target(request, rd) or ""
 
 
 async def setup_submit(request: web.Request) -> web.Response:
@@ -37,6 +43,7 @@ async def setup_submit(request: web.Request) -> web.Response:
     }
     values["username"] = values["username"].lower()
     password = form_text(form, "password")
+    rd = _rd(request, form_text(form, "rd", limit=4096))
     if not csrf_ok(request, form):
         return render(
             request, "setup.html", status=403, errors=["The form expired. Please try again."], values=values
@@ -52,7 +59,7 @@ async def setup_submit(request: web.Request) -> web.Response:
     ]
     errors = [p for p in problems if p]
     if errors:
-        return render(request, "setup.html", status=400, errors=errors, values=values)
+        return render(request, "setup.html", status=400, errors=errors, values=values, rd=rd)
     try:
         user = await services.store.create_first_user(
             values["username"],
@@ -62,7 +69,7 @@ async def setup_submit(request: web.Request) -> web.Response:
             await services.passwords.hash(password),
         )
     except Conflict as exc:
-        return render(request, "setup.html", status=409, errors=[str(exc)], values=values)
+        return render(request, "setup.html", status=409, errors=[str(exc)], values=values, rd=rd)
     if user is None:  # someone else finished setup first
         return redirect(f"{base_of(request)}/login")
     ip = client_ip(request)
@@ -70,6 +77,6 @@ async def setup_submit(request: web.Request) -> web.Response:
     cookie = await services.sessions.create(
         user, Level.ONE_FACTOR, remember_me=False, ip=ip, user_agent=request.headers.get("User-Agent", "")
     )
-    response = redirect(f"{base_of(request)}/")
+    response = redirect(after_login_target(request, rd))
     set_session_cookie(request, response, cookie, remember=False)
     return response
