@@ -10,7 +10,7 @@ EMAIL_RE = re.compile(r"^[^@\s,;<>\"]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}
 
 
 def validate_username(value: str) -> str | None:
-    if not USERNAME_RE.match(value):
+    if not USERNAME_RE.fullmatch(value):
         return (
             f"username {value!r} is not allowed: use 1-64 lower-case letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -19,7 +19,7 @@ def validate_username(value: str) -> str | None:
 
 
 def validate_email(value: str) -> str | None:
-    if not EMAIL_RE.match(value) or ".." in value:
+    if not EMAIL_RE.fullmatch(value) or ".." in value:
         return f"e-mail {value!r} is not a valid address (expected name@example.com)"
     return None
 
@@ -34,7 +34,7 @@ def validate_display_name(value: str) -> str | None:
 
 def validate_groups(groups: list[str]) -> str | None:
     for group in groups:
-        if not GROUP_RE.match(group):
+        if not GROUP_RE.fullmatch(group):
             return (
                 f"group {group!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"

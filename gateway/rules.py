@@ -114,7 +114,9 @@ class CompiledRules:
 
     def decide(self, request: OriginalRequest, subject: Subject | None) -> RuleDecision:
         """Return the policy of the first rule matching the request, or the default policy."""
-        target = f"{request.path}?{request.query}" if request.query else request.path
+        # The normalised path alone, never the query: with the query appended, a rule like
+        # ^/admin(/|$) would miss /admin?x=1 and let it fall through to a weaker rule.
+        target = request.path
         for index in self._candidates(request.host.lower()):
             rule = self._rules[index]
             if not rule.matches_request(request, target):

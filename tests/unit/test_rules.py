@@ -71,18 +71,23 @@ def test_domain_matching(host: str, expected: RuleDecision) -> None:
     [
         ("/api/v1", "", 0),
         ("/static/app.js", "", 1),
-        ("/page", "debug=1", 2),
+        ("/static/app.js", "v=2", 1),
+        ("/admin", "", 2),
+        ("/admin", "x=1", 2),
+        ("/admin/", "next=/", 2),
+        ("/administrator", "", None),
         ("/page", "", None),
         ("/x/api/", "", None),
-        ("/", "next=/api", None),
+        ("/", "next=/api/", None),
+        ("/", "x=/admin", None),
     ],
 )
-def test_path_regexes_search_path_and_query(path: str, query: str, expected_index: int | None) -> None:
-    """Path regexes are searched against the path plus '?' and the query string."""
+def test_path_regexes_search_the_path_only(path: str, query: str, expected_index: int | None) -> None:
+    """Path regexes see the normalised path alone, so a query string can neither dodge nor trigger a rule."""
     rules = compile_rules(
         AccessRule(Policy.BYPASS, paths=("^/api/",)),
         AccessRule(Policy.BYPASS, paths=(r"\.css$", r"\.js$")),
-        AccessRule(Policy.BYPASS, paths=(r"\?debug=",)),
+        AccessRule(Policy.DENY, paths=("^/admin(/|$)",)),
     )
     assert rules.decide(make_request(path=path, query=query), None).rule_index == expected_index
 
