@@ -104,7 +104,7 @@ class IdentityHeadersConfig:
 class AccessRule:
     policy: Policy
     domains: tuple[str, ...] = ()  # exact "app.example.com" or wildcard "*.example.com"; empty = any
-    paths: tuple[str, ...] = ()  # regexes (re.search) against the normalised path (never the query); empty = any
+    paths: tuple[str, ...] = ()  # regexes (re.search) on the normalised path, not the query; empty = any
     methods: tuple[str, ...] = ()  # upper case; empty = any
     networks: tuple[Network, ...] = ()  # client address CIDRs; empty = any
     subjects: tuple[str, ...] = ()  # "user:NAME" / "group:NAME"; empty = anyone
