@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from multidict import MultiDictProxy
 
 from gateway.config import Config, CookieDomain
 from gateway.domains import cookie_domain_attribute, match_cookie_domain
@@ -15,7 +17,7 @@ from gateway.forwarded import client_address
 from gateway.redirects import safe_redirect_target
 from gateway.services import SERVICES, Services
 from gateway.sessions import CachedSession
-from portal.csrf import CsrfSigner, generate_csrf_secret
+from portal.csrf import CsrfSigner, generate_csrf_secret, is_csrf_secret
 
 CSRF_COOKIE = "authgate_csrf"
 CSRF_FIELD = "csrf_token"
@@ -102,7 +104,8 @@ def _csrf(request: web.Request) -> CsrfSigner:
 def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
     """Render a page with a CSRF token (and set the CSRF cookie when missing)."""
     services = services_of(request)
-    secret = request.cookies.get(CSRF_COOKIE) or generate_csrf_secret()
+    cookie = request.cookies.get(CSRF_COOKIE)
+    secret = cookie if is_csrf_secret(cookie) else generate_csrf_secret()
     base = portal_base_path(services.config)
     html = TEMPLATES.get_template(template).render(
         title=services.config.portal.title,
@@ -112,7 +115,7 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
         **context,
     )
     response = web.Response(status=status, text=html, content_type="text/html", headers=SECURITY_HEADERS)
-    if request.cookies.get(CSRF_COOKIE) != secret:
+    if cookie != secret:
         response.set_cookie(
             CSRF_COOKIE,
             secret,
@@ -127,6 +130,14 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
 def redirect(location: str) -> web.Response:
     """303 See Other: after a POST the browser follows with GET."""
     return web.Response(status=303, headers={"Location": location, **SECURITY_HEADERS})
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | web.FileField]:
+    """Return the submitted form; 400 when the body cannot be decoded (bad charset, broken multipart)."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError, HttpProcessingError) as exc:
+        raise web.HTTPBadRequest(text="400 bad request: the form could not be read\n") from exc
 
 
 def csrf_ok(request: web.Request, form: Any) -> bool:

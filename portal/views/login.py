@@ -19,6 +19,7 @@ from portal.web import (
     csrf_ok,
     current_session,
     form_text,
+    read_form,
     redirect,
     render,
     safe_target,
@@ -81,7 +82,7 @@ async def _ban_remaining(request: web.Request, login: str, ip: str) -> float | N
 async def login_submit(request: web.Request) -> web.Response:
     """Check username (or e-mail) and password, then start a session."""
     services = services_of(request)
-    form = await request.post()
+    form = await read_form(request)
     login = form_text(form, "username", limit=254).strip().lower()
     password = form_text(form, "password")
     rd = form_text(form, "rd", limit=4096)
@@ -126,7 +127,7 @@ async def login_submit(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     """End the session (its row is deleted, so a copied cookie stops working)."""
     services = services_of(request)
-    form = await request.post()
+    form = await read_form(request)
     if not csrf_ok(request, form):
         return render(
             request, "message.html", status=403, heading="Form expired", message="Please try again."

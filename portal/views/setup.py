@@ -15,6 +15,7 @@ from portal.web import (
     client_ip,
     csrf_ok,
     form_text,
+    read_form,
     redirect,
     render,
     safe_target,
@@ -37,7 +38,7 @@ def _rd(request: web.Request, rd: str | None) -> str:
 async def setup_submit(request: web.Request) -> web.Response:
     """Create the first account as an admin and sign it in; closed once any user exists."""
     services = services_of(request)
-    form = await request.post()
+    form = await read_form(request)
     values = {
         name: form_text(form, name, limit=256).strip() for name in ("username", "email", "display_name")
     }
@@ -46,7 +47,12 @@ async def setup_submit(request: web.Request) -> web.Response:
     rd = _rd(request, form_text(form, "rd", limit=4096))
     if not csrf_ok(request, form):
         return render(
-            request, "setup.html", status=403, errors=["The form expired. Please try again."], values=values
+            request,
+            "setup.html",
+            status=403,
+            errors=["The form expired. Please try again."],
+            values=values,
+            rd=rd,
         )
     if await services.store.count_users() > 0:
         return redirect(f"{base_of(request)}/login")
