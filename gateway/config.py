@@ -54,6 +54,9 @@ class StorageConfig:
 class SecretsConfig:
     # Newest key first. Empty = generated once into data_dir/secrets/session_keys.
     session_keys: tuple[str, ...] = ()
+    # Root of the keys that encrypt TOTP secrets and pepper recovery-code hashes.
+    # Empty = generated once into data_dir/secrets/storage_key.
+    storage_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,24 @@ class PortalConfig:
 
 
 @dataclass(frozen=True)
+class TotpConfig:
+    digits: int = 6  # 6 | 8
+    period: int = 30  # seconds per code, 15-120
+    algorithm: str = "SHA1"  # SHA1 | SHA256 | SHA512 (upper case)
+    skew: int = 1  # time steps accepted either side of the current one, 0-10
+
+
+@dataclass(frozen=True)
+class TwoFactorConfig:
+    mode: str = "optional"  # disabled | optional | required
+    issuer: str = "authgate"  # shown by authenticator apps next to the account
+    totp: TotpConfig = field(default_factory=TotpConfig)  # settings for newly enrolled devices
+    recovery_codes: int = 10  # codes per generated set, 4-32
+    pending_ttl: float = 300.0  # seconds between password and second factor, > 0 and <= 1h
+    pending_max_attempts: int = 5  # wrong codes before starting over, 1-20
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -134,6 +155,7 @@ class Config:
     identity_headers: IdentityHeadersConfig = field(default_factory=IdentityHeadersConfig)
     access_control: AccessControlConfig = field(default_factory=AccessControlConfig)
     portal: PortalConfig = field(default_factory=PortalConfig)
+    two_factor: TwoFactorConfig = field(default_factory=TwoFactorConfig)
 
 
 # --- Loading -----------------------------------------------------------------------------------------
@@ -164,6 +186,12 @@ _HTTP_METHODS = (
     *("PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "MKCALENDAR"),
 )
 _MIN_SESSION_KEY_LENGTH = 32
+_MIN_STORAGE_KEY_LENGTH = 32
+_TWO_FACTOR_MODES = ("disabled", "optional", "required")
+_TOTP_DIGITS = (6, 8)
+_TOTP_ALGORITHMS = ("SHA1", "SHA256", "SHA512")
+_MAX_ISSUER_LENGTH = 64
+_MAX_PENDING_TTL = 3600.0
 _MAX_CACHE_TTL = 60.0
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
@@ -395,6 +423,22 @@ def _check_across_keys(config: Config, failed: set[str], problems: Problems) -> 
             continue
         seen[header] = key
 
+    _check_two_factor_rules(config, failed, problems)
+
+
+def _check_two_factor_rules(config: Config, failed: set[str], problems: Problems) -> None:
+    """Refuse two_factor policies when two_factor.mode is disabled: nobody could ever satisfy them."""
+    if "two_factor.mode" in failed or config.two_factor.mode != "disabled":
+        return
+    access = config.access_control
+    hint = "never satisfiable with two_factor.mode: disabled; use optional or required, or another policy"
+    if "access_control.default_policy" not in failed and access.default_policy is Policy.TWO_FACTOR:
+        problems.append(("access_control.default_policy", f"two_factor is {hint}"))
+    if "access_control.rules" not in failed:
+        for index, rule in enumerate(access.rules):
+            if rule.policy is Policy.TWO_FACTOR:
+                problems.append((f"access_control.rules[{index}].policy", f"two_factor is {hint}"))
+
 
 # --- Leaf parsers: return the typed value, or add a problem and return _INVALID -----------------------
 
@@ -529,6 +573,72 @@ def _session_key(item: str, path: str, problems: Problems) -> Any:
 
 def _session_keys(value: Any, path: str, problems: Problems) -> Any:
     return _each(value, path, _session_key, problems, secret=True)
+
+
+def _storage_key(value: Any, path: str, problems: Problems) -> Any:
+    # never echo the key itself: problems end up in logs
+    if not isinstance(value, str):
+        return _fail(problems, path, "this value is not a string")
+    if len(value) < _MIN_STORAGE_KEY_LENGTH:
+        return _fail(
+            problems,
+            path,
+            f"key is {len(value)} characters; use at least {_MIN_STORAGE_KEY_LENGTH} random characters "
+            "(e.g. from `openssl rand -hex 32`)",
+        )
+    return value
+
+
+def _issuer(value: Any, path: str, problems: Problems) -> Any:
+    if _text(value, path, problems) is _INVALID:
+        return _INVALID
+    if ":" in value:
+        # the otpauth:// label is "issuer:account", so a colon would split it in the wrong place
+        return _fail(problems, path, f"{_show(value)} contains ':', which authenticator apps cannot show")
+    if len(value) > _MAX_ISSUER_LENGTH:
+        return _fail(
+            problems, path, f"{_show(value)} is too long; use at most {_MAX_ISSUER_LENGTH} characters"
+        )
+    return value
+
+
+def _totp_digits(value: Any, path: str, problems: Problems) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _TOTP_DIGITS:
+        return _fail(problems, path, f"{_show(value)} is not allowed; use 6 or 8")
+    return value
+
+
+def _totp_algorithm(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, str) or value.upper() not in _TOTP_ALGORITHMS:
+        return _fail(
+            problems, path, f"{_show(value)} is not allowed; use one of {', '.join(_TOTP_ALGORITHMS)}"
+        )
+    return value.upper()
+
+
+_TOTP_PARSERS: dict[str, _Parser] = {
+    "digits": _totp_digits,
+    "period": _integer(15, 120),
+    "algorithm": _totp_algorithm,
+    "skew": _integer(0, 10),
+}
+
+
+def _totp(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, dict):
+        return _fail(
+            problems, path, f"{_show(value)} is not a mapping; allowed keys: {', '.join(_TOTP_PARSERS)}"
+        )
+    _check_keys(value, _TOTP_PARSERS, path, problems)
+    start = len(problems)
+    kwargs: dict[str, Any] = {}
+    for key, parse in _TOTP_PARSERS.items():
+        # null keeps the default, as for top-level keys
+        if value.get(key) is not None:
+            kwargs[key] = parse(value[key], f"{path}.{key}", problems)
+    if len(problems) > start:
+        return _INVALID
+    return TotpConfig(**kwargs)
 
 
 def _policy(value: Any, path: str, problems: Problems) -> Any:
@@ -767,7 +877,7 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
     ),
     "log": (LogConfig, {"level": _choice(_LOG_LEVELS), "format": _choice(_LOG_FORMATS)}),
     "storage": (StorageConfig, {"data_dir": _text}),
-    "secrets": (SecretsConfig, {"session_keys": _session_keys}),
+    "secrets": (SecretsConfig, {"session_keys": _session_keys, "storage_key": _storage_key}),
     "session": (
         SessionConfig,
         {
@@ -800,6 +910,17 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
     ),
     "access_control": (AccessControlConfig, {"default_policy": _policy, "rules": _rules}),
     "portal": (PortalConfig, {"title": _text, "admin_group": _text}),
+    "two_factor": (
+        TwoFactorConfig,
+        {
+            "mode": _choice(_TWO_FACTOR_MODES),
+            "issuer": _issuer,
+            "totp": _totp,
+            "recovery_codes": _integer(4, 32),
+            "pending_ttl": _duration(positive=True, maximum=_MAX_PENDING_TTL),
+            "pending_max_attempts": _integer(1, 20),
+        },
+    ),
 }
 
 # Keys typed `str` in the dataclasses take environment values verbatim instead of through YAML.

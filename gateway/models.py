@@ -83,3 +83,31 @@ class SessionRecord:
     remember_me: bool
     ip: str
     user_agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class TotpDevice:
+    """A user's TOTP authenticator; the secret stays sealed (see gateway.factors.secretbox)."""
+
+    id: int
+    user_id: int
+    name: str
+    secret_sealed: str
+    digits: int
+    period: int
+    algorithm: str  # "SHA1" | "SHA256" | "SHA512"
+    last_step: int | None  # last accepted time step; codes for steps <= this are refused
+    created_at: float
+    last_used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityEvent:
+    """Something that happened to a user's account that they (and admins) should be able to see."""
+
+    id: int
+    user_id: int
+    event: str  # e.g. "recovery_code_used", "totp_added", "second_factors_reset"
+    detail: str
+    ip: str
+    at: float

@@ -51,7 +51,52 @@ CREATE INDEX login_attempts_ip_at ON login_attempts (ip, at);
 CREATE INDEX login_attempts_at ON login_attempts (at);
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1,)
+# Second factors (issue 3): TOTP devices, recovery codes, the factor last used, security events.
+_V2: Final = """
+CREATE TABLE totp_devices (
+    -- AUTOINCREMENT: ids are never reused, so an id read before a delete cannot
+    -- name a newer row (a device added, or a code set regenerated, in between).
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    name TEXT NOT NULL COLLATE NOCASE,      -- chosen by the user; unique per user in any (ASCII) case
+    secret_sealed TEXT NOT NULL,            -- AES-GCM sealed base32 secret, never the secret itself
+    digits INTEGER NOT NULL,
+    period INTEGER NOT NULL,
+    algorithm TEXT NOT NULL,                -- SHA1 | SHA256 | SHA512
+    last_step INTEGER,                      -- last accepted time step: the replay guard
+    created_at REAL NOT NULL,
+    last_used_at REAL,
+    UNIQUE (user_id, name)
+);
+
+CREATE TABLE recovery_codes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    code_hash TEXT NOT NULL,                -- peppered HMAC-SHA256; the code itself is never stored
+    used_at REAL,                           -- NULL while unused
+    created_at REAL NOT NULL
+);
+
+CREATE INDEX recovery_codes_user_id ON recovery_codes (user_id);
+
+CREATE TABLE user_factor_prefs (
+    user_id INTEGER PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    last_method TEXT NOT NULL               -- factor kind used at the last login: totp | recovery | ...
+);
+
+CREATE TABLE security_events (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    at REAL NOT NULL
+);
+
+CREATE INDEX security_events_user_id_at ON security_events (user_id, at);
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2)
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

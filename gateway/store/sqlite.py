@@ -16,7 +16,7 @@ from typing import Any
 import aiosqlite
 
 from gateway.errors import Conflict, NotFound, StorageError
-from gateway.models import Level, SessionRecord, User
+from gateway.models import Level, SecurityEvent, SessionRecord, TotpDevice, User
 from gateway.store import migrations
 
 # Queries are literals, never assembled at run time (the one exception is the
@@ -95,6 +95,45 @@ WHERE ip = ? AND success = 0 AND at > ?
 ORDER BY at
 """,
 }
+
+
+_INSERT_TOTP_DEVICE = """
+INSERT INTO totp_devices (user_id, name, secret_sealed, digits, period, algorithm, last_step, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+RETURNING id
+"""
+
+_SELECT_TOTP_DEVICES = """
+SELECT id, user_id, name, secret_sealed, digits, period, algorithm, last_step, created_at, last_used_at
+FROM totp_devices WHERE user_id = ? ORDER BY created_at, id
+"""
+
+_SELECT_TOTP_DEVICE = """
+SELECT id, user_id, name, secret_sealed, digits, period, algorithm, last_step, created_at, last_used_at
+FROM totp_devices WHERE id = ? AND user_id = ?
+"""
+
+# The compare-and-set that makes a TOTP code single-use even when two requests (or two
+# workers) carry the same code at once: only one UPDATE can move last_step past `step`.
+_USE_TOTP_STEP = """
+UPDATE totp_devices SET last_step = ?, last_used_at = ?
+WHERE id = ? AND (last_step IS NULL OR last_step < ?)
+"""
+
+_SECOND_FACTOR_KINDS = """
+SELECT EXISTS (SELECT 1 FROM totp_devices WHERE user_id = ?) AS totp,
+       EXISTS (SELECT 1 FROM recovery_codes WHERE user_id = ? AND used_at IS NULL) AS recovery
+"""
+
+_UPSERT_LAST_METHOD = """
+INSERT INTO user_factor_prefs (user_id, last_method) VALUES (?, ?)
+ON CONFLICT (user_id) DO UPDATE SET last_method = excluded.last_method
+"""
+
+_SELECT_SECURITY_EVENTS = """
+SELECT id, user_id, event, detail, ip, at FROM security_events
+WHERE user_id = ? ORDER BY at DESC, id DESC LIMIT ?
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +407,152 @@ class Store:
         result = await self._locked("DELETE FROM login_attempts WHERE at < ?", (before,))
         return result.rowcount
 
+    # -- second factors -----------------------------------------------------
+
+    async def add_totp_device(
+        self,
+        user_id: int,
+        *,
+        name: str,
+        secret_sealed: str,
+        digits: int,
+        period: int,
+        algorithm: str,
+        last_step: int | None = None,
+    ) -> int:
+        """Store a confirmed TOTP device and return its id; Conflict (name taken) or NotFound (user)."""
+        # last_step is the step of the code that confirmed the enrolment, so that code
+        # cannot be used again to log in.
+        params = (user_id, name, secret_sealed, digits, period, algorithm, last_step, self._clock())
+        try:
+            result = await self._locked(_INSERT_TOTP_DEVICE, params)
+        except sqlite3.IntegrityError as exc:
+            raise _totp_conflict(exc, user_id=user_id, name=name) from exc
+        return int(result.rows[0][0])
+
+    async def list_totp_devices(self, user_id: int) -> list[TotpDevice]:
+        """Return the user's TOTP devices, oldest first."""
+        result = await self._locked(_SELECT_TOTP_DEVICES, (user_id,))
+        return [_totp_from_row(row) for row in result.rows]
+
+    async def get_totp_device(self, user_id: int, device_id: int) -> TotpDevice | None:
+        """Return the device if it exists and belongs to the user, else None."""
+        result = await self._locked(_SELECT_TOTP_DEVICE, (device_id, user_id))
+        return _totp_from_row(result.rows[0]) if result.rows else None
+
+    async def rename_totp_device(self, user_id: int, device_id: int, name: str) -> None:
+        """Rename one of the user's devices; NotFound, or Conflict when the name is taken."""
+        try:
+            result = await self._locked(
+                "UPDATE totp_devices SET name = ? WHERE id = ? AND user_id = ?", (name, device_id, user_id)
+            )
+        except sqlite3.IntegrityError as exc:
+            raise _totp_conflict(exc, user_id=user_id, name=name) from exc
+        if result.rowcount == 0:
+            raise NotFound(f"user {user_id} has no TOTP device {device_id}")
+
+    async def delete_totp_device(self, user_id: int, device_id: int) -> None:
+        """Delete one of the user's devices; NotFound."""
+        result = await self._locked(
+            "DELETE FROM totp_devices WHERE id = ? AND user_id = ?", (device_id, user_id)
+        )
+        if result.rowcount == 0:
+            raise NotFound(f"user {user_id} has no TOTP device {device_id}")
+
+    async def use_totp_step(self, device_id: int, step: int, at: float) -> bool:
+        """Record `step` as used if it is newer than the last used one; False if it is not (replay)."""
+        result = await self._locked(_USE_TOTP_STEP, (step, at, device_id, step))
+        return result.rowcount == 1
+
+    async def replace_recovery_codes(self, user_id: int, hashes: Sequence[str]) -> None:
+        """Replace the user's recovery codes with new hashes in one transaction; NotFound (user)."""
+        if isinstance(hashes, str):
+            raise TypeError("hashes must be a sequence of hashes, not a string")
+        now = self._clock()
+        try:
+            async with self._transaction():
+                await self._sql("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
+                await self._sql(
+                    "INSERT INTO recovery_codes (user_id, code_hash, created_at) VALUES (?, ?, ?)",
+                    many=[(user_id, code_hash, now) for code_hash in hashes],
+                )
+        except sqlite3.IntegrityError as exc:
+            raise NotFound(f"no user with id {user_id}") from exc
+
+    async def unused_recovery_hashes(self, user_id: int) -> list[tuple[int, str]]:
+        """Return (code id, hash) for each of the user's unused recovery codes."""
+        result = await self._locked(
+            "SELECT id, code_hash FROM recovery_codes WHERE user_id = ? AND used_at IS NULL ORDER BY id",
+            (user_id,),
+        )
+        return [(int(row[0]), str(row[1])) for row in result.rows]
+
+    async def use_recovery_code(self, code_id: int, at: float) -> bool:
+        """Mark a recovery code used; False when it was already used or no longer exists."""
+        result = await self._locked(
+            "UPDATE recovery_codes SET used_at = ? WHERE id = ? AND used_at IS NULL", (at, code_id)
+        )
+        return result.rowcount == 1
+
+    async def count_unused_recovery_codes(self, user_id: int) -> int:
+        """Return how many of the user's recovery codes are still unused."""
+        result = await self._locked(
+            "SELECT COUNT(*) FROM recovery_codes WHERE user_id = ? AND used_at IS NULL", (user_id,)
+        )
+        return int(result.rows[0][0])
+
+    async def second_factor_kinds(self, user_id: int) -> tuple[str, ...]:
+        """Return the kinds of second factor the user can use now: "totp" and/or "recovery"."""
+        result = await self._locked(_SECOND_FACTOR_KINDS, (user_id, user_id))
+        row = result.rows[0]
+        return tuple(kind for kind in ("totp", "recovery") if row[kind])
+
+    async def reset_second_factors(self, user_id: int) -> None:
+        """Delete all the user's TOTP devices, recovery codes and factor preference in one transaction."""
+        async with self._transaction():
+            await self._sql("DELETE FROM totp_devices WHERE user_id = ?", (user_id,))
+            await self._sql("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
+            await self._sql("DELETE FROM user_factor_prefs WHERE user_id = ?", (user_id,))
+
+    async def set_last_method(self, user_id: int, method: str) -> None:
+        """Remember the factor kind the user last signed in with; NotFound (user)."""
+        try:
+            await self._locked(_UPSERT_LAST_METHOD, (user_id, method))
+        except sqlite3.IntegrityError as exc:
+            raise NotFound(f"no user with id {user_id}") from exc
+
+    async def get_last_method(self, user_id: int) -> str | None:
+        """Return the factor kind the user last signed in with, or None."""
+        result = await self._locked("SELECT last_method FROM user_factor_prefs WHERE user_id = ?", (user_id,))
+        return str(result.rows[0][0]) if result.rows else None
+
+    # -- security events ----------------------------------------------------
+
+    async def add_security_event(self, user_id: int, event: str, detail: str, ip: str, at: float) -> None:
+        """Record an event on the user's account (shown to them); NotFound (user)."""
+        try:
+            await self._locked(
+                "INSERT INTO security_events (user_id, event, detail, ip, at) VALUES (?, ?, ?, ?, ?)",
+                (user_id, event, detail, ip, at),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise NotFound(f"no user with id {user_id}") from exc
+
+    async def list_security_events(self, user_id: int, limit: int = 50) -> list[SecurityEvent]:
+        """Return the user's most recent events, newest first."""
+        result = await self._locked(_SELECT_SECURITY_EVENTS, (user_id, limit))
+        return [
+            SecurityEvent(
+                id=row["id"],
+                user_id=row["user_id"],
+                event=row["event"],
+                detail=row["detail"],
+                ip=row["ip"],
+                at=row["at"],
+            )
+            for row in result.rows
+        ]
+
     # -- plumbing -----------------------------------------------------------
 
     async def _migrate(self) -> None:
@@ -477,4 +662,28 @@ def _session_from_row(row: sqlite3.Row) -> SessionRecord:
         remember_me=bool(row["remember_me"]),
         ip=row["ip"],
         user_agent=row["user_agent"],
+    )
+
+
+def _totp_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) -> StorageError:
+    message = str(exc)
+    if "FOREIGN KEY" in message:
+        return NotFound(f"no user with id {user_id}")
+    if "totp_devices.user_id, totp_devices.name" in message:
+        return Conflict(f"a TOTP device named {name!r} already exists")
+    return StorageError(f"database error: {message}")
+
+
+def _totp_from_row(row: sqlite3.Row) -> TotpDevice:
+    return TotpDevice(
+        id=row["id"],
+        user_id=row["user_id"],
+        name=row["name"],
+        secret_sealed=row["secret_sealed"],
+        digits=row["digits"],
+        period=row["period"],
+        algorithm=row["algorithm"],
+        last_step=row["last_step"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
     )
