@@ -8,6 +8,7 @@ import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -62,6 +63,10 @@ def _read_password(args: argparse.Namespace) -> str:
     if problem:
         raise CliError(problem)
     return password
+
+
+def _iso(value: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
 
 
 def _user_dict(user: User) -> dict[str, Any]:
@@ -163,6 +168,38 @@ def cmd_users(args: argparse.Namespace) -> int:
         print(f"deleted {user.username}")
         return 0
 
+    async def two_factor(store: Store) -> int:
+        user = await _require_user(store, args.username)
+        if args.twofa_command == "reset":
+            if not args.yes:
+                raise CliError(
+                    f"removing every second factor of {user.username} is permanent; repeat with --yes"
+                )
+            await store.reset_second_factors(user.id)
+            await store.add_security_event(user.id, "second_factors_reset", "by the CLI", "cli", time.time())
+            print(f"removed every second factor of {user.username}; they can enrol again at their next login")
+            return 0
+        devices = await store.list_totp_devices(user.id)
+        # Names and dates only: an administrator never sees a secret.
+        report = {
+            "username": user.username,
+            "mode": config.two_factor.mode,
+            "totp_devices": [
+                {
+                    "name": d.name,
+                    "algorithm": d.algorithm,
+                    "digits": d.digits,
+                    "period": d.period,
+                    "created_at": _iso(d.created_at),
+                    "last_used_at": _iso(d.last_used_at) if d.last_used_at else None,
+                }
+                for d in devices
+            ],
+            "recovery_codes_left": await store.count_unused_recovery_codes(user.id),
+        }
+        print(json.dumps(report, indent=2))
+        return 0
+
     actions: dict[str, Callable[[Store], Awaitable[int]]] = {
         "add": add,
         "list": list_,
@@ -172,6 +209,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         "enable": lambda s: set_disabled(s, False),
         "modify": modify,
         "delete": delete,
+        "2fa": two_factor,
     }
     return asyncio.run(_with_store(config, actions[args.users_command]))
 
@@ -219,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     delete = user_commands.add_parser("delete", help="delete a user")
     delete.add_argument("username")
     delete.add_argument("--yes", action="store_true", help="confirm the deletion")
+    twofa = user_commands.add_parser("2fa", help="show or reset a user's second factors")
+    twofa_commands = twofa.add_subparsers(dest="twofa_command", required=True)
+    twofa_commands.add_parser("show", help="list a user's second factors (never secrets)").add_argument(
+        "username"
+    )
+    reset = twofa_commands.add_parser("reset", help="remove all of a user's second factors (lost phone)")
+    reset.add_argument("username")
+    reset.add_argument("--yes", action="store_true", help="confirm the reset")
     return parser
 
 

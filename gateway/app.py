@@ -12,12 +12,15 @@ from aiohttp import web
 from gateway import authz
 from gateway.config import Config
 from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
+from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox, derive_key, load_storage_key
+from gateway.models import SessionRecord, User
 from gateway.rules import CompiledRules
 from gateway.secret_files import load_or_create_secret_lines
 from gateway.services import SERVICES, Services
 from gateway.session_service import SessionService
 from gateway.sessions import SessionCodec
 from gateway.store.sqlite import Store
+from gateway.two_factor import TwoFactorService
 from portal import routes as portal_routes
 from portal.web import portal_base_path
 
@@ -40,13 +43,28 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         store = await Store.open(config.storage.database_path)
         hasher = AsyncPasswordHasher(PasswordHasher(config.password), config.password.max_concurrent)
-        sessions = SessionService(store, codec, cfg, config.identity_headers, clock)
+        storage_root = load_storage_key(
+            data_dir=config.storage.data_dir, configured=config.secrets.storage_key
+        )
+        two_factor = TwoFactorService(
+            store,
+            SecretBox(derive_key(storage_root, purpose=PURPOSE_TOTP)),
+            config.two_factor,
+            recovery_pepper=derive_key(storage_root, purpose=PURPOSE_RECOVERY),
+            clock=clock,
+        )
+
+        async def must_enrol(user: User, _record: SessionRecord) -> bool:
+            return config.two_factor.mode == "required" and not await two_factor.has_factor(user.id)
+
+        sessions = SessionService(store, codec, cfg, config.identity_headers, clock, must_enrol)
         app[SERVICES] = Services(
             config=config,
             store=store,
             sessions=sessions,
             rules=rules,
             passwords=hasher,
+            two_factor=two_factor,
             clock=clock,
             csrf_keys=keys,
         )

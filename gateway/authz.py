@@ -27,9 +27,9 @@ from gateway.sessions import CachedSession
 Parser = Callable[..., OriginalRequest]
 
 
-def login_url(portal_url: str, target: str) -> str:
-    """Return the portal's login URL that comes back to target afterwards."""
-    return f"{portal_url}/login?rd={quote(target, safe='')}"
+def portal_url(portal: str, page: str, target: str) -> str:
+    """Return a portal page ("login", "2fa") that comes back to target afterwards."""
+    return f"{portal}/{page}?rd={quote(target, safe='')}"
 
 
 def _wants_redirect(headers: CIMultiDictProxy[str], method: str) -> bool:
@@ -55,14 +55,14 @@ def _denied(original: OriginalRequest, session: CachedSession | None, decision: 
 
 
 def _to_portal(
-    services: Services, request: web.Request, original: OriginalRequest, *, always_401: bool
+    services: Services, request: web.Request, original: OriginalRequest, *, page: str, always_401: bool
 ) -> web.Response:
     cookie_domain = match_cookie_domain(original.host, services.config.session.cookies)
     if cookie_domain is None:
         # A session cookie could never reach this host, so a login could not help.
         log_event("access_denied", reason="host outside every session cookie domain", host=original.host)
         return web.Response(status=403, text="403 forbidden: host is not under a session cookie domain\n")
-    location = login_url(cookie_domain.portal_url, original.url)
+    location = portal_url(cookie_domain.portal_url, page, original.url)
     if not always_401 and _wants_redirect(request.headers, original.method):
         return web.Response(status=302, headers={"Location": location})
     return web.Response(status=401, headers={"Location": location}, text="401 unauthorized\n")
@@ -77,14 +77,16 @@ async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> w
     session = await services.sessions.resolve_header(request.headers.get("Cookie"))
     subject = session.subject if session else None
     level = session.level if session else Level.ANONYMOUS
-    decision = decide(services.rules, original, subject, level)
+    must_enrol = session.must_enrol if session else False
+    decision = decide(services.rules, original, subject, level, must_enrol=must_enrol)
     if decision.verdict is Verdict.ALLOW:
         if decision.with_identity and session is not None:
             return web.Response(status=200, headers=session.headers)
         return web.Response(status=200)
     if decision.verdict is Verdict.DENY:
         return _denied(original, session, decision)
-    return _to_portal(services, request, original, always_401=always_401)
+    page = "2fa" if decision.verdict is Verdict.STEP_UP else "login"
+    return _to_portal(services, request, original, page=page, always_401=always_401)
 
 
 async def forward_auth(request: web.Request) -> web.Response:

@@ -160,9 +160,6 @@ class Config:
 
 # --- Loading -----------------------------------------------------------------------------------------
 
-# Switch on once TOTP/WebAuthn exist; until then a two_factor rule could never be satisfied.
-SECOND_FACTORS_AVAILABLE = False
-
 ENV_PREFIX = "AUTHGATE_"
 CONFIG_PATH_VARIABLE = "AUTHGATE_CONFIG"  # read by the CLI, not a configuration key
 FILE_SUFFIX = "_FILE"
@@ -644,15 +641,7 @@ def _totp(value: Any, path: str, problems: Problems) -> Any:
 def _policy(value: Any, path: str, problems: Problems) -> Any:
     if not isinstance(value, str) or value.lower() not in _POLICIES:
         return _fail(problems, path, f"{_show(value)} is not a policy; use one of {', '.join(_POLICIES)}")
-    policy = Policy(value.lower())
-    if policy is Policy.TWO_FACTOR and not SECOND_FACTORS_AVAILABLE:
-        return _fail(
-            problems,
-            path,
-            "two_factor needs second factors (TOTP/WebAuthn), which this version does not provide yet; "
-            "use one_factor or deny",
-        )
-    return policy
+    return Policy(value.lower())
 
 
 def _hostname_problem(host: str) -> str | None:

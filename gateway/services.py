@@ -12,6 +12,7 @@ from gateway.factors.passwords import AsyncPasswordHasher
 from gateway.rules import CompiledRules
 from gateway.session_service import SessionService
 from gateway.store.sqlite import Store
+from gateway.two_factor import TwoFactorService
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Services:
     sessions: SessionService
     rules: CompiledRules
     passwords: AsyncPasswordHasher
+    two_factor: TwoFactorService
     clock: Callable[[], float]
     csrf_keys: tuple[str, ...]
 

@@ -10,7 +10,7 @@ effect at once. Last activity is kept in memory and written in batches every
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gateway.config import IdentityHeadersConfig, SessionConfig
 from gateway.errors import SessionInvalid
@@ -29,6 +29,12 @@ from gateway.sessions import (
 from gateway.store.sqlite import Store
 
 Clock = Callable[[], float]
+# Whether a session's user must enrol a second factor before reaching any app.
+EnrolmentCheck = Callable[[User, SessionRecord], Awaitable[bool]]
+
+
+async def _never(_user: User, _record: SessionRecord) -> bool:
+    return False
 
 
 class SessionService:
@@ -39,7 +45,9 @@ class SessionService:
         cfg: SessionConfig,
         headers: IdentityHeadersConfig,
         clock: Clock,
+        enrolment_check: EnrolmentCheck = _never,
     ) -> None:
+        self.enrolment_check = enrolment_check
         self.store = store
         self.codec = codec
         self.cfg = cfg
@@ -136,6 +144,7 @@ class SessionService:
             last_active=now,
             refresh_at=now + self.cfg.cache_ttl,
             record=record,
+            must_enrol=await self.enrolment_check(user, record),
         )
         self.cache.put(cookie_value, entry)
         self._pending_activity[id_hash] = now

@@ -98,6 +98,7 @@ class CachedSession:
     last_active: float
     refresh_at: float  # after this, re-read from storage (the staleness bound)
     record: SessionRecord
+    must_enrol: bool = False  # 2FA required and no factor enrolled yet
 
 
 def session_end_reason(

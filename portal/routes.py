@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from portal.views import login, setup
+from portal.views import admin, login, second_factor, settings, setup
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC_DIR = Path(__file__).parent / "static"
+
+# (method, path under the portal base, handler). Admin routes are listed so tests can walk them.
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/", login.home),
+    ("GET", "/login", login.login_page),
+    ("POST", "/login", login.login_submit),
+    ("POST", "/logout", login.logout),
+    ("GET", "/setup", setup.setup_page),
+    ("POST", "/setup", setup.setup_submit),
+    ("GET", "/2fa", second_factor.second_factor_page),
+    ("POST", "/2fa", second_factor.second_factor_submit),
+    ("GET", "/settings", settings.settings_page),
+    ("GET", "/settings/totp/new", settings.totp_new_page),
+    ("POST", "/settings/totp/new", settings.totp_new_submit),
+    ("POST", "/settings/totp/{device_id}/rename", settings.totp_rename),
+    ("POST", "/settings/totp/{device_id}/delete", settings.totp_delete),
+    ("POST", "/settings/recovery", settings.recovery_regenerate),
+    ("GET", "/admin/users", admin.users_page),
+    ("POST", "/admin/users/{username}/2fa/reset", admin.reset_second_factors),
+)
+ADMIN_PREFIX = "/admin/"
 
 
 def add_routes(app: web.Application, base: str) -> None:
-    app.router.add_get(f"{base}/", login.home)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, f"{base}{path}", handler)
     if base:
         app.router.add_get(base, login.home)
-    app.router.add_get(f"{base}/login", login.login_page)
-    app.router.add_post(f"{base}/login", login.login_submit)
-    app.router.add_post(f"{base}/logout", login.logout)
-    app.router.add_get(f"{base}/setup", setup.setup_page)
-    app.router.add_post(f"{base}/setup", setup.setup_submit)
     app.router.add_static(f"{base}/static", STATIC_DIR, append_version=True)

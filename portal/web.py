@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +28,14 @@ TEMPLATES = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
+
+
+def fmt_time(value: float) -> str:
+    """Format a Unix time for people (UTC, to the minute)."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))
+
+
+TEMPLATES.filters["fmt_time"] = fmt_time
 
 # Portal pages are never framed, sniffed, cached or leak their URL (it may hold rd) as a referrer.
 SECURITY_HEADERS = {
@@ -105,7 +114,7 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
     """Render a page with a CSRF token (and set the CSRF cookie when missing)."""
     services = services_of(request)
     cookie = request.cookies.get(CSRF_COOKIE)
-    secret = cookie if is_csrf_secret(cookie) else generate_csrf_secret()
+    secret = cookie if cookie is not None and is_csrf_secret(cookie) else generate_csrf_secret()
     base = portal_base_path(services.config)
     html = TEMPLATES.get_template(template).render(
         title=services.config.portal.title,
@@ -132,7 +141,7 @@ def redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location, **SECURITY_HEADERS})
 
 
-async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | web.FileField]:
+async def read_form(request: web.Request) -> MultiDictProxy[Any]:
     """Return the submitted form; 400 when the body cannot be decoded (bad charset, broken multipart)."""
     try:
         return await request.post()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
-import time
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
 from gateway.logs import log_event
 from gateway.models import Level
 from gateway.regulation import banned_until
+from portal.flow import STEP_ENROL, STEP_VERIFY, second_factor_needed
+from portal.flow import start as start_pending
+from portal.pending import set_pending
 from portal.web import (
     after_login_target,
     base_of,
@@ -18,6 +20,7 @@ from portal.web import (
     client_ip,
     csrf_ok,
     current_session,
+    fmt_time,
     form_text,
     read_form,
     redirect,
@@ -60,11 +63,17 @@ async def login_page(request: web.Request) -> web.Response:
         return redirect(f"{base_of(request)}/setup" + (f"?rd={quote(rd, safe='')}" if rd else ""))
     if await current_session(request) is not None:
         return redirect(after_login_target(request, request.query.get("rd")))
-    notice = "You have been signed out." if request.query.get("signed_out") else None
+    notice = None
+    if request.query.get("signed_out"):
+        notice = "You have been signed out."
+    elif request.query.get("expired"):
+        notice = "Sign-in took too long. Please enter your password again."
+    elif request.query.get("retry"):
+        notice = "Too many wrong codes. Please enter your password again."
     return _login_page(request, notice=notice)
 
 
-async def _ban_remaining(request: web.Request, login: str, ip: str) -> float | None:
+async def ban_remaining(request: web.Request, login: str, ip: str) -> float | None:
     services = services_of(request)
     cfg = services.config.regulation
     if cfg.max_retries == 0:
@@ -92,25 +101,45 @@ async def login_submit(request: web.Request) -> web.Response:
     if not login or not password:
         return _login_page(request, status=400, error="Enter your username and password.", rd=rd, login=login)
     ip = client_ip(request)
-    remaining = await _ban_remaining(request, login, ip)
+    found = await services.store.find_login(login)
+    user, password_hash = found if found else (None, None)
+    # Count attempts per account, whether it was named by username or e-mail.
+    account = user.username if user else login
+    remaining = await ban_remaining(request, account, ip)
     if remaining is not None:
-        log_event("login_refused_banned", logging.WARNING, login=login, client_ip=ip)
+        log_event("login_refused_banned", logging.WARNING, login=account, client_ip=ip)
         minutes = max(1, round(remaining / 60))
         message = f"Too many failed sign-in attempts. Try again in about {minutes} minute(s)."
         return _login_page(request, status=429, error=message, rd=rd, login=login)
 
-    found = await services.store.find_login(login)
-    user, password_hash = found if found else (None, None)
     # Unknown users are verified against a dummy hash, so both cases cost the same time.
     ok = await services.passwords.verify(password_hash, password)
-    ok = ok and user is not None and not user.disabled
-    await services.store.record_attempt(login, ip, ok, services.clock())
-    if not ok or user is None:
-        log_event("login_failed", logging.WARNING, login=login, client_ip=ip)
+    if not ok or user is None or user.disabled:
+        await services.store.record_attempt(account, ip, False, services.clock())
+        log_event("login_failed", logging.WARNING, login=account, client_ip=ip)
         return _login_page(request, status=401, error=GENERIC_FAILURE, rd=rd, login=login)
 
     if password_hash and services.passwords.needs_rehash(password_hash):
         await services.store.set_password_hash(user.id, await services.passwords.hash(password))
+    kinds = await services.two_factor.kinds(user.id)
+    step = second_factor_needed(
+        mode=services.config.two_factor.mode, policy_demands_two=False, has_factors=bool(kinds)
+    )
+    if step == STEP_VERIFY:
+        # No success is recorded yet: it would reset the failure count that caps code guessing.
+        pending = start_pending(
+            user.id,
+            rd=safe_target(request, rd) or "",
+            remember_me=remember,
+            now=services.clock(),
+            ttl=services.config.two_factor.pending_ttl,
+            max_attempts=services.config.two_factor.pending_max_attempts,
+        )
+        log_event("password_accepted", user=user.username, client_ip=ip, next="second_factor")
+        response = redirect(f"{base_of(request)}/2fa")
+        set_pending(request, response, pending)
+        return response
+    await services.store.record_attempt(account, ip, True, services.clock())
     old = await current_session(request)
     if old is not None:
         # A new session id at every login: never keep one an attacker may have planted.
@@ -119,7 +148,12 @@ async def login_submit(request: web.Request) -> web.Response:
         user, Level.ONE_FACTOR, remember_me=remember, ip=ip, user_agent=request.headers.get("User-Agent", "")
     )
     log_event("login_succeeded", user=user.username, client_ip=ip, remember_me=remember)
-    response = redirect(after_login_target(request, rd))
+    if step == STEP_ENROL:
+        # Enrol on first use: this level-one session reaches no app until a factor is added.
+        query = urlencode({"rd": safe_target(request, rd) or ""})
+        response = redirect(f"{base_of(request)}/settings/totp/new?{query}")
+    else:
+        response = redirect(after_login_target(request, rd))
     set_session_cookie(request, response, cookie, remember=remember)
     return response
 
@@ -158,9 +192,5 @@ async def home(request: web.Request) -> web.Response:
         is_admin=services.config.portal.admin_group in user.groups,
         session=rec,
         level_name={1: "password", 2: "two factors"}.get(int(rec.level), "none"),
-        fmt_time=_fmt_time,
+        fmt_time=fmt_time,
     )
-
-
-def _fmt_time(value: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config as config_module
 from gateway.config import (
     AccessRule,
     Config,
@@ -402,25 +401,8 @@ def test_portal_url_trailing_slash_is_dropped() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        {"access_control": {"default_policy": "two_factor"}},
-        with_rule(policy="two_factor"),
-    ],
-    ids=["default", "rule"],
-)
-def test_two_factor_is_not_available_yet(data: object) -> None:
-    """two_factor is rejected while no second factor exists."""
-    [(_, message)] = problems(data)
-    assert message.startswith(
-        "two_factor needs second factors (TOTP/WebAuthn), which this version does not provide yet"
-    )
-
-
-def test_two_factor_allowed_once_second_factors_exist(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Switching SECOND_FACTORS_AVAILABLE on lifts the two_factor check."""
-    monkeypatch.setattr(config_module, "SECOND_FACTORS_AVAILABLE", True)
+def test_two_factor_policy_accepted() -> None:
+    """two_factor is a valid policy (second factors exist; the disabled mode is checked separately)."""
     config = parse_config({"access_control": {"default_policy": "two_factor"}})
     assert config.access_control.default_policy is Policy.TWO_FACTOR
 

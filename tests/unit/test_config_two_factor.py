@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config as config_module
 from gateway.config import TotpConfig, TwoFactorConfig, parse_config
 from gateway.errors import ConfigError
 from gateway.models import Policy
@@ -153,15 +152,9 @@ def test_short_storage_key_is_not_echoed() -> None:
     assert "16 characters" in message
 
 
-@pytest.fixture
-def second_factors_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config_module, "SECOND_FACTORS_AVAILABLE", True)
-
-
 RULE = {"domain": "app.example.com", "policy": "two_factor"}
 
 
-@pytest.mark.usefixtures("second_factors_on")
 @pytest.mark.parametrize("mode", ["optional", "required"])
 def test_two_factor_rules_allowed_when_enabled(mode: str) -> None:
     """two_factor rules and default policy are fine in optional and required modes."""
@@ -174,7 +167,6 @@ def test_two_factor_rules_allowed_when_enabled(mode: str) -> None:
     assert config.access_control.rules[0].policy is Policy.TWO_FACTOR
 
 
-@pytest.mark.usefixtures("second_factors_on")
 def test_two_factor_rules_refused_when_disabled() -> None:
     """With mode disabled a two_factor rule or default policy could never be met, so it is an error."""
     found = problems_of(

@@ -1,0 +1,205 @@
+"""The second-factor step: after the password (pending login) or for step-up (level-one session)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from gateway.logs import log_event
+from gateway.models import Level, User
+from gateway.sessions import CachedSession
+from gateway.two_factor import RECOVERY, TOTP
+from portal.flow import PendingLogin, PendingLoginError, check, default_method
+from portal.pending import attempts_key, attempts_left, clear_pending, load_pending
+from portal.views.login import ban_remaining
+from portal.web import (
+    after_login_target,
+    base_of,
+    client_ip,
+    csrf_ok,
+    current_session,
+    form_text,
+    read_form,
+    redirect,
+    render,
+    safe_target,
+    services_of,
+    set_session_cookie,
+)
+
+METHOD_LABELS = {TOTP: "Authenticator app", RECOVERY: "Recovery code"}
+
+
+@dataclass(frozen=True, slots=True)
+class FactorContext:
+    """Who owes a second factor, and where they go afterwards."""
+
+    user: User
+    pending: PendingLogin | None  # after the password
+    session: CachedSession | None  # step-up from level one
+    rd: str
+
+
+def _with_rd(path: str, rd: str, **flags: str) -> str:
+    query = urlencode({**({"rd": rd} if rd else {}), **flags})
+    return f"{path}?{query}" if query else path
+
+
+async def resolve_context(request: web.Request, rd: str | None) -> FactorContext | web.Response:
+    """Return the pending login or the step-up session, or a redirect to start over."""
+    services = services_of(request)
+    pending = load_pending(request)
+    if pending is not None:
+        try:
+            check(pending, now=services.clock())
+        except PendingLoginError:
+            response = redirect(_with_rd(f"{base_of(request)}/login", pending.rd, expired="1"))
+            clear_pending(request, response)
+            return response
+        user = await services.store.get_user(pending.user_id)
+        if user is None or user.disabled:
+            return redirect(f"{base_of(request)}/login")
+        return FactorContext(user, pending, None, pending.rd)
+    session = await current_session(request)
+    target = safe_target(request, rd) or ""
+    if session is None:
+        return redirect(_with_rd(f"{base_of(request)}/login", target))
+    user = await services.store.get_user(session.user_id)
+    if user is None:
+        return redirect(f"{base_of(request)}/login")
+    return FactorContext(user, None, session, target)
+
+
+async def finish_login(
+    request: web.Request, user: User, *, remember: bool, old: CachedSession | None, target: str
+) -> web.Response:
+    """Start a fresh level-two session (new id), end the old one, and go on."""
+    services = services_of(request)
+    if old is not None:
+        await services.sessions.revoke(old.id_hash)
+    cookie = await services.sessions.create(
+        user,
+        Level.TWO_FACTOR,
+        remember_me=remember,
+        ip=client_ip(request),
+        user_agent=request.headers.get("User-Agent", ""),
+    )
+    response = redirect(target)
+    set_session_cookie(request, response, cookie, remember=remember)
+    clear_pending(request, response)
+    return response
+
+
+def _page(
+    request: web.Request,
+    ctx: FactorContext,
+    kinds: tuple[str, ...],
+    method: str,
+    *,
+    error: str | None = None,
+    status: int = 200,
+) -> web.Response:
+    return render(
+        request,
+        "second_factor.html",
+        user=ctx.user,
+        method=method,
+        others=[(kind, METHOD_LABELS[kind]) for kind in kinds if kind != method and kind in METHOD_LABELS],
+        rd=ctx.rd,
+        step_up=ctx.session is not None,
+        error=error,
+        status=status,
+    )
+
+
+async def second_factor_page(request: web.Request) -> web.Response:
+    """Ask for a code, offering the kind used last and links to the others."""
+    services = services_of(request)
+    ctx = await resolve_context(request, request.query.get("rd"))
+    if isinstance(ctx, web.Response):
+        return ctx
+    if ctx.session is not None and ctx.session.level >= Level.TWO_FACTOR:
+        return redirect(after_login_target(request, ctx.rd))
+    kinds = await services.two_factor.kinds(ctx.user.id)
+    if TOTP not in kinds and ctx.session is not None:
+        # Step-up for someone without a factor: enrol one (which itself proves two factors).
+        return redirect(_with_rd(f"{base_of(request)}/settings/totp/new", ctx.rd))
+    if not kinds:
+        response = redirect(f"{base_of(request)}/login")
+        clear_pending(request, response)
+        return response
+    chosen = request.query.get("method")
+    method = (
+        chosen
+        if chosen in kinds
+        else default_method(kinds, await services.store.get_last_method(ctx.user.id))
+    )
+    return _page(request, ctx, kinds, method or TOTP)
+
+
+async def second_factor_submit(request: web.Request) -> web.Response:
+    """Check a TOTP or recovery code; on success start a level-two session."""
+    services = services_of(request)
+    form = await read_form(request)
+    ctx = await resolve_context(request, form_text(form, "rd", limit=4096))
+    if isinstance(ctx, web.Response):
+        return ctx
+    kinds = await services.two_factor.kinds(ctx.user.id)
+    method = form_text(form, "method")
+    if method not in kinds:
+        method = TOTP if TOTP in kinds else RECOVERY
+    if not csrf_ok(request, form):
+        return _page(request, ctx, kinds, method, error="The form expired. Please try again.", status=403)
+    ip = client_ip(request)
+    remaining = await ban_remaining(request, ctx.user.username, ip)
+    if remaining is not None:
+        minutes = max(1, round(remaining / 60))
+        error = f"Too many failed sign-in attempts. Try again in about {minutes} minute(s)."
+        return _page(request, ctx, kinds, method, error=error, status=429)
+
+    code = form_text(form, "code", limit=64)
+    if method == TOTP:
+        ok = await services.two_factor.verify_totp(ctx.user.id, code) is not None
+    else:
+        ok = await services.two_factor.verify_recovery(ctx.user.id, code)
+    now = services.clock()
+    if not ok:
+        return await _wrong_code(request, ctx, kinds, method, ip)
+
+    await services.store.record_attempt(ctx.user.username, ip, True, now)
+    await services.store.set_last_method(ctx.user.id, method)
+    if method == RECOVERY:
+        left = await services.store.count_unused_recovery_codes(ctx.user.id)
+        await services.store.add_security_event(
+            ctx.user.id, "recovery_code_used", f"{left} recovery code(s) left", ip, now
+        )
+        log_event("recovery_code_used", logging.WARNING, user=ctx.user.username, client_ip=ip, left=left)
+    log_event("second_factor_succeeded", user=ctx.user.username, method=method, client_ip=ip)
+    remember = ctx.pending.remember_me if ctx.pending else bool(ctx.session and ctx.session.remember_me)
+    return await finish_login(
+        request, ctx.user, remember=remember, old=ctx.session, target=after_login_target(request, ctx.rd)
+    )
+
+
+async def _wrong_code(
+    request: web.Request, ctx: FactorContext, kinds: tuple[str, ...], method: str, ip: str
+) -> web.Response:
+    services = services_of(request)
+    now = services.clock()
+    # Every wrong code counts toward the user's brute-force regulation, pending or step-up.
+    await services.store.record_attempt(ctx.user.username, ip, False, now)
+    log_event("second_factor_failed", logging.WARNING, user=ctx.user.username, method=method, client_ip=ip)
+    if ctx.pending is None:
+        return _page(request, ctx, kinds, method, error="That code is not valid.", status=401)
+    await services.store.record_attempt(attempts_key(ctx.pending), ip, False, now)
+    left = await attempts_left(request, ctx.pending)
+    if left <= 0:
+        response = redirect(_with_rd(f"{base_of(request)}/login", ctx.rd, retry="1"))
+        clear_pending(request, response)
+        return response
+    return _page(
+        request, ctx, kinds, method, error=f"That code is not valid. {left} attempt(s) left.", status=401
+    )

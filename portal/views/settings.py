@@ -1,0 +1,326 @@
+"""Security settings: TOTP devices (enrol, rename, delete), recovery codes, recent activity."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlencode
+
+from aiohttp import web
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from gateway.errors import Conflict, NotFound
+from gateway.logs import log_event
+from gateway.models import Level, User
+from gateway.sessions import CachedSession
+from gateway.two_factor import FEW_RECOVERY_CODES, TOTP
+from portal.views.second_factor import finish_login
+from portal.web import (
+    base_of,
+    client_ip,
+    cookie_domain_of,
+    csrf_ok,
+    current_session,
+    form_text,
+    read_form,
+    redirect,
+    render,
+    safe_target,
+    services_of,
+)
+
+ENROL_SALT = "authgate.totp-enrol.v1"
+ENROL_MAX_AGE = 15 * 60  # seconds a displayed secret stays valid for confirmation
+DEFAULT_DEVICE_NAME = "Authenticator app"
+
+
+def _enrol_signer(request: web.Request) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(list(reversed(services_of(request).csrf_keys)), salt=ENROL_SALT)
+
+
+def validate_device_name(name: str) -> str | None:
+    """Return an error message for a device name, or None."""
+    if not name.strip() or len(name) > 64:
+        return "Give the device a name of 1-64 characters."
+    if any(ch < " " or ch == "\x7f" for ch in name):
+        return "The device name must not contain control characters."
+    return None
+
+
+async def _signed_in(request: web.Request) -> tuple[CachedSession, User] | web.Response:
+    """Return the session and its user, or a redirect to the login page."""
+    session = await current_session(request)
+    user = await services_of(request).store.get_user(session.user_id) if session else None
+    if session is None or user is None:
+        query = urlencode({"rd": f"{_portal_origin(request)}{request.path_qs}"})
+        return redirect(f"{base_of(request)}/login?{query}")
+    return session, user
+
+
+def _portal_origin(request: web.Request) -> str:
+    """scheme://host of the portal as this browser reaches it (rd must be an absolute URL)."""
+    return cookie_domain_of(request).portal_url.removesuffix(base_of(request))
+
+
+async def _strong_session(request: web.Request) -> tuple[CachedSession, User] | web.Response:
+    """Like _signed_in, but a user who has a second factor must have used it in this session."""
+    found = await _signed_in(request)
+    if isinstance(found, web.Response):
+        return found
+    session, user = found
+    services = services_of(request)
+    if session.level < Level.TWO_FACTOR and await services.two_factor.has_factor(user.id):
+        # Changing factors with only the password would let a password thief replace them.
+        query = urlencode({"rd": f"{_portal_origin(request)}{base_of(request)}/settings"})
+        return redirect(f"{base_of(request)}/2fa?{query}")
+    return found
+
+
+async def _password_ok(request: web.Request, user: User, password: str) -> bool:
+    services = services_of(request)
+    found = await services.store.find_login(user.username)
+    password_hash = found[1] if found else None
+    ok = await services.passwords.verify(password_hash, password)
+    await services.store.record_attempt(user.username, client_ip(request), ok, services.clock())
+    return ok
+
+
+async def settings_page(
+    request: web.Request, *, notice: str | None = None, error: str | None = None, status: int = 200
+) -> web.Response:
+    """Show the user's second factors and recent security activity."""
+    found = await _strong_session(request)
+    if isinstance(found, web.Response):
+        return found
+    session, user = found
+    services = services_of(request)
+    remaining = await services.store.count_unused_recovery_codes(user.id)
+    return render(
+        request,
+        "settings.html",
+        status=status,
+        user=user,
+        enabled=services.two_factor.enabled,
+        mode=services.config.two_factor.mode,
+        must_enrol=session.must_enrol,
+        devices=await services.store.list_totp_devices(user.id),
+        recovery_left=remaining,
+        recovery_low=0 < remaining <= FEW_RECOVERY_CODES,
+        events=await services.store.list_security_events(user.id, limit=20),
+        notice=notice or _notice(request.query.get("done", "")),
+        error=error,
+    )
+
+
+def _notice(done: str) -> str | None:
+    return {
+        "renamed": "Device renamed.",
+        "deleted": "Device removed.",
+        "added": "Authenticator app added.",
+    }.get(done)
+
+
+async def totp_new_page(request: web.Request) -> web.Response:
+    """Offer a fresh TOTP secret with its QR code; nothing is stored until confirmed."""
+    found = await _strong_session(request)
+    if isinstance(found, web.Response):
+        return found
+    _session, user = found
+    return _enrol_form(request, user, secret=None, rd=safe_target(request, request.query.get("rd")) or "")
+
+
+def _enrol_form(
+    request: web.Request,
+    user: User,
+    *,
+    secret: str | None,
+    rd: str,
+    name: str = DEFAULT_DEVICE_NAME,
+    error: str | None = None,
+    status: int = 200,
+) -> web.Response:
+    services = services_of(request)
+    if not services.two_factor.enabled:
+        return render(
+            request,
+            "message.html",
+            status=403,
+            heading="Two-factor authentication is off",
+            message="The administrator has disabled two-factor authentication.",
+        )
+    enrolment = services.two_factor.new_enrolment(account=user.username, secret=secret)
+    settings = services.config.two_factor.totp
+    return render(
+        request,
+        "totp_new.html",
+        status=status,
+        enrolment=enrolment,
+        secret_groups=" ".join(enrolment.secret[i : i + 4] for i in range(0, len(enrolment.secret), 4)),
+        token=_enrol_signer(request).dumps({"u": user.id, "s": enrolment.secret}),
+        digits=settings.digits,
+        period=settings.period,
+        algorithm=settings.algorithm,
+        name=name,
+        rd=rd,
+        error=error,
+    )
+
+
+async def totp_new_submit(request: web.Request) -> web.Response:
+    """Store a TOTP device once the password and a current code confirm it."""
+    found = await _strong_session(request)
+    if isinstance(found, web.Response):
+        return found
+    session, user = found
+    services = services_of(request)
+    form = await read_form(request)
+    rd = safe_target(request, form_text(form, "rd", limit=4096)) or ""
+    name = form_text(form, "name", limit=256).strip() or DEFAULT_DEVICE_NAME
+    try:
+        offered = _enrol_signer(request).loads(form_text(form, "token", limit=2048), max_age=ENROL_MAX_AGE)
+    except BadSignature:
+        offered = None
+    if not isinstance(offered, dict) or offered.get("u") != user.id or not isinstance(offered.get("s"), str):
+        return _enrol_form(
+            request,
+            user,
+            secret=None,
+            rd=rd,
+            name=name,
+            status=400,
+            error="This setup expired. Scan the new code below and try again.",
+        )
+    secret = offered["s"]
+    if not csrf_ok(request, form):
+        return _enrol_form(
+            request,
+            user,
+            secret=secret,
+            rd=rd,
+            name=name,
+            status=403,
+            error="The form expired. Please try again.",
+        )
+    name_problem = validate_device_name(name)
+    if name_problem:
+        return _enrol_form(request, user, secret=secret, rd=rd, name=name, status=400, error=name_problem)
+    if not await _password_ok(request, user, form_text(form, "password")):
+        return _enrol_form(
+            request,
+            user,
+            secret=secret,
+            rd=rd,
+            name=name,
+            status=401,
+            error="Your current password is not correct.",
+        )
+    step = services.two_factor.check_new_code(secret, form_text(form, "code", limit=64))
+    if step is None:
+        return _enrol_form(
+            request,
+            user,
+            secret=secret,
+            rd=rd,
+            name=name,
+            status=400,
+            error="That code is not valid. Check the time on your phone and try the next code.",
+        )
+    try:
+        await services.two_factor.add_totp(user.id, name, secret, step)
+    except Conflict:
+        return _enrol_form(
+            request,
+            user,
+            secret=secret,
+            rd=rd,
+            name=name,
+            status=409,
+            error=f"You already have a device named {name!r}; choose another name.",
+        )
+    ip = client_ip(request)
+    await services.store.add_security_event(user.id, "totp_added", name, ip, services.clock())
+    log_event("totp_added", user=user.username, client_ip=ip)
+    target = rd or f"{base_of(request)}/settings?done=added"
+    first_codes = None
+    if await services.store.count_unused_recovery_codes(user.id) == 0:
+        first_codes = await services.two_factor.new_recovery_codes(user.id)
+        await services.store.add_security_event(user.id, "recovery_codes_generated", "", ip, services.clock())
+    # Password and a current code were just checked: the session is now a two-factor one (new id).
+    response = await finish_login(request, user, remember=session.remember_me, old=session, target=target)
+    if first_codes is None:
+        return response
+    page = render(request, "recovery_codes.html", codes=first_codes, next_url=target, first=True)
+    for cookie in response.cookies.values():
+        page.cookies[cookie.key] = cookie
+    return page
+
+
+async def totp_rename(request: web.Request) -> web.Response:
+    found = await _strong_session(request)
+    if isinstance(found, web.Response):
+        return found
+    _session, user = found
+    form = await read_form(request)
+    if not csrf_ok(request, form):
+        return await settings_page(request, error="The form expired. Please try again.", status=403)
+    name = form_text(form, "name", limit=256).strip()
+    problem = validate_device_name(name)
+    if problem:
+        return await settings_page(request, error=problem, status=400)
+    try:
+        await services_of(request).store.rename_totp_device(user.id, _device_id(request), name)
+    except NotFound:
+        return await settings_page(request, error="No such device.", status=404)
+    except Conflict:
+        return await settings_page(request, error=f"You already have a device named {name!r}.", status=409)
+    return redirect(f"{base_of(request)}/settings?done=renamed")
+
+
+async def totp_delete(request: web.Request) -> web.Response:
+    found = await _strong_session(request)
+    if isinstance(found, web.Response):
+        return found
+    _session, user = found
+    services = services_of(request)
+    form = await read_form(request)
+    if not csrf_ok(request, form):
+        return await settings_page(request, error="The form expired. Please try again.", status=403)
+    device = await services.store.get_totp_device(user.id, _device_id(request))
+    if device is None:
+        return await settings_page(request, error="No such device.", status=404)
+    if not await _password_ok(request, user, form_text(form, "password")):
+        return await settings_page(request, error="Your current password is not correct.", status=401)
+    await services.store.delete_totp_device(user.id, device.id)
+    ip = client_ip(request)
+    await services.store.add_security_event(user.id, "totp_removed", device.name, ip, services.clock())
+    log_event("totp_removed", logging.WARNING, user=user.username, client_ip=ip)
+    return redirect(f"{base_of(request)}/settings?done=deleted")
+
+
+async def recovery_regenerate(request: web.Request) -> web.Response:
+    """Replace the recovery codes (the old set stops working) and show the new ones once."""
+    found = await _strong_session(request)
+    if isinstance(found, web.Response):
+        return found
+    _session, user = found
+    services = services_of(request)
+    form = await read_form(request)
+    if not csrf_ok(request, form):
+        return await settings_page(request, error="The form expired. Please try again.", status=403)
+    if not services.two_factor.enabled or TOTP not in await services.two_factor.kinds(user.id):
+        return await settings_page(request, error="Add an authenticator app first.", status=400)
+    if not await _password_ok(request, user, form_text(form, "password")):
+        return await settings_page(request, error="Your current password is not correct.", status=401)
+    codes = await services.two_factor.new_recovery_codes(user.id)
+    ip = client_ip(request)
+    await services.store.add_security_event(user.id, "recovery_codes_generated", "", ip, services.clock())
+    log_event("recovery_codes_generated", user=user.username, client_ip=ip)
+    return render(
+        request, "recovery_codes.html", codes=codes, next_url=f"{base_of(request)}/settings", first=False
+    )
+
+
+def _device_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["device_id"])
+    except ValueError as exc:
+        raise web.HTTPNotFound(text="404 no such device\n") from exc
