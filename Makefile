@@ -29,7 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	bash deploy/ensure-test-tools.sh
-	$(PY) deploy/bench/run.py
+	$(PY) deploy/bench/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -13,7 +13,9 @@ from gateway import authz
 from gateway.config import Config
 from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
 from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox, derive_key, load_storage_key
+from gateway.logs import logger
 from gateway.models import SessionRecord, User
+from gateway.notify import build_notifier
 from gateway.rules import CompiledRules
 from gateway.secret_files import load_or_create_secret_lines
 from gateway.services import SERVICES, Services
@@ -21,6 +23,7 @@ from gateway.session_service import SessionService
 from gateway.sessions import SessionCodec
 from gateway.store.sqlite import Store
 from gateway.two_factor import TwoFactorService
+from gateway.webauthn_service import WebAuthnService
 from portal import routes as portal_routes
 from portal.web import portal_base_path
 
@@ -30,6 +33,23 @@ def session_keys(config: Config) -> tuple[str, ...]:
     if config.secrets.session_keys:
         return config.secrets.session_keys
     return tuple(load_or_create_secret_lines(config.storage.data_dir, "session_keys"))
+
+
+HOUSEKEEPING_INTERVAL = 60.0
+ATTEMPT_RETENTION = 86400.0  # login attempts older than a day can no longer affect any ban
+
+
+async def _housekeeping(store: Store, clock: Callable[[], float]) -> None:
+    """Prune expired challenges, recovery links and old login attempts; runs until cancelled."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+        try:
+            now = clock()
+            await store.prune_challenges(now)
+            await store.prune_recovery_tokens(now)
+            await store.prune_attempts(now - ATTEMPT_RETENTION)
+        except Exception:  # a busy database must not end housekeeping for good
+            logger.exception("housekeeping failed")
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
@@ -65,14 +85,20 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
             rules=rules,
             passwords=hasher,
             two_factor=two_factor,
+            webauthn=WebAuthnService(store, config.webauthn, clock),
+            notifier=build_notifier(config.notifier),
             clock=clock,
             csrf_keys=keys,
         )
-        flusher = asyncio.create_task(sessions.run_flusher())
+        tasks = [
+            asyncio.create_task(sessions.run_flusher()),
+            asyncio.create_task(_housekeeping(store, clock)),
+        ]
         yield
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await sessions.flush_activity()
         hasher.close()
         await store.close()

@@ -6,7 +6,9 @@ are collected and raised together in one ConfigError.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import email.utils
 import json
 import math
 import re
@@ -20,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.errors import ConfigError
+from gateway.factors.passkeys import USER_VERIFICATION, check_relying_party, origin_of
 from gateway.models import Policy
 
 Network = IPv4Network | IPv6Network
@@ -144,6 +147,57 @@ class TwoFactorConfig:
 
 
 @dataclass(frozen=True)
+class WebAuthnConfig:
+    # Loading fills these from other keys when they are not set: rp_id from the first session cookie
+    # domain, rp_name from portal.title, origins from the portal_urls under rp_id. The literals below
+    # are what that gives for the default session and portal sections. rp_id is "" (and origins
+    # empty) only when no cookie domain can be an RP ID (e.g. 127.0.0.1): see `available`.
+    rp_id: str = "localhost"
+    rp_name: str = "authgate"
+    origins: tuple[str, ...] = ("http://localhost:8080",)
+    user_verification: str = "preferred"  # required | preferred | discouraged
+    timeout: float = 60.0  # seconds a ceremony (and its challenge) stays valid
+
+    @property
+    def available(self) -> bool:
+        return bool(self.rp_id and self.origins)
+
+    def allows_origin(self, origin: str) -> bool:
+        """True when passkeys work on a portal served from `origin` (scheme://host[:port])."""
+        return origin in self.origins
+
+
+@dataclass(frozen=True)
+class FileNotifierConfig:
+    directory: str = "./data/mail"  # loading makes the default <storage.data_dir>/mail
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = ""  # required when notifier.type is smtp
+    port: int = 587
+    security: str = "starttls"  # starttls | tls | none (none only to localhost)
+    username: str = ""  # empty = no AUTH
+    password: str = field(default="", repr=False)  # read from password_file when that is given
+    password_file: str = ""
+    sender: str = "authgate <authgate@localhost>"
+    timeout: float = 10.0  # seconds, per SMTP operation
+    tls_skip_verify: bool = False  # accept any server certificate (testing only)
+
+
+@dataclass(frozen=True)
+class NotifierConfig:
+    type: str = "file"  # file | smtp
+    file: FileNotifierConfig = field(default_factory=FileNotifierConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+
+
+@dataclass(frozen=True)
+class AccountRecoveryConfig:
+    link_ttl: float = 900.0  # seconds a recovery link works, 1m-24h
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -156,6 +210,9 @@ class Config:
     access_control: AccessControlConfig = field(default_factory=AccessControlConfig)
     portal: PortalConfig = field(default_factory=PortalConfig)
     two_factor: TwoFactorConfig = field(default_factory=TwoFactorConfig)
+    webauthn: WebAuthnConfig = field(default_factory=WebAuthnConfig)
+    notifier: NotifierConfig = field(default_factory=NotifierConfig)
+    account_recovery: AccountRecoveryConfig = field(default_factory=AccountRecoveryConfig)
 
 
 # --- Loading -----------------------------------------------------------------------------------------
@@ -190,6 +247,9 @@ _TOTP_ALGORITHMS = ("SHA1", "SHA256", "SHA512")
 _MAX_ISSUER_LENGTH = 64
 _MAX_PENDING_TTL = 3600.0
 _MAX_CACHE_TTL = 60.0
+_NOTIFIER_TYPES = ("file", "smtp")
+_SMTP_SECURITY = ("starttls", "tls", "none")
+_LOCAL_SMTP_HOSTS = ("localhost", "127.0.0.1", "::1")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -244,6 +304,7 @@ def parse_config(data: object, environ: Mapping[str, str] = _NO_ENVIRONMENT) -> 
     }
     config = Config(**sections)
     _check_across_keys(config, failed, problems)
+    config = _resolve_defaults(config, data, overrides, failed, problems)
     if problems:
         raise ConfigError(problems)
     return config
@@ -437,6 +498,126 @@ def _check_two_factor_rules(config: Config, failed: set[str], problems: Problems
                 problems.append((f"access_control.rules[{index}].policy", f"two_factor is {hint}"))
 
 
+# --- Defaults that depend on other keys -----------------------------------------------------------------
+
+
+def _was_set(
+    data: object, overrides: dict[str, dict[str, object]], section: str, key: str, *nested: str
+) -> bool:
+    """Say whether the file or the environment gave a (non-null) value for the key path."""
+    raw = data.get(section) if isinstance(data, dict) else None
+    for source in (raw, overrides.get(section)):
+        value = source.get(key) if isinstance(source, dict) else None
+        for inner in nested:
+            value = value.get(inner) if isinstance(value, dict) else None
+        if value is not None:
+            return True
+    return False
+
+
+def _resolve_defaults(
+    config: Config,
+    data: object,
+    overrides: dict[str, dict[str, object]],
+    failed: set[str],
+    problems: Problems,
+) -> Config:
+    """Fill in defaults taken from other keys (RP ID, origins, mail folder) and check the result."""
+    webauthn = _resolve_webauthn(config, data, overrides, failed, problems)
+    notifier = config.notifier
+    if not _was_set(data, overrides, "notifier", "file", "directory"):
+        directory = f"{config.storage.data_dir.rstrip('/')}/mail"
+        notifier = dataclasses.replace(notifier, file=FileNotifierConfig(directory=directory))
+    if "notifier.type" not in failed and "notifier.smtp" not in failed and notifier.type == "smtp":
+        _check_smtp(notifier.smtp, problems)
+    return dataclasses.replace(config, webauthn=webauthn, notifier=notifier)
+
+
+def _resolve_webauthn(
+    config: Config,
+    data: object,
+    overrides: dict[str, dict[str, object]],
+    failed: set[str],
+    problems: Problems,
+) -> WebAuthnConfig:
+    webauthn = config.webauthn
+    rp_name = webauthn.rp_name if _was_set(data, overrides, "webauthn", "rp_name") else config.portal.title
+    if failed & {"webauthn.rp_id", "webauthn.origins", "session.cookies"}:
+        return dataclasses.replace(webauthn, rp_name=rp_name)
+    cookies = config.session.cookies
+    portal_origins = list(dict.fromkeys(origin_of(cookie.portal_url) for cookie in cookies))
+    rp_id_set = _was_set(data, overrides, "webauthn", "rp_id")
+    origins_set = _was_set(data, overrides, "webauthn", "origins")
+    rp_id = webauthn.rp_id
+    if not rp_id_set:
+        # The first cookie domain that browsers accept as an RP ID (never an IP address).
+        usable = [c.domain for c in cookies if not check_relying_party(c.domain, [origin_of(c.portal_url)])]
+        rp_id = usable[0] if usable else ""
+        if not rp_id:
+            if origins_set:
+                problems.append(
+                    (
+                        "webauthn.rp_id",
+                        "no session cookie domain can serve as the RP ID (browsers refuse IP addresses); "
+                        "set webauthn.rp_id to the domain name the portal is under",
+                    )
+                )
+            return dataclasses.replace(webauthn, rp_id="", rp_name=rp_name, origins=())
+    under = [origin for origin in portal_origins if _origin_host_fits(origin, rp_id)]
+    origins = webauthn.origins if origins_set else tuple(under)
+    for message in check_relying_party(rp_id, origins):
+        path = "webauthn.rp_id" if "RP ID" in message.split("origin", 1)[0] else "webauthn.origins"
+        if path == "webauthn.origins" and not origins_set and not under:
+            continue  # the defaults are empty because of rp_id, reported just below
+        if path == "webauthn.rp_id" and not rp_id_set:
+            message += " (taken from session.cookies; set webauthn.rp_id)"
+        problems.append((path, message))
+    if not under:
+        problems.append(
+            (
+                "webauthn.rp_id",
+                f"{_show(rp_id)} fits no session.cookies[].portal_url ({', '.join(portal_origins)}), so "
+                "passkeys would work on no portal; use the domain the portal is under",
+            )
+        )
+    missing = [origin for origin in under if origin not in origins]
+    if missing:
+        problems.append(
+            (
+                "webauthn.origins",
+                f"lacks the portal origin(s) {', '.join(missing)}; passkeys would fail there. "
+                "Add them, or leave webauthn.origins out to use every portal origin under the RP ID",
+            )
+        )
+    return dataclasses.replace(webauthn, rp_id=rp_id, rp_name=rp_name, origins=tuple(origins))
+
+
+def _origin_host_fits(origin: str, rp_id: str) -> bool:
+    host = urlsplit(origin).hostname or ""
+    return host == rp_id or (rp_id != "localhost" and host.endswith(f".{rp_id}"))
+
+
+def _check_smtp(smtp: SmtpConfig, problems: Problems) -> None:
+    if not smtp.host:
+        problems.append(
+            ("notifier.smtp.host", "missing; notifier.type smtp needs the mail server's host name")
+        )
+    elif smtp.security == "none" and smtp.host not in _LOCAL_SMTP_HOSTS:
+        problems.append(
+            (
+                "notifier.smtp.security",
+                f"none sends mail (and any password) unencrypted, allowed only to localhost, not "
+                f"{_show(smtp.host)}; use starttls or tls",
+            )
+        )
+    if smtp.username and not smtp.password:
+        problems.append(
+            ("notifier.smtp.password", "missing while username is set; give password or password_file")
+        )
+    if smtp.password and not smtp.username:
+        problems.append(("notifier.smtp.username", "missing while a password is set"))
+
+
 # --- Leaf parsers: return the typed value, or add a problem and return _INVALID -----------------------
 
 
@@ -508,6 +689,20 @@ def _duration(*, positive: bool = False, maximum: float | None = None) -> _Parse
             return _fail(problems, path, f"{_show(value)} is zero; use more than 0 seconds")
         if maximum is not None and seconds > maximum:
             return _fail(problems, path, f"{_show(value)} is too long; use at most {maximum:g}s")
+        return seconds
+
+    return parse
+
+
+def _duration_between(minimum: float, maximum: float) -> _Parser:
+    parse_duration = _duration(positive=True, maximum=maximum)
+
+    def parse(value: Any, path: str, problems: Problems) -> Any:
+        seconds = parse_duration(value, path, problems)
+        if seconds is _INVALID:
+            return _INVALID
+        if seconds < minimum:
+            return _fail(problems, path, f"{_show(value)} is too short; use at least {minimum:g}s")
         return seconds
 
     return parse
@@ -636,6 +831,108 @@ def _totp(value: Any, path: str, problems: Problems) -> Any:
     if len(problems) > start:
         return _INVALID
     return TotpConfig(**kwargs)
+
+
+def _rp_id(value: Any, path: str, problems: Problems) -> Any:
+    if _text(value, path, problems) is _INVALID:
+        return _INVALID
+    # checked against the origins once every key is known (see _resolve_webauthn)
+    return value.strip().lower()
+
+
+def _origin_item(item: str, path: str, problems: Problems) -> Any:
+    origin = item.strip()
+    if not origin:
+        return _fail(problems, path, "is empty; give an origin like https://auth.example.com")
+    return origin.rstrip("/")
+
+
+def _origins(value: Any, path: str, problems: Problems) -> Any:
+    return _each(value, path, _origin_item, problems)
+
+
+def _sub_section(cls: type[Any], parsers: dict[str, _Parser]) -> _Parser:
+    """Parse a nested mapping (like two_factor.totp) into `cls`; keys left out keep their defaults."""
+
+    def parse(value: Any, path: str, problems: Problems) -> Any:
+        if not isinstance(value, dict):
+            return _fail(
+                problems, path, f"{_show(value)} is not a mapping; allowed keys: {', '.join(parsers)}"
+            )
+        _check_keys(value, parsers, path, problems)
+        start = len(problems)
+        kwargs: dict[str, Any] = {}
+        for key, parse_key in parsers.items():
+            if value.get(key) is not None:
+                kwargs[key] = parse_key(value[key], f"{path}.{key}", problems)
+        if len(problems) > start:
+            return _INVALID
+        return cls(**kwargs)
+
+    return parse
+
+
+def _plain_text(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, str):
+        return _fail(problems, path, f"{_show(value)} is not a string")
+    return value
+
+
+def _password(value: Any, path: str, problems: Problems) -> Any:
+    # never echo the password: problems end up in logs
+    if not isinstance(value, str):
+        return _fail(problems, path, "this value is not a string")
+    return value
+
+
+def _sender(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, str) or "\n" in value or "\r" in value:
+        return _fail(problems, path, f"{_show(value)} is not an address like authgate <authgate@example.com>")
+    _, address = email.utils.parseaddr(value)
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or " " in address:
+        return _fail(problems, path, f"{_show(value)} is not an address like authgate <authgate@example.com>")
+    return value.strip()
+
+
+def _smtp_host(value: Any, path: str, problems: Problems) -> Any:
+    if _text(value, path, problems) is _INVALID:
+        return _INVALID
+    host = value.strip().lower()
+    try:
+        ip_network(host)
+    except ValueError:
+        reason = _hostname_problem(host)
+        if reason is not None:
+            return _fail(problems, path, f"{_show(value)} {reason}")
+    return host
+
+
+_SMTP_PARSERS: dict[str, _Parser] = {
+    "host": _smtp_host,
+    "port": _integer(1, 65535),
+    "security": _choice(_SMTP_SECURITY),
+    "username": _plain_text,
+    "password": _password,
+    "password_file": _text,
+    "sender": _sender,
+    "timeout": _duration(positive=True, maximum=300.0),
+    "tls_skip_verify": _flag,
+}
+
+
+def _smtp(value: Any, path: str, problems: Problems) -> Any:
+    smtp = _sub_section(SmtpConfig, _SMTP_PARSERS)(value, path, problems)
+    if smtp is _INVALID or not smtp.password_file:
+        return smtp
+    if smtp.password:
+        return _fail(problems, f"{path}.password_file", "both password and password_file are set; use one")
+    try:
+        with open(smtp.password_file, encoding="utf-8") as stream:
+            password = stream.read().removesuffix("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        return _fail(problems, f"{path}.password_file", f"cannot read {smtp.password_file}: {_reason(exc)}")
+    return dataclasses.replace(smtp, password=password)
 
 
 def _policy(value: Any, path: str, problems: Problems) -> Any:
@@ -910,6 +1207,25 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
             "pending_max_attempts": _integer(1, 20),
         },
     ),
+    "webauthn": (
+        WebAuthnConfig,
+        {
+            "rp_id": _rp_id,
+            "rp_name": _text,
+            "origins": _origins,
+            "user_verification": _choice(USER_VERIFICATION),
+            "timeout": _duration(positive=True, maximum=600.0),
+        },
+    ),
+    "notifier": (
+        NotifierConfig,
+        {
+            "type": _choice(_NOTIFIER_TYPES),
+            "file": _sub_section(FileNotifierConfig, {"directory": _text}),
+            "smtp": _smtp,
+        },
+    ),
+    "account_recovery": (AccountRecoveryConfig, {"link_ttl": _duration_between(60.0, 86400.0)}),
 }
 
 # Keys typed `str` in the dataclasses take environment values verbatim instead of through YAML.

@@ -59,6 +59,7 @@ class User:
     groups: tuple[str, ...]
     disabled: bool
     created_at: float
+    password_login: bool = True  # False: WebAuthn-only account, the password form is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,3 +112,22 @@ class SecurityEvent:
     detail: str
     ip: str
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WebAuthnCredential:
+    """A user's registered security key or passkey (public data only; the private key never leaves it)."""
+
+    id: int
+    user_id: int
+    credential_id: bytes
+    public_key: bytes  # COSE_Key
+    sign_count: int  # last signature counter seen; 0 for authenticators without one
+    transports: tuple[str, ...]  # "usb", "nfc", "ble", "internal", "hybrid" ... as the browser reported
+    aaguid: str  # authenticator model, "00000000-0000-0000-0000-000000000000" when not disclosed
+    backup_eligible: bool  # a multi-device (synced) passkey
+    backed_up: bool  # currently backed up, as of the last use
+    device_type: str  # "single_device" | "multi_device"
+    name: str  # chosen by the user; unique per user in any (ASCII) case
+    created_at: float
+    last_used_at: float | None

@@ -9,10 +9,12 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.factors.passwords import AsyncPasswordHasher
+from gateway.notify import Notifier
 from gateway.rules import CompiledRules
 from gateway.session_service import SessionService
 from gateway.store.sqlite import Store
 from gateway.two_factor import TwoFactorService
+from gateway.webauthn_service import WebAuthnService
 
 
 @dataclass
@@ -23,6 +25,8 @@ class Services:
     rules: CompiledRules
     passwords: AsyncPasswordHasher
     two_factor: TwoFactorService
+    webauthn: WebAuthnService
+    notifier: Notifier
     clock: Callable[[], float]
     csrf_keys: tuple[str, ...]
 

@@ -10,6 +10,7 @@ effect at once. Last activity is kept in memory and written in batches every
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 
 from gateway.config import IdentityHeadersConfig, SessionConfig
@@ -29,6 +30,12 @@ from gateway.sessions import (
 from gateway.store.sqlite import Store
 
 Clock = Callable[[], float]
+
+# Entries loaded together (a restart, a burst of logins) would otherwise all go stale in the same
+# instant and queue their re-reads behind the one store connection: spread refreshes over the last
+# fifth of cache_ttl. Refreshing early never lengthens the revocation bound.
+REFRESH_JITTER = 0.2
+
 # Whether a session's user must enrol a second factor before reaching any app.
 EnrolmentCheck = Callable[[User, SessionRecord], Awaitable[bool]]
 
@@ -142,7 +149,7 @@ class SessionService:
             expires_at=min(record.expires_at, signed_at + self.codec.max_age),
             remember_me=record.remember_me,
             last_active=now,
-            refresh_at=now + self.cfg.cache_ttl,
+            refresh_at=now + self.cfg.cache_ttl * (1 - REFRESH_JITTER * random.random()),  # noqa: S311
             record=record,
             must_enrol=await self.enrolment_check(user, record),
         )

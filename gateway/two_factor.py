@@ -17,6 +17,7 @@ from gateway.store.sqlite import Store
 
 TOTP = "totp"
 RECOVERY = "recovery"
+WEBAUTHN = "webauthn"
 FEW_RECOVERY_CODES = 3  # the settings page warns at or below this many unused codes
 
 
@@ -57,7 +58,7 @@ class TwoFactorService:
 
     async def has_factor(self, user_id: int) -> bool:
         """True when the user has a real second factor (recovery codes alone are only a fallback)."""
-        return TOTP in await self.kinds(user_id)
+        return bool({TOTP, WEBAUTHN} & set(await self.kinds(user_id)))
 
     def new_enrolment(self, *, account: str, secret: str | None = None) -> Enrolment:
         """Offer a TOTP secret (a fresh one unless given) with its otpauth URI and QR code."""

@@ -64,6 +64,7 @@ class PendingLogin:
     method_hint: str | None = None  # the factor kind to offer first ("totp", "recovery", ...)
     step: str = STEP_VERIFY  # STEP_VERIFY or STEP_ENROL (enrol on first use)
     nonce: str = ""  # random id of this pending login
+    first_factor: str = "password"  # "password" or "webauthn" (a passkey without user verification)
 
 
 def second_factor_needed(*, mode: str, policy_demands_two: bool, has_factors: bool) -> str:
@@ -114,6 +115,7 @@ def start(
     max_attempts: int,
     step: str = STEP_VERIFY,
     method_hint: str | None = None,
+    first_factor: str = "password",
 ) -> PendingLogin:
     """Begin the pending second-factor step right after a correct password."""
     if ttl <= 0:
@@ -132,6 +134,7 @@ def start(
         method_hint=method_hint,
         step=step,
         nonce=secrets.token_urlsafe(16),
+        first_factor=first_factor,
     )
 
 
@@ -173,6 +176,7 @@ _FIELD_TYPES: Mapping[str, tuple[type, ...]] = {
     "method_hint": (str, type(None)),
     "step": (str,),
     "nonce": (str,),
+    "first_factor": (str,),
 }
 
 

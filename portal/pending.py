@@ -41,7 +41,9 @@ def load_pending(request: web.Request) -> PendingLogin | None:
 async def attempts_left(request: web.Request, pending: PendingLogin) -> int:
     """Return how many wrong codes this pending login may still take (server-side count)."""
     services = services_of(request)
-    failures = await services.store.failures_since(username=attempts_key(pending), since=pending.started_at)
+    # The key names only this pending login, so every failure under it counts; `since` is
+    # exclusive and a wrong code may be recorded at the very instant the login started.
+    failures = await services.store.failures_since(username=attempts_key(pending), since=0.0)
     return min(pending.attempts_left, services.config.two_factor.pending_max_attempts - len(failures))
 
 

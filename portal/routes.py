@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from portal.views import admin, login, second_factor, settings, setup
+from portal.views import admin, login, passkeys, recovery, second_factor, settings, setup
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC_DIR = Path(__file__).parent / "static"
@@ -28,6 +28,19 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/settings/totp/{device_id}/rename", settings.totp_rename),
     ("POST", "/settings/totp/{device_id}/delete", settings.totp_delete),
     ("POST", "/settings/recovery", settings.recovery_regenerate),
+    ("POST", "/settings/webauthn/options", passkeys.register_options),
+    ("POST", "/settings/webauthn/register", passkeys.register_finish),
+    ("POST", "/settings/webauthn/{device_id}/rename", passkeys.rename_device),
+    ("POST", "/settings/webauthn/{device_id}/delete", passkeys.revoke_device),
+    ("POST", "/settings/password-login", passkeys.password_login_toggle),
+    ("POST", "/2fa/webauthn/options", passkeys.second_factor_options),
+    ("POST", "/2fa/webauthn", passkeys.second_factor_finish),
+    ("POST", "/login/passkey/options", passkeys.passkey_options),
+    ("POST", "/login/passkey", passkeys.passkey_finish),
+    ("GET", "/recover", recovery.request_page),
+    ("POST", "/recover", recovery.request_submit),
+    ("GET", "/recover/{token}", recovery.link_page),
+    ("POST", "/recover/{token}", recovery.link_submit),
     ("GET", "/admin/users", admin.users_page),
     ("POST", "/admin/users/{username}/2fa/reset", admin.reset_second_factors),
 )

@@ -22,6 +22,7 @@ from portal.csrf import CsrfSigner, generate_csrf_secret, is_csrf_secret
 
 CSRF_COOKIE = "authgate_csrf"
 CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
 
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -75,6 +76,14 @@ def cookie_domain_of(request: web.Request) -> CookieDomain:
     """Return the cookie domain that covers this portal request (the first one otherwise)."""
     cookies = services_of(request).config.session.cookies
     return match_cookie_domain(request_host(request), cookies) or cookies[0]
+
+
+def passkeys_here(request: web.Request) -> bool:
+    """True when WebAuthn can run on the portal as this browser reaches it (RP ID and origin fit)."""
+    services = services_of(request)
+    parts = urlsplit(cookie_domain_of(request).portal_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return services.two_factor.enabled and services.config.webauthn.allows_origin(origin)
 
 
 def client_ip(request: web.Request) -> str:
@@ -151,10 +160,18 @@ async def read_form(request: web.Request) -> MultiDictProxy[Any]:
 
 def csrf_ok(request: web.Request, form: Any) -> bool:
     """True when the form's CSRF token matches the CSRF cookie, and Origin (if sent) is ours."""
+    return _csrf_token_ok(request, form.get(CSRF_FIELD))
+
+
+def csrf_header_ok(request: web.Request) -> bool:
+    """Like csrf_ok, for the portal's own fetch() calls, which send the token in X-CSRF-Token."""
+    return _csrf_token_ok(request, request.headers.get(CSRF_HEADER))
+
+
+def _csrf_token_ok(request: web.Request, token: object) -> bool:
     origin = request.headers.get("Origin")
     if origin and origin != "null" and not _origin_is_portal(request, origin):
         return False
-    token = form.get(CSRF_FIELD)
     return isinstance(token, str) and _csrf(request).verify(request.cookies.get(CSRF_COOKIE), token)
 
 

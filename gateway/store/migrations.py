@@ -96,7 +96,57 @@ CREATE TABLE security_events (
 CREATE INDEX security_events_user_id_at ON security_events (user_id, at);
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2)
+# WebAuthn (issue 4): security keys and passkeys, their ceremonies' challenges, WebAuthn-only
+# accounts and account recovery by e-mail.
+_V3: Final = """
+-- 0: a WebAuthn-only account, whose password form is refused
+ALTER TABLE users ADD COLUMN password_login INTEGER NOT NULL DEFAULT 1;
+
+CREATE TABLE webauthn_credentials (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused, as for totp_devices
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    credential_id BLOB NOT NULL UNIQUE,     -- raw id chosen by the authenticator
+    public_key BLOB NOT NULL,               -- COSE_Key
+    sign_count INTEGER NOT NULL,            -- last signature counter seen: the clone guard
+    transports TEXT NOT NULL DEFAULT '[]',  -- JSON array, as reported by the browser
+    aaguid TEXT NOT NULL,
+    backup_eligible INTEGER NOT NULL,
+    backed_up INTEGER NOT NULL,
+    device_type TEXT NOT NULL,              -- single_device | multi_device
+    name TEXT NOT NULL COLLATE NOCASE,      -- chosen by the user; unique per user in any (ASCII) case
+    created_at REAL NOT NULL,
+    last_used_at REAL,
+    UNIQUE (user_id, name)
+);
+
+CREATE TABLE webauthn_user_handles (
+    -- The WebAuthn user.id: random, so a passkey reveals nothing about the account.
+    user_id INTEGER PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    handle BLOB NOT NULL UNIQUE
+);
+
+CREATE TABLE webauthn_challenges (
+    id_hash TEXT PRIMARY KEY,               -- sha256 of the ceremony id held by the browser
+    user_id INTEGER REFERENCES users (id) ON DELETE CASCADE,  -- NULL for passkey login
+    purpose TEXT NOT NULL,
+    challenge BLOB NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+CREATE INDEX webauthn_challenges_expires_at ON webauthn_challenges (expires_at);
+
+CREATE TABLE account_recovery_tokens (
+    id_hash TEXT PRIMARY KEY,               -- sha256 of the token in the e-mailed link
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL                            -- NULL while unused
+) WITHOUT ROWID;
+
+CREATE INDEX account_recovery_tokens_user_id ON account_recovery_tokens (user_id);
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

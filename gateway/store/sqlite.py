@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -16,24 +17,37 @@ from typing import Any
 import aiosqlite
 
 from gateway.errors import Conflict, NotFound, StorageError
-from gateway.models import Level, SecurityEvent, SessionRecord, TotpDevice, User
+from gateway.models import Level, SecurityEvent, SessionRecord, TotpDevice, User, WebAuthnCredential
 from gateway.store import migrations
 
 # Queries are literals, never assembled at run time (the one exception is the
 # PRAGMA that records the schema version, which takes no parameters).
-_SELECT_USER_BY_ID = (
-    "SELECT id, username, email, display_name, groups, disabled, created_at FROM users WHERE id = ?"
-)
-_SELECT_USER_BY_NAME = (
-    "SELECT id, username, email, display_name, groups, disabled, created_at FROM users WHERE username = ?"
-)
-_SELECT_USERS = (
-    "SELECT id, username, email, display_name, groups, disabled, created_at FROM users ORDER BY username"
-)
+_SELECT_USER_BY_ID = """
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+FROM users WHERE id = ?
+"""
+_SELECT_USER_BY_NAME = """
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+FROM users WHERE username = ?
+"""
+_SELECT_USER_BY_EMAIL = """
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+FROM users WHERE email_key = ?
+"""
+_SELECT_USERS = """
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+FROM users ORDER BY username
+"""
+_SELECT_USER_BY_HANDLE = """
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+FROM users WHERE id = (SELECT user_id FROM webauthn_user_handles WHERE handle = ?)
+"""
+_USER_HANDLE_BYTES = 32
 
 # A username wins over another account's e-mail that happens to read the same.
 _SELECT_LOGIN = """
-SELECT id, username, email, display_name, groups, disabled, created_at, password_hash FROM users
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, password_hash
+FROM users
 WHERE username = ? OR email_key = ?
 ORDER BY username = ? DESC
 LIMIT 1
@@ -53,7 +67,7 @@ UPDATE users SET
     display_name = COALESCE(?, display_name),
     groups = COALESCE(?, groups)
 WHERE id = ?
-RETURNING id, username, email, display_name, groups, disabled, created_at
+RETURNING id, username, email, display_name, groups, disabled, created_at, password_login
 """
 
 _INSERT_SESSION = """
@@ -74,7 +88,7 @@ SELECT s.id_hash, s.user_id, s.level, s.created_at, s.authenticated_at, s.last_a
        s.expires_at, s.remember_me, s.ip, s.user_agent,
        u.id AS u_id, u.username AS u_username, u.email AS u_email,
        u.display_name AS u_display_name, u.groups AS u_groups,
-       u.disabled AS u_disabled, u.created_at AS u_created_at
+       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login
 FROM sessions AS s JOIN users AS u ON u.id = s.user_id
 WHERE s.id_hash = ?
 """
@@ -122,12 +136,51 @@ WHERE id = ? AND (last_step IS NULL OR last_step < ?)
 
 _SECOND_FACTOR_KINDS = """
 SELECT EXISTS (SELECT 1 FROM totp_devices WHERE user_id = ?) AS totp,
+       EXISTS (SELECT 1 FROM webauthn_credentials WHERE user_id = ?) AS webauthn,
        EXISTS (SELECT 1 FROM recovery_codes WHERE user_id = ? AND used_at IS NULL) AS recovery
 """
 
 _UPSERT_LAST_METHOD = """
 INSERT INTO user_factor_prefs (user_id, last_method) VALUES (?, ?)
 ON CONFLICT (user_id) DO UPDATE SET last_method = excluded.last_method
+"""
+
+_INSERT_WEBAUTHN_CREDENTIAL = """
+INSERT INTO webauthn_credentials (user_id, credential_id, public_key, sign_count, transports, aaguid,
+                                  backup_eligible, backed_up, device_type, name, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+RETURNING id
+"""
+
+_SELECT_WEBAUTHN_CREDENTIALS = """
+SELECT id, user_id, credential_id, public_key, sign_count, transports, aaguid, backup_eligible, backed_up,
+       device_type, name, created_at, last_used_at
+FROM webauthn_credentials WHERE user_id = ? ORDER BY created_at, id
+"""
+
+_SELECT_WEBAUTHN_CREDENTIAL_BY_ID = """
+SELECT id, user_id, credential_id, public_key, sign_count, transports, aaguid, backup_eligible, backed_up,
+       device_type, name, created_at, last_used_at
+FROM webauthn_credentials WHERE credential_id = ?
+"""
+
+# Only ever moves the counter up, so two concurrent assertions cannot lower it.
+_UPDATE_WEBAUTHN_USE = """
+UPDATE webauthn_credentials SET sign_count = MAX(sign_count, ?), backed_up = ?, last_used_at = ?
+WHERE id = ?
+"""
+
+# The row is deleted whatever its state, so an expired or wrong-purpose challenge is gone too.
+_TAKE_CHALLENGE = """
+DELETE FROM webauthn_challenges WHERE id_hash = ?
+RETURNING purpose, challenge, user_id, expires_at
+"""
+
+# The compare-and-set that makes a recovery link single-use even when opened twice at once.
+_CONSUME_RECOVERY_LINK = """
+UPDATE account_recovery_tokens SET used_at = ?
+WHERE id_hash = ? AND used_at IS NULL AND expires_at > ?
+RETURNING user_id
 """
 
 _SELECT_SECURITY_EVENTS = """
@@ -502,15 +555,20 @@ class Store:
         return int(result.rows[0][0])
 
     async def second_factor_kinds(self, user_id: int) -> tuple[str, ...]:
-        """Return the kinds of second factor the user can use now: "totp" and/or "recovery"."""
-        result = await self._locked(_SECOND_FACTOR_KINDS, (user_id, user_id))
+        """Return the kinds of second factor the user can use now: "totp", "webauthn", "recovery"."""
+        result = await self._locked(_SECOND_FACTOR_KINDS, (user_id, user_id, user_id))
         row = result.rows[0]
-        return tuple(kind for kind in ("totp", "recovery") if row[kind])
+        return tuple(kind for kind in ("totp", "webauthn", "recovery") if row[kind])
 
     async def reset_second_factors(self, user_id: int) -> None:
-        """Delete all the user's TOTP devices, recovery codes and factor preference in one transaction."""
+        """Delete all the user's TOTP devices, WebAuthn credentials, recovery codes and factor preference.
+
+        One transaction. A WebAuthn-only account gets password login back, or it could not sign in.
+        """
         async with self._transaction():
             await self._sql("DELETE FROM totp_devices WHERE user_id = ?", (user_id,))
+            await self._sql("DELETE FROM webauthn_credentials WHERE user_id = ?", (user_id,))
+            await self._sql("UPDATE users SET password_login = 1 WHERE id = ?", (user_id,))
             await self._sql("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
             await self._sql("DELETE FROM user_factor_prefs WHERE user_id = ?", (user_id,))
 
@@ -525,6 +583,187 @@ class Store:
         """Return the factor kind the user last signed in with, or None."""
         result = await self._locked("SELECT last_method FROM user_factor_prefs WHERE user_id = ?", (user_id,))
         return str(result.rows[0][0]) if result.rows else None
+
+    # -- WebAuthn -----------------------------------------------------------
+
+    async def get_or_create_user_handle(self, user_id: int) -> bytes:
+        """Return the user's WebAuthn user handle, creating a random one on first use; NotFound (user)."""
+        async with self._transaction(immediate=True):
+            result = await self._sql("SELECT handle FROM webauthn_user_handles WHERE user_id = ?", (user_id,))
+            if result.rows:
+                return bytes(result.rows[0][0])
+            handle = secrets.token_bytes(_USER_HANDLE_BYTES)
+            try:
+                await self._sql(
+                    "INSERT INTO webauthn_user_handles (user_id, handle) VALUES (?, ?)", (user_id, handle)
+                )
+            except sqlite3.IntegrityError as exc:
+                raise NotFound(f"no user with id {user_id}") from exc
+            return handle
+
+    async def find_user_by_handle(self, handle: bytes) -> User | None:
+        """Return the user a WebAuthn user handle belongs to, or None."""
+        result = await self._locked(_SELECT_USER_BY_HANDLE, (bytes(handle),))
+        return _user_from_row(result.rows[0]) if result.rows else None
+
+    async def add_webauthn_credential(
+        self,
+        user_id: int,
+        *,
+        credential_id: bytes,
+        public_key: bytes,
+        sign_count: int,
+        transports: Sequence[str],
+        aaguid: str,
+        backup_eligible: bool,
+        backed_up: bool,
+        device_type: str,
+        name: str,
+    ) -> int:
+        """Store a verified credential and return its id; Conflict (id or name taken) or NotFound (user)."""
+        if isinstance(transports, str):
+            raise TypeError("transports must be a sequence of transport names, not a string")
+        params = (
+            user_id,
+            bytes(credential_id),
+            bytes(public_key),
+            sign_count,
+            json.dumps(list(transports)),
+            aaguid,
+            int(backup_eligible),
+            int(backed_up),
+            device_type,
+            name,
+            self._clock(),
+        )
+        try:
+            result = await self._locked(_INSERT_WEBAUTHN_CREDENTIAL, params)
+        except sqlite3.IntegrityError as exc:
+            raise _webauthn_conflict(exc, user_id=user_id, name=name) from exc
+        return int(result.rows[0][0])
+
+    async def list_webauthn_credentials(self, user_id: int) -> list[WebAuthnCredential]:
+        """Return the user's security keys and passkeys, oldest first."""
+        result = await self._locked(_SELECT_WEBAUTHN_CREDENTIALS, (user_id,))
+        return [_webauthn_from_row(row) for row in result.rows]
+
+    async def get_webauthn_credential_by_id(self, credential_id: bytes) -> WebAuthnCredential | None:
+        """Return the credential with this raw credential id (whoever owns it), or None."""
+        result = await self._locked(_SELECT_WEBAUTHN_CREDENTIAL_BY_ID, (bytes(credential_id),))
+        return _webauthn_from_row(result.rows[0]) if result.rows else None
+
+    async def rename_webauthn_credential(self, user_id: int, cred_pk: int, name: str) -> None:
+        """Rename one of the user's credentials; NotFound, or Conflict when the name is taken."""
+        try:
+            result = await self._locked(
+                "UPDATE webauthn_credentials SET name = ? WHERE id = ? AND user_id = ?",
+                (name, cred_pk, user_id),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise _webauthn_conflict(exc, user_id=user_id, name=name) from exc
+        if result.rowcount == 0:
+            raise NotFound(f"user {user_id} has no WebAuthn credential {cred_pk}")
+
+    async def delete_webauthn_credential(self, user_id: int, cred_pk: int) -> None:
+        """Delete (revoke) one of the user's credentials; NotFound."""
+        result = await self._locked(
+            "DELETE FROM webauthn_credentials WHERE id = ? AND user_id = ?", (cred_pk, user_id)
+        )
+        if result.rowcount == 0:
+            raise NotFound(f"user {user_id} has no WebAuthn credential {cred_pk}")
+
+    async def delete_all_webauthn_credentials(self, user_id: int) -> int:
+        """Delete every credential of the user; return how many."""
+        result = await self._locked("DELETE FROM webauthn_credentials WHERE user_id = ?", (user_id,))
+        return result.rowcount
+
+    async def update_webauthn_use(self, cred_pk: int, *, sign_count: int, backed_up: bool, at: float) -> None:
+        """Record a successful assertion: the new counter (never lowered), backup state and time."""
+        await self._locked(_UPDATE_WEBAUTHN_USE, (sign_count, int(backed_up), at, cred_pk))
+
+    async def put_challenge(
+        self, id_hash: str, *, purpose: str, challenge: bytes, user_id: int | None, expires_at: float
+    ) -> None:
+        """Keep a ceremony's challenge until taken or expired; NotFound (user)."""
+        try:
+            await self._locked(
+                "INSERT INTO webauthn_challenges (id_hash, user_id, purpose, challenge, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (id_hash, user_id, purpose, bytes(challenge), expires_at),
+            )
+        except sqlite3.IntegrityError as exc:
+            if "FOREIGN KEY" in str(exc):
+                raise NotFound(f"no user with id {user_id}") from exc
+            raise Conflict("a challenge with this id already exists") from exc
+
+    async def take_challenge(
+        self, id_hash: str, *, purpose: str, now: float
+    ) -> tuple[bytes, int | None] | None:
+        """Remove a challenge and return (challenge, user id); None when unknown, expired or mis-purposed.
+
+        Single use even across workers: the DELETE ... RETURNING hands the row to one caller only.
+        """
+        result = await self._locked(_TAKE_CHALLENGE, (id_hash,))
+        if not result.rows:
+            return None
+        row = result.rows[0]
+        if row["purpose"] != purpose or row["expires_at"] <= now:
+            return None
+        return bytes(row["challenge"]), row["user_id"]
+
+    async def prune_challenges(self, now: float) -> int:
+        """Delete expired challenges; return how many."""
+        result = await self._locked("DELETE FROM webauthn_challenges WHERE expires_at <= ?", (now,))
+        return result.rowcount
+
+    async def set_password_login(self, user_id: int, enabled: bool) -> None:
+        """Allow or refuse password login for the account (False = WebAuthn only); NotFound."""
+        result = await self._locked(
+            "UPDATE users SET password_login = ? WHERE id = ?", (int(enabled), user_id)
+        )
+        if result.rowcount == 0:
+            raise NotFound(f"no user with id {user_id}")
+
+    # -- account recovery ---------------------------------------------------
+
+    async def create_recovery_token(
+        self, id_hash: str, user_id: int, *, created_at: float, expires_at: float
+    ) -> None:
+        """Store a recovery link's token hash; NotFound (user)."""
+        try:
+            await self._locked(
+                "INSERT INTO account_recovery_tokens (id_hash, user_id, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?)",
+                (id_hash, user_id, created_at, expires_at),
+            )
+        except sqlite3.IntegrityError as exc:
+            if "FOREIGN KEY" in str(exc):
+                raise NotFound(f"no user with id {user_id}") from exc
+            raise Conflict("a recovery token with this id already exists") from exc
+
+    async def use_recovery_token(self, id_hash: str, *, now: float) -> int | None:
+        """Mark a recovery token used and return its user id; None when unknown, used or expired."""
+        result = await self._locked(_CONSUME_RECOVERY_LINK, (now, id_hash, now))
+        return int(result.rows[0][0]) if result.rows else None
+
+    async def peek_recovery_token(self, id_hash: str, *, now: float) -> int | None:
+        """Return the user id of a usable recovery token without using it up."""
+        result = await self._locked(
+            "SELECT user_id FROM account_recovery_tokens"
+            " WHERE id_hash = ? AND used_at IS NULL AND expires_at > ?",
+            (id_hash, now),
+        )
+        return int(result.rows[0][0]) if result.rows else None
+
+    async def prune_recovery_tokens(self, before: float) -> int:
+        """Delete recovery tokens that expired before `before`; return how many."""
+        result = await self._locked("DELETE FROM account_recovery_tokens WHERE expires_at < ?", (before,))
+        return result.rowcount
+
+    async def find_user_by_email(self, email: str) -> User | None:
+        """Return the user with this e-mail address (any case), or None."""
+        result = await self._locked(_SELECT_USER_BY_EMAIL, (email.strip().lower(),))
+        return _user_from_row(result.rows[0]) if result.rows else None
 
     # -- security events ----------------------------------------------------
 
@@ -639,6 +878,7 @@ def _user_conflict(exc: sqlite3.IntegrityError, *, username: str, email: str) ->
 
 
 def _user_from_row(row: sqlite3.Row, *, prefix: str = "") -> User:
+    login_key = f"{prefix}password_login"
     return User(
         id=row[f"{prefix}id"],
         username=row[f"{prefix}username"],
@@ -647,6 +887,8 @@ def _user_from_row(row: sqlite3.Row, *, prefix: str = "") -> User:
         groups=tuple(json.loads(row[f"{prefix}groups"])),
         disabled=bool(row[f"{prefix}disabled"]),
         created_at=row[f"{prefix}created_at"],
+        # absent from INSERT ... RETURNING: a new account always starts with password login
+        password_login=bool(row[login_key]) if login_key in row.keys() else True,
     )
 
 
@@ -684,6 +926,35 @@ def _totp_from_row(row: sqlite3.Row) -> TotpDevice:
         period=row["period"],
         algorithm=row["algorithm"],
         last_step=row["last_step"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+    )
+
+
+def _webauthn_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) -> StorageError:
+    message = str(exc)
+    if "FOREIGN KEY" in message:
+        return NotFound(f"no user with id {user_id}")
+    if "webauthn_credentials.credential_id" in message:
+        return Conflict("this security key or passkey is already registered")
+    if "webauthn_credentials.user_id, webauthn_credentials.name" in message:
+        return Conflict(f"a security key or passkey named {name!r} already exists")
+    return StorageError(f"database error: {message}")
+
+
+def _webauthn_from_row(row: sqlite3.Row) -> WebAuthnCredential:
+    return WebAuthnCredential(
+        id=row["id"],
+        user_id=row["user_id"],
+        credential_id=bytes(row["credential_id"]),
+        public_key=bytes(row["public_key"]),
+        sign_count=row["sign_count"],
+        transports=tuple(json.loads(row["transports"])),
+        aaguid=row["aaguid"],
+        backup_eligible=bool(row["backup_eligible"]),
+        backed_up=bool(row["backed_up"]),
+        device_type=row["device_type"],
+        name=row["name"],
         created_at=row["created_at"],
         last_used_at=row["last_used_at"],
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.logs import log_event
-from gateway.models import Level
+from gateway.models import Level, User
 from gateway.regulation import banned_until
 from portal.flow import STEP_ENROL, STEP_VERIFY, second_factor_needed
 from portal.flow import start as start_pending
@@ -22,6 +24,7 @@ from portal.web import (
     current_session,
     fmt_time,
     form_text,
+    passkeys_here,
     read_form,
     redirect,
     render,
@@ -31,6 +34,43 @@ from portal.web import (
 )
 
 GENERIC_FAILURE = "Incorrect username or password."
+PASSWORDLESS_FAILURE = "This account signs in with a security key or passkey only."
+LAST_LOGIN_COOKIE = "authgate_last"
+LAST_LOGIN_SALT = "authgate.last-login.v1"
+LAST_LOGIN_MAX_AGE = 365 * 86400
+
+
+def _last_login_signer(request: web.Request) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(list(reversed(services_of(request).csrf_keys)), salt=LAST_LOGIN_SALT)
+
+
+def remember_last_login(request: web.Request, response: web.StreamResponse, user: User) -> None:
+    """Remember in this browser which account signed in last and whether it may use a password.
+
+    The login page uses it to offer "Sign in using login & password" only where the
+    account allows it, without asking the server about accounts (no user enumeration).
+    """
+    value = _last_login_signer(request).dumps({"u": user.username, "pw": user.password_login})
+    response.set_cookie(
+        LAST_LOGIN_COOKIE,
+        value,
+        path=base_of(request) or "/",
+        max_age=LAST_LOGIN_MAX_AGE,
+        httponly=True,
+        secure=services_of(request).config.session.secure,
+        samesite="Lax",
+    )
+
+
+def last_login(request: web.Request) -> dict[str, Any] | None:
+    value = request.cookies.get(LAST_LOGIN_COOKIE)
+    if not value:
+        return None
+    try:
+        data = _last_login_signer(request).loads(value, max_age=LAST_LOGIN_MAX_AGE)
+    except (BadSignature, UnicodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _login_page(
@@ -43,6 +83,11 @@ def _login_page(
     login: str = "",
 ) -> web.Response:
     rd = rd or request.query.get("rd", "")
+    services = services_of(request)
+    remembered = last_login(request) or {}
+    # A browser whose last account signs in with passkeys only gets no password form, unless
+    # the password path was asked for explicitly (?password=1) or is being answered now.
+    password_form = bool(remembered.get("pw", True)) or bool(request.query.get("password")) or bool(login)
     return render(
         request,
         "login.html",
@@ -50,8 +95,11 @@ def _login_page(
         error=error,
         notice=notice,
         rd=rd if safe_target(request, rd) else "",
-        login=login,
-        remember_me_allowed=services_of(request).config.session.remember_me > 0,
+        login=login or str(remembered.get("u", "")),
+        remember_me_allowed=services.config.session.remember_me > 0,
+        passkeys=passkeys_here(request),
+        password_form=password_form,
+        remembered_passwordless=not remembered.get("pw", True),
     )
 
 
@@ -119,6 +167,13 @@ async def login_submit(request: web.Request) -> web.Response:
         log_event("login_failed", logging.WARNING, login=account, client_ip=ip)
         return _login_page(request, status=401, error=GENERIC_FAILURE, rd=rd, login=login)
 
+    if not user.password_login:
+        # The password was right, so saying why leaks nothing the caller does not know.
+        await services.store.record_attempt(account, ip, False, services.clock())
+        log_event(
+            "login_failed", logging.WARNING, login=account, client_ip=ip, reason="password login disabled"
+        )
+        return _login_page(request, status=401, error=PASSWORDLESS_FAILURE, rd=rd, login=login)
     if password_hash and services.passwords.needs_rehash(password_hash):
         await services.store.set_password_hash(user.id, await services.passwords.hash(password))
     kinds = await services.two_factor.kinds(user.id)
@@ -138,6 +193,7 @@ async def login_submit(request: web.Request) -> web.Response:
         log_event("password_accepted", user=user.username, client_ip=ip, next="second_factor")
         response = redirect(f"{base_of(request)}/2fa")
         set_pending(request, response, pending)
+        remember_last_login(request, response, user)
         return response
     await services.store.record_attempt(account, ip, True, services.clock())
     old = await current_session(request)
@@ -155,6 +211,7 @@ async def login_submit(request: web.Request) -> web.Response:
     else:
         response = redirect(after_login_target(request, rd))
     set_session_cookie(request, response, cookie, remember=remember)
+    remember_last_login(request, response, user)
     return response
 
 

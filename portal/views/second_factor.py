@@ -30,7 +30,8 @@ from portal.web import (
     set_session_cookie,
 )
 
-METHOD_LABELS = {TOTP: "Authenticator app", RECOVERY: "Recovery code"}
+WEBAUTHN = "webauthn"
+METHOD_LABELS = {WEBAUTHN: "Security key or passkey", TOTP: "Authenticator app", RECOVERY: "Recovery code"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,11 @@ async def resolve_context(request: web.Request, rd: str | None) -> FactorContext
             response = redirect(_with_rd(f"{base_of(request)}/login", pending.rd, expired="1"))
             clear_pending(request, response)
             return response
+        if await attempts_left(request, pending) <= 0:
+            # The cookie's own count can be replayed; the server-side count cannot.
+            response = redirect(_with_rd(f"{base_of(request)}/login", pending.rd, retry="1"))
+            clear_pending(request, response)
+            return response
         user = await services.store.get_user(pending.user_id)
         if user is None or user.disabled:
             return redirect(f"{base_of(request)}/login")
@@ -73,24 +79,44 @@ async def resolve_context(request: web.Request, rd: str | None) -> FactorContext
     return FactorContext(user, None, session, target)
 
 
-async def finish_login(
-    request: web.Request, user: User, *, remember: bool, old: CachedSession | None, target: str
+async def start_session(
+    request: web.Request,
+    response: web.Response,
+    user: User,
+    *,
+    level: Level = Level.TWO_FACTOR,
+    remember: bool,
+    old: CachedSession | None,
 ) -> web.Response:
-    """Start a fresh level-two session (new id), end the old one, and go on."""
+    """Start a fresh session (new id) on `response`, ending the old one and any pending login."""
     services = services_of(request)
     if old is not None:
         await services.sessions.revoke(old.id_hash)
     cookie = await services.sessions.create(
         user,
-        Level.TWO_FACTOR,
+        level,
         remember_me=remember,
         ip=client_ip(request),
         user_agent=request.headers.get("User-Agent", ""),
     )
-    response = redirect(target)
     set_session_cookie(request, response, cookie, remember=remember)
     clear_pending(request, response)
     return response
+
+
+async def finish_login(
+    request: web.Request, user: User, *, remember: bool, old: CachedSession | None, target: str
+) -> web.Response:
+    """Start a fresh level-two session (new id), end the old one, and go on."""
+    return await start_session(request, redirect(target), user, remember=remember, old=old)
+
+
+async def usable_kinds(request: web.Request, ctx: FactorContext) -> tuple[str, ...]:
+    """The factor kinds that may complete this step (not the one that was the first factor)."""
+    kinds = await services_of(request).two_factor.kinds(ctx.user.id)
+    if ctx.pending is not None and ctx.pending.first_factor == WEBAUTHN:
+        return tuple(k for k in kinds if k != WEBAUTHN)
+    return kinds
 
 
 def _page(
@@ -121,10 +147,12 @@ async def second_factor_page(request: web.Request) -> web.Response:
     ctx = await resolve_context(request, request.query.get("rd"))
     if isinstance(ctx, web.Response):
         return ctx
+    if ctx.session is not None and ctx.session.must_enrol:
+        return redirect(_with_rd(f"{base_of(request)}/settings/totp/new", ctx.rd))
     if ctx.session is not None and ctx.session.level >= Level.TWO_FACTOR:
         return redirect(after_login_target(request, ctx.rd))
-    kinds = await services.two_factor.kinds(ctx.user.id)
-    if TOTP not in kinds and ctx.session is not None:
+    kinds = await usable_kinds(request, ctx)
+    if not {TOTP, WEBAUTHN} & set(kinds) and ctx.session is not None:
         # Step-up for someone without a factor: enrol one (which itself proves two factors).
         return redirect(_with_rd(f"{base_of(request)}/settings/totp/new", ctx.rd))
     if not kinds:
@@ -147,9 +175,9 @@ async def second_factor_submit(request: web.Request) -> web.Response:
     ctx = await resolve_context(request, form_text(form, "rd", limit=4096))
     if isinstance(ctx, web.Response):
         return ctx
-    kinds = await services.two_factor.kinds(ctx.user.id)
+    kinds = await usable_kinds(request, ctx)
     method = form_text(form, "method")
-    if method not in kinds:
+    if method not in (TOTP, RECOVERY) or method not in kinds:
         method = TOTP if TOTP in kinds else RECOVERY
     if not csrf_ok(request, form):
         return _page(request, ctx, kinds, method, error="The form expired. Please try again.", status=403)
@@ -184,22 +212,42 @@ async def second_factor_submit(request: web.Request) -> web.Response:
     )
 
 
-async def _wrong_code(
-    request: web.Request, ctx: FactorContext, kinds: tuple[str, ...], method: str, ip: str
-) -> web.Response:
+async def record_wrong_code(request: web.Request, ctx: FactorContext, method: str, ip: str) -> int | None:
+    """Count a failed second factor; return the attempts a pending login has left (None: step-up)."""
     services = services_of(request)
     now = services.clock()
-    # Every wrong code counts toward the user's brute-force regulation, pending or step-up.
+    # Every failure counts toward the user's brute-force regulation, pending or step-up.
     await services.store.record_attempt(ctx.user.username, ip, False, now)
     log_event("second_factor_failed", logging.WARNING, user=ctx.user.username, method=method, client_ip=ip)
     if ctx.pending is None:
+        return None
+    # No IP on this counter row: the user's row above already counts toward the IP's regulation.
+    await services.store.record_attempt(attempts_key(ctx.pending), "", False, now)
+    return await attempts_left(request, ctx.pending)
+
+
+def start_over(
+    request: web.Request, ctx: FactorContext, response: web.Response | None = None
+) -> web.Response:
+    """End a pending login that used up its attempts; the user types the password again."""
+    login = _with_rd(f"{base_of(request)}/login", ctx.rd, retry="1")
+    response = response or redirect(login)
+    clear_pending(request, response)
+    return response
+
+
+def login_retry_url(request: web.Request, ctx: FactorContext) -> str:
+    return _with_rd(f"{base_of(request)}/login", ctx.rd, retry="1")
+
+
+async def _wrong_code(
+    request: web.Request, ctx: FactorContext, kinds: tuple[str, ...], method: str, ip: str
+) -> web.Response:
+    left = await record_wrong_code(request, ctx, method, ip)
+    if left is None:
         return _page(request, ctx, kinds, method, error="That code is not valid.", status=401)
-    await services.store.record_attempt(attempts_key(ctx.pending), ip, False, now)
-    left = await attempts_left(request, ctx.pending)
     if left <= 0:
-        response = redirect(_with_rd(f"{base_of(request)}/login", ctx.rd, retry="1"))
-        clear_pending(request, response)
-        return response
+        return start_over(request, ctx)
     return _page(
         request, ctx, kinds, method, error=f"That code is not valid. {left} attempt(s) left.", status=401
     )

@@ -12,7 +12,7 @@ from gateway.errors import Conflict, NotFound
 from gateway.logs import log_event
 from gateway.models import Level, User
 from gateway.sessions import CachedSession
-from gateway.two_factor import FEW_RECOVERY_CODES, TOTP
+from gateway.two_factor import FEW_RECOVERY_CODES
 from portal.views.second_factor import finish_login
 from portal.web import (
     base_of,
@@ -21,6 +21,7 @@ from portal.web import (
     csrf_ok,
     current_session,
     form_text,
+    passkeys_here,
     read_form,
     redirect,
     render,
@@ -61,7 +62,7 @@ def _portal_origin(request: web.Request) -> str:
     return cookie_domain_of(request).portal_url.removesuffix(base_of(request))
 
 
-async def _strong_session(request: web.Request) -> tuple[CachedSession, User] | web.Response:
+async def strong_session(request: web.Request) -> tuple[CachedSession, User] | web.Response:
     """Like _signed_in, but a user who has a second factor must have used it in this session."""
     found = await _signed_in(request)
     if isinstance(found, web.Response):
@@ -75,7 +76,7 @@ async def _strong_session(request: web.Request) -> tuple[CachedSession, User] | 
     return found
 
 
-async def _password_ok(request: web.Request, user: User, password: str) -> bool:
+async def password_ok(request: web.Request, user: User, password: str) -> bool:
     services = services_of(request)
     found = await services.store.find_login(user.username)
     password_hash = found[1] if found else None
@@ -88,12 +89,14 @@ async def settings_page(
     request: web.Request, *, notice: str | None = None, error: str | None = None, status: int = 200
 ) -> web.Response:
     """Show the user's second factors and recent security activity."""
-    found = await _strong_session(request)
+    found = await strong_session(request)
     if isinstance(found, web.Response):
         return found
     session, user = found
     services = services_of(request)
     remaining = await services.store.count_unused_recovery_codes(user.id)
+    keys = await services.store.list_webauthn_credentials(user.id)
+    named = request.query.get("named", "")
     return render(
         request,
         "settings.html",
@@ -103,6 +106,10 @@ async def settings_page(
         mode=services.config.two_factor.mode,
         must_enrol=session.must_enrol,
         devices=await services.store.list_totp_devices(user.id),
+        keys=keys,
+        passkeys=passkeys_here(request),
+        named=int(named) if named.isdigit() else None,
+        password_login=user.password_login,
         recovery_left=remaining,
         recovery_low=0 < remaining <= FEW_RECOVERY_CODES,
         events=await services.store.list_security_events(user.id, limit=20),
@@ -116,12 +123,15 @@ def _notice(done: str) -> str | None:
         "renamed": "Device renamed.",
         "deleted": "Device removed.",
         "added": "Authenticator app added.",
+        "password_on": "Password sign-in is on again.",
+        "password_off": "Password sign-in is off: sign in with a security key or passkey.",
+        "recovered": "Welcome back. Every other session has ended: register a new device below.",
     }.get(done)
 
 
 async def totp_new_page(request: web.Request) -> web.Response:
     """Offer a fresh TOTP secret with its QR code; nothing is stored until confirmed."""
-    found = await _strong_session(request)
+    found = await strong_session(request)
     if isinstance(found, web.Response):
         return found
     _session, user = found
@@ -167,7 +177,7 @@ def _enrol_form(
 
 async def totp_new_submit(request: web.Request) -> web.Response:
     """Store a TOTP device once the password and a current code confirm it."""
-    found = await _strong_session(request)
+    found = await strong_session(request)
     if isinstance(found, web.Response):
         return found
     session, user = found
@@ -203,7 +213,7 @@ async def totp_new_submit(request: web.Request) -> web.Response:
     name_problem = validate_device_name(name)
     if name_problem:
         return _enrol_form(request, user, secret=secret, rd=rd, name=name, status=400, error=name_problem)
-    if not await _password_ok(request, user, form_text(form, "password")):
+    if not await password_ok(request, user, form_text(form, "password")):
         return _enrol_form(
             request,
             user,
@@ -255,7 +265,7 @@ async def totp_new_submit(request: web.Request) -> web.Response:
 
 
 async def totp_rename(request: web.Request) -> web.Response:
-    found = await _strong_session(request)
+    found = await strong_session(request)
     if isinstance(found, web.Response):
         return found
     _session, user = found
@@ -276,7 +286,7 @@ async def totp_rename(request: web.Request) -> web.Response:
 
 
 async def totp_delete(request: web.Request) -> web.Response:
-    found = await _strong_session(request)
+    found = await strong_session(request)
     if isinstance(found, web.Response):
         return found
     _session, user = found
@@ -287,7 +297,7 @@ async def totp_delete(request: web.Request) -> web.Response:
     device = await services.store.get_totp_device(user.id, _device_id(request))
     if device is None:
         return await settings_page(request, error="No such device.", status=404)
-    if not await _password_ok(request, user, form_text(form, "password")):
+    if not await password_ok(request, user, form_text(form, "password")):
         return await settings_page(request, error="Your current password is not correct.", status=401)
     await services.store.delete_totp_device(user.id, device.id)
     ip = client_ip(request)
@@ -298,7 +308,7 @@ async def totp_delete(request: web.Request) -> web.Response:
 
 async def recovery_regenerate(request: web.Request) -> web.Response:
     """Replace the recovery codes (the old set stops working) and show the new ones once."""
-    found = await _strong_session(request)
+    found = await strong_session(request)
     if isinstance(found, web.Response):
         return found
     _session, user = found
@@ -306,9 +316,11 @@ async def recovery_regenerate(request: web.Request) -> web.Response:
     form = await read_form(request)
     if not csrf_ok(request, form):
         return await settings_page(request, error="The form expired. Please try again.", status=403)
-    if not services.two_factor.enabled or TOTP not in await services.two_factor.kinds(user.id):
-        return await settings_page(request, error="Add an authenticator app first.", status=400)
-    if not await _password_ok(request, user, form_text(form, "password")):
+    if not services.two_factor.enabled or not await services.two_factor.has_factor(user.id):
+        return await settings_page(
+            request, error="Add an authenticator app or security key first.", status=400
+        )
+    if not await password_ok(request, user, form_text(form, "password")):
         return await settings_page(request, error="Your current password is not correct.", status=401)
     codes = await services.two_factor.new_recovery_codes(user.id)
     ip = client_ip(request)

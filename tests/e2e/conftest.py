@@ -73,7 +73,9 @@ def chromium_bin() -> str:
     return path
 
 
-def _authgate_config(directory: Path, authgate_port: int, proxy_port: int) -> Path:
+def _authgate_config(
+    directory: Path, authgate_port: int, proxy_port: int, rules: list[dict[str, str]] = ACCESS_RULES
+) -> Path:
     config = {
         "server": {"host": "127.0.0.1", "port": authgate_port, "workers": 1},
         "log": {"level": "info", "format": "json"},
@@ -83,7 +85,7 @@ def _authgate_config(directory: Path, authgate_port: int, proxy_port: int) -> Pa
             "cookies": [{"domain": "localhost", "portal_url": f"http://localhost:{proxy_port}/auth"}],
         },
         "password": {"time_cost": 1, "memory_cost": 64, "parallelism": 1},
-        "access_control": {"default_policy": "deny", "rules": ACCESS_RULES},
+        "access_control": {"default_policy": "deny", "rules": rules},
     }
     path = directory / "authgate.yml"
     path.write_text(yaml.safe_dump(config))
@@ -150,16 +152,16 @@ def _start_caddy(caddy: str, directory: Path, stack: Stack) -> Service:
 
 
 @pytest.fixture(scope="session")
-def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str, str], Stack]]:
+def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
     """Return a function that starts authgate, the demo app and one proxy; all stop at session end."""
     stacks: list[Stack] = []
 
-    def start(kind: str, proxy_bin: str) -> Stack:
+    def start(kind: str, proxy_bin: str, *, rules: list[dict[str, str]] = ACCESS_RULES) -> Stack:
         directory = tmp_path_factory.mktemp(kind)
         proxy_port, authgate_port, demo_port = free_ports(3)
         stack = Stack(kind, proxy_port, authgate_port, demo_port, directory / "authgate.log")
         stacks.append(stack)
-        config = _authgate_config(directory, authgate_port, proxy_port)
+        config = _authgate_config(directory, authgate_port, proxy_port, rules)
         _add_users(config)
         authgate = Service.start(
             "authgate",
@@ -172,7 +174,7 @@ def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[
             "demo app", [*demo_command, "--portal", stack.portal_url], directory / "demo.log"
         )
         stack.services.append(demo)
-        proxy = (_start_nginx if kind == "nginx" else _start_caddy)(proxy_bin, directory, stack)
+        proxy = (_start_nginx if kind.startswith("nginx") else _start_caddy)(proxy_bin, directory, stack)
         stack.services.append(proxy)
         authgate.wait_until(lambda: http_ok(f"http://127.0.0.1:{authgate_port}/api/health"), "no health")
         demo.wait_for_port(demo_port)
@@ -186,12 +188,12 @@ def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[
 
 
 @pytest.fixture(scope="session")
-def nginx_stack(start_stack: Callable[[str, str], Stack], nginx_bin: str) -> Stack:
+def nginx_stack(start_stack: Callable[..., Stack], nginx_bin: str) -> Stack:
     return start_stack("nginx", nginx_bin)
 
 
 @pytest.fixture(scope="session")
-def caddy_stack(start_stack: Callable[[str, str], Stack], caddy_bin: str) -> Stack:
+def caddy_stack(start_stack: Callable[..., Stack], caddy_bin: str) -> Stack:
     return start_stack("caddy", caddy_bin)
 
 
@@ -213,3 +215,24 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def client(http: aiohttp.ClientSession, stack: Stack) -> ProxyClient:
     return ProxyClient(http, stack.port)
+
+
+# The same rules plus a two_factor area: /vault needs a second factor (2FA mode optional, the default).
+TWO_FACTOR_RULES = [
+    {"domain": "localhost", "path": r"^/vault([/?]|$)", "policy": "two_factor"},
+    *ACCESS_RULES,
+]
+
+
+@pytest.fixture(scope="session")
+def nginx_2fa_stack(start_stack: Callable[..., Stack], nginx_bin: str) -> Stack:
+    """An nginx stack of its own for second-factor tests, which enrol its users (alice, bob) in TOTP."""
+    return start_stack("nginx-2fa", nginx_bin, rules=TWO_FACTOR_RULES)
+
+
+@pytest.fixture(scope="session")
+def oathtool_bin() -> str:
+    found = shutil.which("oathtool")
+    if found is None:
+        _missing("oathtool", INSTALL_HINT.format(tool="oathtool") + " or `sudo apt-get install oathtool`")
+    return found

@@ -224,3 +224,32 @@ class ProxyClient:
     async def session_for(self, username: str) -> str:
         _, cookie = await self.login(username, f"http://localhost:{self.port}/")
         return cookie
+
+
+# Second factors: TOTP codes from oathtool and the enrolment page read like a user would.
+
+TOTP_PERIOD = 30
+_TOTP_SECRET = re.compile(r'id="totp-secret"[^>]*>([^<]+)<')
+_ENROL_TOKEN = re.compile(r'name="token" value="([^"]+)"')
+
+
+def oathtool_code(oathtool: str, secret: str, at: float) -> str:
+    """Return the 6-digit SHA1 code oathtool computes for a base32 secret at Unix time `at`."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+    done = subprocess.run(  # noqa: S603 - fixed binary, arguments from the test
+        [oathtool, "--totp", "-b", "--now", when, secret.replace(" ", "")],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def enrolment_fields(page_html: str) -> tuple[str, str]:
+    """Return (base32 secret shown in #totp-secret, signed enrolment token) from the enrolment page."""
+    secret = _TOTP_SECRET.search(page_html)
+    token = _ENROL_TOKEN.search(page_html)
+    assert secret is not None and token is not None, page_html
+    return secret.group(1).replace(" ", "").strip(), token.group(1)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
 from gateway.config import Config, parse_config
+from gateway.factors import totp
 from gateway.factors.passwords import PasswordHasher
 from gateway.models import User
 from gateway.services import SERVICES, Services
@@ -193,3 +198,158 @@ async def auth_request(
     if session is not None:
         headers["Cookie"] = f"{SESSION_COOKIE}={session}"
     return await client.get("/api/authz/auth-request", headers=headers, allow_redirects=False)
+
+
+# Second factors: TOTP codes from oathtool, enrolment through the portal, the 2FA step.
+
+PENDING_COOKIE = "authgate_2fa"
+_TOTP_SECRET = re.compile(r'id="totp-secret"[^>]*>([^<]+)<')
+_ENROL_TOKEN = re.compile(r'name="token" value="([^"]+)"')
+_RECOVERY_CODE = re.compile(r"<code>([0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4})</code>")
+
+
+def oathtool_path() -> str:
+    """Return the oathtool binary; fail under CI (it must run there), skip elsewhere."""
+    found = shutil.which("oathtool")
+    if found is None:
+        message = "oathtool not found; run `bash deploy/ensure-test-tools.sh` or `apt-get install oathtool`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def totp_code(secret: str, at: float, *, digits: int = 6, period: int = 30, algorithm: str = "SHA1") -> str:
+    """Return the code oathtool computes for a base32 secret at Unix time `at` (an independent TOTP)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+    command = [oathtool_path(), f"--totp={algorithm}", "-b", "-d", str(digits), "-s", f"{period}s"]
+    done = subprocess.run(  # noqa: S603 - fixed binary, arguments from the test
+        [*command, "--now", when, secret.replace(" ", "")],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def with_cookies(session: str | None = None, pending: str | None = None, **others: str) -> dict[str, str]:
+    """Return a Cookie header holding the given session, pending-login and other cookies."""
+    cookies = dict(others)
+    if session is not None:
+        cookies[SESSION_COOKIE] = session
+    if pending is not None:
+        cookies[PENDING_COOKIE] = pending
+    return cookie_header(**cookies) if cookies else {}
+
+
+async def portal_get(
+    client: TestClient[Any, Any], path: str, *, session: str | None = None, pending: str | None = None
+) -> ClientResponse:
+    """GET a portal page with the given cookies, never following redirects."""
+    return await client.get(path, headers=with_cookies(session, pending), allow_redirects=False)
+
+
+async def portal_post(
+    client: TestClient[Any, Any],
+    path: str,
+    data: Mapping[str, str],
+    *,
+    session: str | None = None,
+    pending: str | None = None,
+) -> ClientResponse:
+    """POST a portal form as a browser would (a fresh CSRF cookie and token included)."""
+    secret, token = await csrf_pair(client)
+    return await client.post(
+        path,
+        data={"csrf_token": token, **data},
+        headers=with_cookies(session, pending, **{CSRF_COOKIE: secret}),
+        allow_redirects=False,
+    )
+
+
+async def open_enrolment(client: TestClient[Any, Any], session: str) -> tuple[str, str]:
+    """Load the "add an authenticator app" page; return (secret read from #totp-secret, signed token)."""
+    response = await portal_get(client, "/auth/settings/totp/new", session=session)
+    text = await response.text()
+    assert response.status == 200, text
+    secret = _TOTP_SECRET.search(text)
+    token = _ENROL_TOKEN.search(text)
+    assert secret is not None and token is not None, text
+    return secret.group(1).strip(), token.group(1)
+
+
+async def confirm_enrolment(
+    client: TestClient[Any, Any],
+    session: str,
+    token: str,
+    code: str,
+    *,
+    password: str = PASSWORD,
+    name: str = "pixel-7 authy",
+    rd: str | None = None,
+) -> ClientResponse:
+    """Submit the enrolment form (password + current code)."""
+    data = {"token": token, "code": code, "password": password, "name": name}
+    if rd is not None:
+        data["rd"] = rd
+    return await portal_post(client, "/auth/settings/totp/new", data, session=session)
+
+
+def recovery_codes_in(text: str) -> list[str]:
+    """Return the recovery codes shown on a page (#recovery-codes)."""
+    return _RECOVERY_CODE.findall(text.split('id="recovery-codes"', 1)[1]) if "recovery-codes" in text else []
+
+
+async def enrol_totp(
+    client: TestClient[Any, Any], session: str, clock: Clock, *, name: str = "pixel-7 authy"
+) -> tuple[str, str, list[str]]:
+    """Enrol a TOTP device through the portal; return (new session, secret, first recovery codes)."""
+    secret, token = await open_enrolment(client, session)
+    response = await confirm_enrolment(client, session, token, totp_code(secret, clock()), name=name)
+    text = await response.text()
+    assert response.status in (200, 303), text
+    return response.cookies[SESSION_COOKIE].value, secret, recovery_codes_in(text)
+
+
+async def password_step(client: TestClient[Any, Any], username: str = "alice", **kwargs: Any) -> str:
+    """Pass the password form of a user who has a second factor; return the pending-login cookie."""
+    response = await login(client, username, **kwargs)
+    assert response.status == 303, await response.text()
+    assert response.headers["Location"] == "/auth/2fa"
+    assert SESSION_COOKIE not in response.cookies
+    return response.cookies[PENDING_COOKIE].value
+
+
+async def submit_code(
+    client: TestClient[Any, Any],
+    code: str,
+    *,
+    pending: str | None = None,
+    session: str | None = None,
+    method: str = "totp",
+    rd: str | None = None,
+) -> ClientResponse:
+    """Submit the second-factor form with a TOTP or recovery code."""
+    data = {"code": code, "method": method}
+    if rd is not None:
+        data["rd"] = rd
+    return await portal_post(client, "/auth/2fa", data, session=session, pending=pending)
+
+
+async def add_totp_device(
+    client: TestClient[Any, Any], user: User, *, name: str = "pixel-7 authy", secret: str | None = None
+) -> str:
+    """Store a TOTP device for a user straight through the service (no portal); return its secret."""
+    two_factor = services(client).two_factor
+    secret = secret or two_factor.new_enrolment(account=user.username).secret
+    await two_factor.add_totp(user.id, name, secret, 0)
+    return secret
+
+
+def wrong_code(secret: str, at: float, *, period: int = 30) -> str:
+    """Return a 6-digit code that is valid for no time step within ten steps of `at`."""
+    step = int(at // period)
+    valid = {totp.code_at(secret, s, digits=6, algorithm="SHA1") for s in range(step - 10, step + 11)}
+    return next(c for c in ("123456", "654321", "000000", "111111", "999999") if c not in valid)

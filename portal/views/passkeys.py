@@ -1,0 +1,330 @@
+"""Security keys and passkeys: register in settings, second factor, passwordless login.
+
+The ceremonies run in the browser (static/webauthn.js) against small JSON endpoints;
+every one is CSRF-checked (X-CSRF-Token) and its challenge is single-use server-side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from gateway.errors import Conflict, NotFound
+from gateway.factors.passkeys import InvalidWebAuthn
+from gateway.logs import log_event
+from gateway.models import Level, User
+from gateway.webauthn_service import PASSKEY_LOGIN, SECOND_FACTOR
+from portal.flow import STEP_VERIFY, second_factor_needed
+from portal.flow import start as start_pending
+from portal.pending import set_pending
+from portal.views.login import ban_remaining, remember_last_login
+from portal.views.second_factor import (
+    FactorContext,
+    record_wrong_code,
+    resolve_context,
+    start_session,
+)
+from portal.views.settings import password_ok, settings_page, strong_session, validate_device_name
+from portal.web import (
+    SECURITY_HEADERS,
+    after_login_target,
+    base_of,
+    client_ip,
+    csrf_header_ok,
+    csrf_ok,
+    form_text,
+    passkeys_here,
+    read_form,
+    redirect,
+    safe_target,
+    services_of,
+)
+
+WEBAUTHN = "webauthn"
+
+
+def json_error(message: str, status: int = 400, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status, headers=SECURITY_HEADERS)
+
+
+def json_next(location: str) -> web.Response:
+    return web.json_response({"next": location}, headers=SECURITY_HEADERS)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "the body is not JSON"}), content_type="application/json"
+        ) from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "expected a JSON object"}), content_type="application/json"
+        )
+    return body
+
+
+def _ceremony(challenge_id: str, options_json: str) -> web.Response:
+    return web.json_response(
+        {"challenge_id": challenge_id, "options": json.loads(options_json)}, headers=SECURITY_HEADERS
+    )
+
+
+# --- Registering devices -------------------------------------------------------------------------
+
+
+async def register_options(request: web.Request) -> web.Response:
+    """Start registering a security key or passkey for the signed-in user."""
+    if not csrf_header_ok(request):
+        return json_error("The page expired. Reload it and try again.", 403)
+    found = await strong_session(request)
+    if isinstance(found, web.Response):
+        return json_error("Please sign in again.", 401, next=found.headers.get("Location", ""))
+    services = services_of(request)
+    if not passkeys_here(request):
+        return json_error("Security keys and passkeys are not available here.", 403)
+    ceremony = await services.webauthn.begin_registration(found[1])
+    return _ceremony(ceremony.challenge_id, ceremony.options_json)
+
+
+async def register_finish(request: web.Request) -> web.Response:
+    """Verify and store the new device; it gets a default name the user can change."""
+    if not csrf_header_ok(request):
+        return json_error("The page expired. Reload it and try again.", 403)
+    found = await strong_session(request)
+    if isinstance(found, web.Response):
+        return json_error("Please sign in again.", 401, next=found.headers.get("Location", ""))
+    session, user = found
+    services = services_of(request)
+    body = await _json_body(request)
+    try:
+        credential = await services.webauthn.finish_registration(
+            user, body.get("challenge_id"), body.get("credential")
+        )
+    except (InvalidWebAuthn, Conflict) as exc:
+        log_event("webauthn_register_failed", logging.WARNING, user=user.username, reason=str(exc))
+        return json_error(f"The device was not registered: {exc}")
+    ip = client_ip(request)
+    await services.store.add_security_event(user.id, "webauthn_added", credential.name, ip, services.clock())
+    log_event("webauthn_added", user=user.username, client_ip=ip, device_type=credential.device_type)
+    response = json_next(f"{base_of(request)}/settings?named={credential.id}")
+    if session.level < Level.TWO_FACTOR:
+        # Enrolling the first factor from a password session: the session now has two (new id).
+        await start_session(request, response, user, remember=session.remember_me, old=session)
+    return response
+
+
+async def rename_device(request: web.Request) -> web.Response:
+    found = await strong_session(request)
+    if isinstance(found, web.Response):
+        return found
+    _session, user = found
+    form = await read_form(request)
+    if not csrf_ok(request, form):
+        return await settings_page(request, error="The form expired. Please try again.", status=403)
+    name = form_text(form, "name", limit=256).strip()
+    problem = validate_device_name(name)
+    if problem:
+        return await settings_page(request, error=problem, status=400)
+    try:
+        await services_of(request).store.rename_webauthn_credential(user.id, _device_id(request), name)
+    except NotFound:
+        return await settings_page(request, error="No such device.", status=404)
+    except Conflict:
+        return await settings_page(request, error=f"You already have a device named {name!r}.", status=409)
+    return redirect(f"{base_of(request)}/settings?done=renamed")
+
+
+async def revoke_device(request: web.Request) -> web.Response:
+    """Revoke a device for good (asks for the password as confirmation)."""
+    found = await strong_session(request)
+    if isinstance(found, web.Response):
+        return found
+    _session, user = found
+    services = services_of(request)
+    form = await read_form(request)
+    if not csrf_ok(request, form):
+        return await settings_page(request, error="The form expired. Please try again.", status=403)
+    devices = await services.store.list_webauthn_credentials(user.id)
+    device = next((d for d in devices if d.id == _device_id(request)), None)
+    if device is None:
+        return await settings_page(request, error="No such device.", status=404)
+    if len(devices) == 1 and not user.password_login:
+        return await settings_page(
+            request,
+            error="This is your only way to sign in: turn password sign-in back on first.",
+            status=409,
+        )
+    if not await password_ok(request, user, form_text(form, "password")):
+        return await settings_page(request, error="Your current password is not correct.", status=401)
+    await services.store.delete_webauthn_credential(user.id, device.id)
+    ip = client_ip(request)
+    await services.store.add_security_event(user.id, "webauthn_revoked", device.name, ip, services.clock())
+    log_event("webauthn_revoked", logging.WARNING, user=user.username, client_ip=ip)
+    return redirect(f"{base_of(request)}/settings?done=deleted")
+
+
+async def password_login_toggle(request: web.Request) -> web.Response:
+    """Switch password sign-in off (passkeys only) or back on for one's own account."""
+    found = await strong_session(request)
+    if isinstance(found, web.Response):
+        return found
+    _session, user = found
+    services = services_of(request)
+    form = await read_form(request)
+    if not csrf_ok(request, form):
+        return await settings_page(request, error="The form expired. Please try again.", status=403)
+    enable = form_text(form, "enabled") == "on"
+    if not enable and not await services.store.list_webauthn_credentials(user.id):
+        return await settings_page(request, error="Register a security key or passkey first.", status=409)
+    if not await password_ok(request, user, form_text(form, "password")):
+        return await settings_page(request, error="Your current password is not correct.", status=401)
+    await services.store.set_password_login(user.id, enable)
+    event = "password_login_enabled" if enable else "password_login_disabled"
+    await services.store.add_security_event(user.id, event, "", client_ip(request), services.clock())
+    log_event(event, user=user.username, client_ip=client_ip(request))
+    response = redirect(f"{base_of(request)}/settings?done={'password_on' if enable else 'password_off'}")
+    remember_last_login(request, response, replace(user, password_login=enable))
+    return response
+
+
+def _device_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["device_id"])
+    except ValueError as exc:
+        raise web.HTTPNotFound(text="404 no such device\n") from exc
+
+
+# --- As a second factor --------------------------------------------------------------------------
+
+
+async def _factor_context(request: web.Request, body: dict[str, Any]) -> FactorContext | web.Response:
+    rd = body.get("rd") if isinstance(body.get("rd"), str) else None
+    ctx = await resolve_context(request, rd)
+    if isinstance(ctx, web.Response):
+        return json_error(
+            "Your sign-in expired. Please start again.", 401, next=ctx.headers.get("Location", "")
+        )
+    if ctx.pending is not None and ctx.pending.first_factor == WEBAUTHN:
+        return json_error("Use your authenticator app or a recovery code for the second step.", 400)
+    return ctx
+
+
+async def second_factor_options(request: web.Request) -> web.Response:
+    if not csrf_header_ok(request):
+        return json_error("The page expired. Reload it and try again.", 403)
+    ctx = await _factor_context(request, await _json_body(request))
+    if isinstance(ctx, web.Response):
+        return ctx
+    try:
+        ceremony = await services_of(request).webauthn.begin_authentication(ctx.user, SECOND_FACTOR)
+    except InvalidWebAuthn as exc:
+        return json_error(str(exc))
+    return _ceremony(ceremony.challenge_id, ceremony.options_json)
+
+
+async def second_factor_finish(request: web.Request) -> web.Response:
+    """Complete the second-factor step with a security key or passkey."""
+    if not csrf_header_ok(request):
+        return json_error("The page expired. Reload it and try again.", 403)
+    body = await _json_body(request)
+    ctx = await _factor_context(request, body)
+    if isinstance(ctx, web.Response):
+        return ctx
+    services = services_of(request)
+    ip = client_ip(request)
+    if await ban_remaining(request, ctx.user.username, ip) is not None:
+        return json_error("Too many failed sign-in attempts. Try again later.", 429)
+    try:
+        assertion = await services.webauthn.finish_authentication(
+            body.get("challenge_id"), body.get("credential"), SECOND_FACTOR
+        )
+        if assertion.user.id != ctx.user.id:
+            raise InvalidWebAuthn("this security key belongs to another account")
+    except InvalidWebAuthn as exc:
+        outcome = await record_wrong_code(request, ctx, WEBAUTHN, ip)
+        return json_error(f"The security key was not accepted: {exc}", 401, next=outcome or "")
+    await services.store.record_attempt(ctx.user.username, ip, True, services.clock())
+    await services.store.set_last_method(ctx.user.id, WEBAUTHN)
+    log_event("second_factor_succeeded", user=ctx.user.username, method=WEBAUTHN, client_ip=ip)
+    remember = ctx.pending.remember_me if ctx.pending else bool(ctx.session and ctx.session.remember_me)
+    target = after_login_target(request, ctx.rd)
+    return await start_session(request, json_next(target), ctx.user, remember=remember, old=ctx.session)
+
+
+# --- Passwordless login --------------------------------------------------------------------------
+
+
+async def passkey_options(request: web.Request) -> web.Response:
+    """Start a passkey login: no user yet, so any discoverable credential may answer."""
+    if not csrf_header_ok(request):
+        return json_error("The page expired. Reload it and try again.", 403)
+    services = services_of(request)
+    if not passkeys_here(request):
+        return json_error("Passkey sign-in is not available here.", 403)
+    ceremony = await services.webauthn.begin_authentication(None, PASSKEY_LOGIN)
+    return _ceremony(ceremony.challenge_id, ceremony.options_json)
+
+
+async def passkey_finish(request: web.Request) -> web.Response:
+    """Sign in with a passkey: two factors with user verification, one without."""
+    if not csrf_header_ok(request):
+        return json_error("The page expired. Reload it and try again.", 403)
+    services = services_of(request)
+    if not passkeys_here(request):
+        return json_error("Passkey sign-in is not available here.", 403)
+    body = await _json_body(request)
+    rd = safe_target(request, body.get("rd") if isinstance(body.get("rd"), str) else None) or ""
+    ip = client_ip(request)
+    if await ban_remaining(request, f"ip:{ip}", ip) is not None:
+        return json_error("Too many failed sign-in attempts. Try again later.", 429)
+    try:
+        assertion = await services.webauthn.finish_authentication(
+            body.get("challenge_id"), body.get("credential"), PASSKEY_LOGIN
+        )
+    except InvalidWebAuthn as exc:
+        await services.store.record_attempt(f"ip:{ip}", ip, False, services.clock())
+        log_event("passkey_login_failed", logging.WARNING, client_ip=ip, reason=str(exc))
+        return json_error(f"The passkey was not accepted: {exc}", 401)
+    user = assertion.user
+    if await ban_remaining(request, user.username, ip) is not None:
+        return json_error("Too many failed sign-in attempts. Try again later.", 429)
+    return await _passkey_signed_in(request, user, assertion.user_verified, rd, ip)
+
+
+async def _passkey_signed_in(
+    request: web.Request, user: User, verified: bool, rd: str, ip: str
+) -> web.Response:
+    services = services_of(request)
+    now = services.clock()
+    if not verified:
+        # Without user verification a passkey is only something you have: like a password,
+        # it is one factor, and users with another factor are asked for it.
+        kinds = [k for k in await services.two_factor.kinds(user.id) if k != WEBAUTHN]
+        step = second_factor_needed(
+            mode=services.config.two_factor.mode, policy_demands_two=False, has_factors=bool(kinds)
+        )
+        if step == STEP_VERIFY:
+            pending = start_pending(
+                user.id,
+                rd=rd,
+                remember_me=False,
+                now=now,
+                ttl=services.config.two_factor.pending_ttl,
+                max_attempts=services.config.two_factor.pending_max_attempts,
+                first_factor=WEBAUTHN,
+            )
+            response = json_next(f"{base_of(request)}/2fa")
+            set_pending(request, response, pending)
+            return response
+    await services.store.record_attempt(user.username, ip, True, now)
+    level = Level.TWO_FACTOR if verified else Level.ONE_FACTOR
+    log_event("login_succeeded", user=user.username, client_ip=ip, method="passkey", user_verified=verified)
+    response = json_next(after_login_target(request, rd))
+    remember_last_login(request, response, user)
+    return await start_session(request, response, user, level=level, remember=False, old=None)

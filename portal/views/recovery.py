@@ -1,0 +1,195 @@
+"""Account recovery by e-mail: a single-use, short-lived link to get back in after losing devices.
+
+The request page answers the same whether or not the address exists, and the mail is
+sent in the background so the response time does not tell either. Following the link
+does not use it up (mail scanners open links); submitting the form does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+
+from aiohttp import web
+
+from gateway.logs import log_event
+from gateway.models import User
+from gateway.notify import NotificationFailed
+from portal.views.login import ban_remaining
+from portal.views.second_factor import start_session
+from portal.web import (
+    base_of,
+    client_ip,
+    cookie_domain_of,
+    csrf_ok,
+    current_session,
+    form_text,
+    read_form,
+    redirect,
+    render,
+    services_of,
+)
+
+SENT_MESSAGE = (
+    "If an account uses that address, we have sent it a link. "
+    "The link works once, for {minutes} minutes. Check your spam folder too."
+)
+_background: set[asyncio.Task[None]] = set()
+
+
+def _token_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def request_page(request: web.Request) -> web.Response:
+    return render(request, "recover_request.html", sent=None, error=None)
+
+
+async def request_submit(request: web.Request) -> web.Response:
+    """Send a recovery link when the address belongs to an account; answer the same either way."""
+    services = services_of(request)
+    form = await read_form(request)
+    if not csrf_ok(request, form):
+        return render(
+            request, "recover_request.html", status=403, sent=None, error="The form expired. Try again."
+        )
+    email = form_text(form, "email", limit=254).strip()
+    ip = client_ip(request)
+    minutes = max(1, round(services.config.account_recovery.link_ttl / 60))
+    sent = SENT_MESSAGE.format(minutes=minutes)
+    if not email:
+        return render(
+            request, "recover_request.html", status=400, sent=None, error="Enter your e-mail address."
+        )
+    # Each request counts like a failed login for this address and this client, so the form
+    # cannot be used to flood someone's mailbox.
+    key = f"recover:{email.lower()}"
+    if await ban_remaining(request, key, ip) is not None:
+        log_event("recovery_refused_banned", logging.WARNING, client_ip=ip)
+        return render(request, "recover_request.html", sent=sent, error=None)
+    await services.store.record_attempt(key, ip, False, services.clock())
+    user = await services.store.find_user_by_email(email)
+    if user is not None and not user.disabled:
+        token = secrets.token_urlsafe(32)
+        now = services.clock()
+        await services.store.create_recovery_token(
+            _token_key(token),
+            user.id,
+            created_at=now,
+            expires_at=now + services.config.account_recovery.link_ttl,
+        )
+        link = f"{cookie_domain_of(request).portal_url}/recover/{token}"
+        task = asyncio.create_task(_send_link(request.app, user, link, minutes, ip))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+    log_event("recovery_requested", client_ip=ip)
+    return render(request, "recover_request.html", sent=sent, error=None)
+
+
+async def _send_link(app: web.Application, user: User, link: str, minutes: int, ip: str) -> None:
+    from gateway.services import SERVICES
+
+    services = app[SERVICES]
+    body = (
+        f"Hello {user.display_name},\n\n"
+        f"someone (hopefully you) asked to recover the {services.config.portal.title} account "
+        f"'{user.username}' from {ip}.\n\n"
+        f"To get back in, open this link within {minutes} minutes. It works once:\n\n{link}\n\n"
+        "Signing in this way ends every session of your account. If this was not you, ignore this\n"
+        "message: nothing changes unless the link is used.\n"
+    )
+    try:
+        await services.notifier.send(
+            to=user.email, subject=f"Recover your {services.config.portal.title} account", body=body
+        )
+    except NotificationFailed as exc:
+        log_event("recovery_mail_failed", logging.ERROR, user=user.username, reason=exc.reason)
+        return
+    log_event("recovery_mail_sent", user=user.username)
+
+
+async def _token_user(request: web.Request) -> tuple[str, User] | None:
+    services = services_of(request)
+    token = request.match_info["token"]
+    if len(token) > 128:
+        return None
+    user_id = await services.store.peek_recovery_token(_token_key(token), now=services.clock())
+    user = await services.store.get_user(user_id) if user_id is not None else None
+    if user is None or user.disabled:
+        return None
+    return token, user
+
+
+def _invalid(request: web.Request) -> web.Response:
+    return render(
+        request,
+        "message.html",
+        status=410,
+        heading="This link no longer works",
+        message="Recovery links work once and only for a short time. Ask for a new one on the sign-in page.",
+    )
+
+
+async def link_page(request: web.Request) -> web.Response:
+    """Show what following the link will do; nothing is used up by just opening it."""
+    found = await _token_user(request)
+    if found is None:
+        return _invalid(request)
+    _token, user = found
+    keys = await services_of(request).store.list_webauthn_credentials(user.id)
+    return render(request, "recover_link.html", user=user, keys=len(keys), error=None)
+
+
+async def link_submit(request: web.Request) -> web.Response:
+    """Use the link: end every session, optionally revoke all devices, and sign in to add a new one."""
+    services = services_of(request)
+    found = await _token_user(request)
+    if found is None:
+        return _invalid(request)
+    token, user = found
+    form = await read_form(request)
+    keys = len(await services.store.list_webauthn_credentials(user.id))
+    if not csrf_ok(request, form):
+        return render(
+            request, "recover_link.html", status=403, user=user, keys=keys, error="The form expired."
+        )
+    ip = client_ip(request)
+    if user.password_login:
+        if await ban_remaining(request, user.username, ip) is not None:
+            return render(
+                request,
+                "recover_link.html",
+                status=429,
+                user=user,
+                keys=keys,
+                error="Too many failed attempts. Try again later.",
+            )
+        found_login = await services.store.find_login(user.username)
+        ok = await services.passwords.verify(
+            found_login[1] if found_login else None, form_text(form, "password")
+        )
+        await services.store.record_attempt(user.username, ip, ok, services.clock())
+        if not ok:
+            return render(
+                request,
+                "recover_link.html",
+                status=401,
+                user=user,
+                keys=keys,
+                error="Your password is not correct.",
+            )
+    # The atomic use decides: two tabs submitting the same link cannot both get in.
+    if await services.store.use_recovery_token(_token_key(token), now=services.clock()) != user.id:
+        return _invalid(request)
+    ended = await services.sessions.revoke_user(user.id)
+    revoked = 0
+    if form_text(form, "revoke_devices") == "on":
+        revoked = await services.store.delete_all_webauthn_credentials(user.id)
+    detail = f"{ended} session(s) ended" + (f", {revoked} device(s) revoked" if revoked else "")
+    await services.store.add_security_event(user.id, "account_recovered", detail, ip, services.clock())
+    log_event("account_recovered", logging.WARNING, user=user.username, client_ip=ip, devices_revoked=revoked)
+    old = await current_session(request)
+    response = redirect(f"{base_of(request)}/settings?done=recovered")
+    return await start_session(request, response, user, remember=False, old=old)

@@ -1,0 +1,244 @@
+"""The forward-auth hot path: no SQL on a cached hit, and revocation reaches every worker in time."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.factors.passwords import PasswordHasher
+from gateway.store.sqlite import Store
+from tests.http.helpers import (
+    PASSWORD,
+    SESSION_COOKIE,
+    add_user,
+    auth_request,
+    forward_auth,
+    services,
+    signed_in,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_cached_forward_auth_runs_no_sql(client: Any) -> None:
+    """After one warm-up request, forward-auth and auth-request answers execute no SQL statement."""
+    await add_user(client, "alice")
+    session = await signed_in(client, "alice")
+    store = services(client).store
+    warm = await forward_auth(client, session)
+    assert warm.status == 200
+    before = store.statement_count
+    for i in range(50):
+        answer = await forward_auth(client, session, uri=f"/page/{i}?q={i}")
+        assert answer.status == 200
+        assert answer.headers["Remote-User"] == "alice"
+        answer = await auth_request(client, session, url=f"http://app.localhost/other/{i}")
+        assert answer.status == 200
+    assert store.statement_count == before
+
+
+async def test_cached_hit_keeps_activity_in_memory_until_the_flush(client: Any) -> None:
+    """Requests on a cached session write nothing; the flush writes their activity in one batch."""
+    await add_user(client, "alice")
+    session = await signed_in(client, "alice")
+    svc = services(client)
+    assert (await forward_auth(client, session)).status == 200
+    before = svc.store.statement_count
+    for _ in range(20):
+        assert (await forward_auth(client, session)).status == 200
+    assert svc.store.statement_count == before
+    await svc.sessions.flush_activity()
+    # One BEGIN, one batched UPDATE, one COMMIT: not one write per request.
+    assert svc.store.statement_count - before == 3
+
+
+# --- several workers (real processes) -------------------------------------------------------------
+
+CACHE_TTL = 1.0
+MARGIN = 0.5
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _config(tmp_path: Path, port: int) -> Path:
+    path = tmp_path / "authgate.yml"
+    path.write_text(
+        f"""
+server: {{host: 127.0.0.1, port: {port}, workers: 2}}
+log: {{level: warning}}
+storage: {{data_dir: {tmp_path / "data"}}}
+secrets: {{session_keys: ['{"k" * 40}']}}
+password: {{time_cost: 1, memory_cost: 64, parallelism: 1}}
+session:
+  secure: false
+  cookies: [{{domain: localhost, portal_url: "http://localhost:{port}/auth"}}]
+  cache_ttl: {CACHE_TTL}s
+  activity_flush_interval: 1s
+access_control:
+  default_policy: deny
+  rules: [{{domain: '*.localhost', policy: one_factor}}]
+"""
+    )
+    return path
+
+
+async def _seed_user(tmp_path: Path) -> None:
+    from gateway.config import Argon2Config
+
+    store = await Store.open(tmp_path / "data" / "authgate.sqlite3")
+    try:
+        password_hash = PasswordHasher(Argon2Config(time_cost=1, memory_cost=64, parallelism=1)).hash(
+            PASSWORD
+        )
+        await store.create_user("alice", "alice@example.com", "Alice", ["dev"], password_hash)
+    finally:
+        await store.close()
+
+
+def _request(port: int, method: str, path: str, headers: dict[str, str], body: str | None = None) -> Any:
+    """One request over a fresh connection (so SO_REUSEPORT may pick either worker)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        answer = conn.getresponse()
+        answer.read()
+        return answer
+    finally:
+        conn.close()
+
+
+def _check(port: int, cookie: str) -> int:
+    headers = {
+        "X-Original-URL": "http://app.localhost/page",
+        "X-Original-Method": "GET",
+        "Cookie": f"{SESSION_COOKIE}={cookie}",
+        "Connection": "close",
+    }
+    return int(_request(port, "GET", "/api/authz/auth-request", headers).status)
+
+
+def _portal_login(port: int) -> tuple[str, str, str]:
+    """Log in through the portal; return (session cookie, CSRF cookie, CSRF token)."""
+    page = _request(port, "GET", "/auth/login", {"Host": f"localhost:{port}"})
+    csrf = re.search(r"authgate_csrf=([^;]+)", page.getheader("Set-Cookie") or "")
+    assert csrf is not None
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request(
+        "GET", "/auth/login", headers={"Host": f"localhost:{port}", "Cookie": f"authgate_csrf={csrf[1]}"}
+    )
+    html = conn.getresponse().read().decode()
+    conn.close()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert token is not None
+    form = f"username=alice&password={PASSWORD.replace(' ', '+')}&csrf_token={token[1]}"
+    answer = _request(
+        port,
+        "POST",
+        "/auth/login",
+        {
+            "Host": f"localhost:{port}",
+            "Cookie": f"authgate_csrf={csrf[1]}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        form,
+    )
+    assert answer.status == 303
+    session = re.search(rf"{SESSION_COOKIE}=([^;]+)", answer.getheader("Set-Cookie") or "")
+    assert session is not None
+    return session[1], csrf[1], token[1]
+
+
+@contextlib.contextmanager
+def _serving(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--config", str(config), "serve", "--workers", "2"],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+            assert time.monotonic() < deadline, "authgate did not start"
+            time.sleep(0.05)
+        time.sleep(1.0)  # the second worker binds its SO_REUSEPORT socket too
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def _worker_pids(parent: int) -> set[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children")
+    return {int(pid) for pid in children.read_text().split()} if children.exists() else set()
+
+
+@pytest.mark.parametrize("revoke", ["portal logout", "cli disable"])
+async def test_revocation_reaches_every_worker_within_cache_ttl(tmp_path: Path, revoke: str) -> None:
+    """A session revoked on one worker (or by the CLI) gets 401 from every worker after cache_ttl."""
+    port = _free_port()
+    config = _config(tmp_path, port)
+    (tmp_path / "data").mkdir(mode=0o700)
+    await _seed_user(tmp_path)
+    with _serving(config, port) as proc:
+        if Path(f"/proc/{proc.pid}/task/{proc.pid}/children").exists():
+            # Two workers (plus multiprocessing's resource tracker).
+            assert len(_worker_pids(proc.pid)) >= 2
+        session, csrf, token = _portal_login(port)
+        # 40 fresh connections: the chance that SO_REUSEPORT sent them all to one worker is 2**-39.
+        assert [_check(port, session) for _ in range(40)] == [200] * 40
+        if revoke == "portal logout":
+            answer = _request(
+                port,
+                "POST",
+                "/auth/logout",
+                {
+                    "Host": f"localhost:{port}",
+                    "Cookie": f"authgate_csrf={csrf}; {SESSION_COOKIE}={session}",
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
+                f"csrf_token={token}",
+            )
+            assert answer.status == 303
+        else:
+            done = subprocess.run(
+                [sys.executable, "-m", "gateway", "--config", str(config), "users", "disable", "alice"],
+                cwd=ROOT,
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+        revoked_at = time.monotonic()
+        time.sleep(CACHE_TTL + MARGIN)
+        # Bounded: every worker must refuse from now on.
+        statuses = [_check(port, session) for _ in range(40)]
+        assert time.monotonic() - revoked_at < CACHE_TTL + MARGIN + 5
+        assert statuses == [401] * 40
