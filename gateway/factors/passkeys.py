@@ -367,7 +367,7 @@ def _credential_dict(credential: str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(credential, str | bytes):
         try:
             credential = json.loads(credential)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
             raise InvalidWebAuthn("the credential is not valid JSON") from exc
     if not isinstance(credential, dict):
         raise InvalidWebAuthn("the credential is not a JSON object")

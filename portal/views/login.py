@@ -248,6 +248,6 @@ async def home(request: web.Request) -> web.Response:
         user=user,
         is_admin=services.config.portal.admin_group in user.groups,
         session=rec,
-        level_name={1: "password", 2: "two factors"}.get(int(rec.level), "none"),
+        level_name={1: "one factor", 2: "two factors"}.get(int(rec.level), "none"),
         fmt_time=fmt_time,
     )

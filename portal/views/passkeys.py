@@ -24,8 +24,10 @@ from portal.pending import set_pending
 from portal.views.login import ban_remaining, remember_last_login
 from portal.views.second_factor import (
     FactorContext,
+    login_retry_url,
     record_wrong_code,
     resolve_context,
+    start_over,
     start_session,
 )
 from portal.views.settings import password_ok, settings_page, strong_session, validate_device_name
@@ -58,7 +60,8 @@ def json_next(location: str) -> web.Response:
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: json.loads gives up on deeply nested arrays ("[[[[..."), a client error.
         raise web.HTTPBadRequest(
             text=json.dumps({"error": "the body is not JSON"}), content_type="application/json"
         ) from exc
@@ -247,8 +250,12 @@ async def second_factor_finish(request: web.Request) -> web.Response:
         if assertion.user.id != ctx.user.id:
             raise InvalidWebAuthn("this security key belongs to another account")
     except InvalidWebAuthn as exc:
-        outcome = await record_wrong_code(request, ctx, WEBAUTHN, ip)
-        return json_error(f"The security key was not accepted: {exc}", 401, next=outcome or "")
+        left = await record_wrong_code(request, ctx, WEBAUTHN, ip)
+        if left is not None and left <= 0:
+            return start_over(
+                request, ctx, json_error("Too many failed attempts.", 401, next=login_retry_url(request, ctx))
+            )
+        return json_error(f"The security key was not accepted: {exc}", 401)
     await services.store.record_attempt(ctx.user.username, ip, True, services.clock())
     await services.store.set_last_method(ctx.user.id, WEBAUTHN)
     log_event("second_factor_succeeded", user=ctx.user.username, method=WEBAUTHN, client_ip=ip)

@@ -64,12 +64,13 @@ async def request_submit(request: web.Request) -> web.Response:
             request, "recover_request.html", status=400, sent=None, error="Enter your e-mail address."
         )
     # Each request counts like a failed login for this address and this client, so the form
-    # cannot be used to flood someone's mailbox.
-    key = f"recover:{email.lower()}"
-    if await ban_remaining(request, key, ip) is not None:
+    # cannot flood a mailbox; both keys live apart from logins, so asking for links never
+    # gets a client banned from signing in.
+    key, client_key = f"recover:{email.lower()}", f"recover:{ip}"
+    if await ban_remaining(request, key, client_key) is not None:
         log_event("recovery_refused_banned", logging.WARNING, client_ip=ip)
         return render(request, "recover_request.html", sent=sent, error=None)
-    await services.store.record_attempt(key, ip, False, services.clock())
+    await services.store.record_attempt(key, client_key, False, services.clock())
     user = await services.store.find_user_by_email(email)
     if user is not None and not user.disabled:
         token = secrets.token_urlsafe(32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from gateway.factors import totp
 from gateway.factors.passwords import PasswordHasher
 from gateway.models import User
 from gateway.services import SERVICES, Services
+from tests.webauthn_authenticator import SoftAuthenticator
 
 SESSION_COOKIE = "authgate_session"
 CSRF_COOKIE = "authgate_csrf"
@@ -353,3 +355,104 @@ def wrong_code(secret: str, at: float, *, period: int = 30) -> str:
     step = int(at // period)
     valid = {totp.code_at(secret, s, digits=6, algorithm="SHA1") for s in range(step - 10, step + 11)}
     return next(c for c in ("123456", "654321", "000000", "111111", "999999") if c not in valid)
+
+
+# WebAuthn: ceremonies through the portal's JSON endpoints, answered by tests/webauthn_authenticator.py.
+
+PORTAL_ORIGIN = "http://localhost:8080"  # the origin of build_config's portal_url (RP ID localhost)
+CSRF_HEADER = "X-CSRF-Token"
+LAST_LOGIN_COOKIE = "authgate_last"
+
+
+async def json_post(
+    client: TestClient[Any, Any],
+    path: str,
+    body: Any,
+    *,
+    session: str | None = None,
+    pending: str | None = None,
+    csrf: bool = True,
+    headers: Mapping[str, str] | None = None,
+    raw: bytes | None = None,
+) -> ClientResponse:
+    """POST JSON as static/webauthn.js does: CSRF cookie plus the page's token in X-CSRF-Token."""
+    secret, token = await csrf_pair(client)
+    sent = {
+        "Content-Type": "application/json",
+        **with_cookies(session, pending, **{CSRF_COOKIE: secret}),
+        **({CSRF_HEADER: token} if csrf else {}),
+        **(headers or {}),
+    }
+    data = raw if raw is not None else json.dumps(body).encode()
+    return await client.post(path, data=data, headers=sent, allow_redirects=False)
+
+
+async def ceremony(
+    client: TestClient[Any, Any],
+    path: str,
+    body: Mapping[str, Any] | None = None,
+    *,
+    session: str | None = None,
+    pending: str | None = None,
+) -> tuple[str, str]:
+    """Start a WebAuthn ceremony; return (challenge id, options JSON as the browser receives it)."""
+    response = await json_post(client, path, dict(body or {}), session=session, pending=pending)
+    data = await response.json()
+    assert response.status == 200, data
+    return data["challenge_id"], json.dumps(data["options"])
+
+
+async def register_key(
+    client: TestClient[Any, Any],
+    session: str,
+    authenticator: SoftAuthenticator,
+    *,
+    origin: str = PORTAL_ORIGIN,
+) -> ClientResponse:
+    """Register a device from settings (options, the authenticator's answer, register)."""
+    challenge_id, options = await ceremony(client, "/auth/settings/webauthn/options", session=session)
+    credential = authenticator.register(options, origin=origin)
+    body = {"challenge_id": challenge_id, "credential": credential}
+    return await json_post(client, "/auth/settings/webauthn/register", body, session=session)
+
+
+async def registered_session(
+    client: TestClient[Any, Any], session: str, authenticator: SoftAuthenticator
+) -> str:
+    """Register a device and return the session to use afterwards (a new id when the level rose)."""
+    response = await register_key(client, session, authenticator)
+    assert response.status == 200, await response.text()
+    return response.cookies[SESSION_COOKIE].value if SESSION_COOKIE in response.cookies else session
+
+
+async def passkey_login(
+    client: TestClient[Any, Any],
+    authenticator: SoftAuthenticator,
+    *,
+    rd: str = "",
+    challenge_id: str | None = None,
+    options: str | None = None,
+) -> ClientResponse:
+    """Sign in with a passkey: empty allowCredentials, the authenticator picks its discoverable key."""
+    if challenge_id is None or options is None:
+        challenge_id, options = await ceremony(client, "/auth/login/passkey/options", {"rd": rd})
+    credential = authenticator.assert_(options, origin=PORTAL_ORIGIN)
+    body = {"challenge_id": challenge_id, "credential": credential, "rd": rd}
+    return await json_post(client, "/auth/login/passkey", body)
+
+
+async def key_second_factor(
+    client: TestClient[Any, Any],
+    authenticator: SoftAuthenticator,
+    *,
+    pending: str | None = None,
+    session: str | None = None,
+    rd: str = "",
+) -> ClientResponse:
+    """Complete the second-factor step (or a step-up) with a security key."""
+    challenge_id, options = await ceremony(
+        client, "/auth/2fa/webauthn/options", {"rd": rd}, session=session, pending=pending
+    )
+    credential = authenticator.assert_(options, origin=PORTAL_ORIGIN)
+    body = {"challenge_id": challenge_id, "credential": credential, "rd": rd}
+    return await json_post(client, "/auth/2fa/webauthn", body, session=session, pending=pending)

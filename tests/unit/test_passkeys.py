@@ -512,3 +512,9 @@ def test_relying_party_problems(rp_id: str, origins: list[str], fragment: str) -
     """Each misfit between RP ID and origins is reported."""
     problems = passkeys.check_relying_party(rp_id, origins)
     assert len(problems) == 1 and fragment in problems[0], problems
+
+
+def test_credential_nested_too_deep_is_invalid() -> None:
+    """A credential given as a JSON string nested beyond the parser's depth is invalid, not a crash."""
+    with pytest.raises(InvalidWebAuthn, match="not valid JSON"):
+        passkeys.credential_id_of("[" * 100_000)
