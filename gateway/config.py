@@ -23,7 +23,7 @@ import yaml
 
 from gateway.errors import ConfigError
 from gateway.factors.passkeys import USER_VERIFICATION, check_relying_party, origin_of
-from gateway.models import Policy
+from gateway.models import Level, Policy
 
 Network = IPv4Network | IPv6Network
 
@@ -198,6 +198,26 @@ class AccountRecoveryConfig:
 
 
 @dataclass(frozen=True)
+class AppPasswordsConfig:
+    # What an app password counts as at forward-auth; a token never counts for more than the
+    # session that created it. Revocation reaches forward-auth within session.cache_ttl.
+    level: Level = Level.TWO_FACTOR  # one_factor | two_factor
+    max_per_user: int = 50  # live app passwords per user, 1-1000
+    default_expiry: float = 0.0  # seconds offered as the expiry of a new token; 0 = never
+    reauth_after: float = 600.0  # creating one asks for a factor again when the last check is older
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    reauth_after: float = 300.0  # admin actions ask for a factor again when the last check is older
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    retention: float = 0.0  # seconds audit rows are kept; 0 = forever
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -213,6 +233,9 @@ class Config:
     webauthn: WebAuthnConfig = field(default_factory=WebAuthnConfig)
     notifier: NotifierConfig = field(default_factory=NotifierConfig)
     account_recovery: AccountRecoveryConfig = field(default_factory=AccountRecoveryConfig)
+    app_passwords: AppPasswordsConfig = field(default_factory=AppPasswordsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 # --- Loading -----------------------------------------------------------------------------------------
@@ -247,6 +270,9 @@ _TOTP_ALGORITHMS = ("SHA1", "SHA256", "SHA512")
 _MAX_ISSUER_LENGTH = 64
 _MAX_PENDING_TTL = 3600.0
 _MAX_CACHE_TTL = 60.0
+_MAX_REAUTH_AFTER = 86400.0
+_MIN_AUDIT_RETENTION = 86400.0  # shorter would erase the trail of an attack before anyone looks
+_TOKEN_LEVELS = {"one_factor": Level.ONE_FACTOR, "two_factor": Level.TWO_FACTOR}
 _NOTIFIER_TYPES = ("file", "smtp")
 _SMTP_SECURITY = ("starttls", "tls", "none")
 _LOCAL_SMTP_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -935,6 +961,21 @@ def _smtp(value: Any, path: str, problems: Problems) -> Any:
     return dataclasses.replace(smtp, password=password)
 
 
+def _token_level(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, str) or value.lower() not in _TOKEN_LEVELS:
+        return _fail(problems, path, f"{_show(value)} is not allowed; use one of {', '.join(_TOKEN_LEVELS)}")
+    return _TOKEN_LEVELS[value.lower()]
+
+
+def _audit_retention(value: Any, path: str, problems: Problems) -> Any:
+    seconds = _duration()(value, path, problems)
+    if seconds is _INVALID or seconds == 0:
+        return seconds
+    if seconds < _MIN_AUDIT_RETENTION:
+        return _fail(problems, path, f"{_show(value)} is too short; use 0 (keep forever) or at least 1d")
+    return seconds
+
+
 def _policy(value: Any, path: str, problems: Problems) -> Any:
     if not isinstance(value, str) or value.lower() not in _POLICIES:
         return _fail(problems, path, f"{_show(value)} is not a policy; use one of {', '.join(_POLICIES)}")
@@ -1226,6 +1267,17 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
         },
     ),
     "account_recovery": (AccountRecoveryConfig, {"link_ttl": _duration_between(60.0, 86400.0)}),
+    "app_passwords": (
+        AppPasswordsConfig,
+        {
+            "level": _token_level,
+            "max_per_user": _integer(1, 1000),
+            "default_expiry": _duration(),
+            "reauth_after": _duration(positive=True, maximum=_MAX_REAUTH_AFTER),
+        },
+    ),
+    "admin": (AdminConfig, {"reauth_after": _duration(positive=True, maximum=_MAX_REAUTH_AFTER)}),
+    "audit": (AuditConfig, {"retention": _audit_retention}),
 }
 
 # Keys typed `str` in the dataclasses take environment values verbatim instead of through YAML.

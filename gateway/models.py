@@ -131,3 +131,32 @@ class WebAuthnCredential:
     name: str  # chosen by the user; unique per user in any (ASCII) case
     created_at: float
     last_used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppPassword:
+    """A user's app password (access token) for non-browser clients; its hash stays in storage."""
+
+    id: int
+    user_id: int
+    token_id: str  # public lookup id embedded in the token (gateway.factors.app_passwords)
+    name: str  # chosen by the user, e.g. "Thunderbird on laptop"; unique per user among live tokens
+    domains: tuple[str, ...]  # hosts (or *. wildcards) it works on; empty = any
+    level: Level  # what it counts as at forward-auth (capped by app_passwords.level when used)
+    created_at: float
+    expires_at: float | None  # None = never
+    last_used_at: float | None
+    last_used_ip: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One row of the append-only audit log."""
+
+    id: int
+    at: float
+    event: str  # one of the names in gateway.audit
+    actor: str | None  # username who did it; "cli" for the command line; None when unknown
+    target: str | None  # username it was done to, if any
+    ip: str | None  # client address; None for the command line
+    detail: str  # short human text, never a secret

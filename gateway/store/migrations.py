@@ -146,7 +146,50 @@ CREATE TABLE account_recovery_tokens (
 CREATE INDEX account_recovery_tokens_user_id ON account_recovery_tokens (user_id);
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
+# App passwords and the audit log (issue 5).
+_V4: Final = """
+CREATE TABLE app_passwords (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused, as for totp_devices
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    token_id TEXT NOT NULL UNIQUE,          -- public lookup id embedded in the token
+    token_hash TEXT NOT NULL,               -- peppered HMAC-SHA256; the token itself is never stored
+    name TEXT NOT NULL COLLATE NOCASE,
+    domains TEXT NOT NULL DEFAULT '[]',     -- JSON array of hosts / *. wildcards; empty = any
+    level INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,                        -- NULL = never
+    last_used_at REAL,
+    last_used_ip TEXT,
+    revoked_at REAL                         -- NULL while live; revoked rows are kept for history
+);
+
+CREATE INDEX app_passwords_user_id ON app_passwords (user_id);
+-- a name is unique per user among live tokens only, so a revoked name can be used again
+CREATE UNIQUE INDEX app_passwords_user_name ON app_passwords (user_id, name) WHERE revoked_at IS NULL;
+
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    actor TEXT,                             -- username (no foreign key: history outlives accounts)
+    target TEXT,
+    ip TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+
+CREATE INDEX audit_log_at ON audit_log (at);
+CREATE INDEX audit_log_target_at ON audit_log (target, at);
+CREATE INDEX audit_log_actor_at ON audit_log (actor, at);
+CREATE INDEX audit_log_event_at ON audit_log (event, at);
+
+-- Append-only in the database itself: no code path may rewrite history.
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only');
+END;
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4)
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

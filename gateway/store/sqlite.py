@@ -17,7 +17,16 @@ from typing import Any
 import aiosqlite
 
 from gateway.errors import Conflict, NotFound, StorageError
-from gateway.models import Level, SecurityEvent, SessionRecord, TotpDevice, User, WebAuthnCredential
+from gateway.models import (
+    AppPassword,
+    AuditEvent,
+    Level,
+    SecurityEvent,
+    SessionRecord,
+    TotpDevice,
+    User,
+    WebAuthnCredential,
+)
 from gateway.store import migrations
 
 # Queries are literals, never assembled at run time (the one exception is the
@@ -188,6 +197,68 @@ SELECT id, user_id, event, detail, ip, at FROM security_events
 WHERE user_id = ? ORDER BY at DESC, id DESC LIMIT ?
 """
 
+_COUNT_LIVE_APP_TOKENS = "SELECT COUNT(*) FROM app_passwords WHERE user_id = ? AND revoked_at IS NULL"
+
+_INSERT_APP_PW = """
+INSERT INTO app_passwords (user_id, token_id, token_hash, name, domains, level, created_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+RETURNING id
+"""
+
+_SELECT_APP_PW_WITH_USER = """
+SELECT a.id, a.user_id, a.token_id, a.name, a.domains, a.level, a.created_at, a.expires_at,
+       a.last_used_at, a.last_used_ip, a.token_hash,
+       u.id AS u_id, u.username AS u_username, u.email AS u_email,
+       u.display_name AS u_display_name, u.groups AS u_groups,
+       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login
+FROM app_passwords AS a JOIN users AS u ON u.id = a.user_id
+WHERE a.token_id = ? AND a.revoked_at IS NULL
+"""
+
+_SELECT_APP_TOKENS = """
+SELECT id, user_id, token_id, name, domains, level, created_at, expires_at, last_used_at, last_used_ip
+FROM app_passwords WHERE user_id = ? AND revoked_at IS NULL ORDER BY created_at DESC, id DESC
+"""
+
+# Only moves last use forward, so a flush from a slower worker cannot overwrite a newer one.
+_TOUCH_APP_PW = """
+UPDATE app_passwords SET last_used_at = ?, last_used_ip = ?
+WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)
+"""
+
+_INSERT_AUDIT = """
+INSERT INTO audit_log (at, event, actor, target, ip, detail) VALUES (?, ?, ?, ?, ?, ?)
+RETURNING id
+"""
+
+# A NULL parameter disables its filter, so one fixed statement serves every combination.
+_SELECT_AUDIT = """
+SELECT id, at, event, actor, target, ip, detail FROM audit_log
+WHERE (? IS NULL OR actor = ?)
+  AND (? IS NULL OR target = ?)
+  AND (? IS NULL OR event = ?)
+  AND (? IS NULL OR at >= ?)
+  AND (? IS NULL OR at < ?)
+ORDER BY at DESC, id DESC
+LIMIT ? OFFSET ?
+"""
+
+# Keyset paging by id: rows appended during an export can neither be skipped nor repeated.
+_PAGE_AUDIT = """
+SELECT id, at, event, actor, target, ip, detail FROM audit_log
+WHERE id > ? AND (? IS NULL OR at >= ?)
+ORDER BY id
+LIMIT ?
+"""
+
+_SEARCH_USERS = """
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+FROM users
+WHERE username LIKE ? ESCAPE '\\' OR email_key LIKE ? ESCAPE '\\' OR lower(display_name) LIKE ? ESCAPE '\\'
+ORDER BY username
+LIMIT ?
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class _Result:
@@ -208,6 +279,8 @@ class Store:
         self._clock = clock
         self._lock = asyncio.Lock()
         self.statement_count: int = 0
+        # A second, read-only connection for the forward-auth session reads (see read_session).
+        self._reader: aiosqlite.Connection | None = None
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> Store:
@@ -227,13 +300,33 @@ class Store:
             await store._sql("PRAGMA foreign_keys = ON")
             await store._sql("PRAGMA busy_timeout = 5000")
             await store._migrate()
+            if target != ":memory:":
+                store._reader = await store._open_reader(target)
         except BaseException:
             await db.close()
             raise
         return store
 
+    async def _open_reader(self, target: str) -> aiosqlite.Connection:
+        try:
+            reader = await aiosqlite.connect(target, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open database {target!r}: {exc}") from exc
+        reader.row_factory = sqlite3.Row
+        try:
+            for pragma in ("PRAGMA query_only = ON", "PRAGMA busy_timeout = 5000"):
+                self.statement_count += 1
+                await reader.execute_fetchall(pragma)
+        except BaseException:
+            await reader.close()
+            raise
+        return reader
+
     async def close(self) -> None:
         """Close the connection; the store cannot be used afterwards."""
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
         await self._db.close()
 
     async def ping(self) -> None:
@@ -401,6 +494,25 @@ class Store:
             return None
         row = result.rows[0]
         return _session_from_row(row), _user_from_row(row, prefix="u_")
+
+    async def read_session(self, id_hash: str) -> tuple[SessionRecord, User] | None:
+        """Like get_session, but on the read-only connection: never waits behind writes.
+
+        In WAL mode a reader sees the last committed state, so a session read here is
+        never newer than storage and never blocked by a transaction in progress. A
+        store without a file (":memory:") has no second connection and uses get_session.
+        """
+        if self._reader is None:
+            return await self.get_session(id_hash)
+        self.statement_count += 1
+        try:
+            # One round trip to the connection's thread (execute + fetch + close in one).
+            rows = list(await self._reader.execute_fetchall(_SELECT_SESSION_WITH_USER, (id_hash,)))
+        except sqlite3.Error as exc:
+            raise StorageError(f"database error: {exc}") from exc
+        if not rows:
+            return None
+        return _session_from_row(rows[0]), _user_from_row(rows[0], prefix="u_")
 
     async def delete_session(self, id_hash: str) -> bool:
         """Delete one session; False when it did not exist."""
@@ -792,6 +904,163 @@ class Store:
             for row in result.rows
         ]
 
+    # -- app passwords (issue 5) -------------------------------------------
+
+    async def create_app_password(
+        self,
+        user_id: int,
+        *,
+        token_id: str,
+        token_hash: str,
+        name: str,
+        domains: Sequence[str],
+        level: Level,
+        created_at: float,
+        expires_at: float | None,
+        max_per_user: int | None = None,
+    ) -> int:
+        """Store a new app password's hash and return its id.
+
+        AppPasswordLimit when the user already has `max_per_user` live ones; Conflict when the name
+        (any case) or the token id is taken; NotFound (user). The count and insert are one transaction.
+        """
+        if isinstance(domains, str):
+            raise TypeError("domains must be a sequence of host names, not a string")
+        params = (
+            user_id,
+            token_id,
+            token_hash,
+            name,
+            json.dumps(list(domains)),
+            int(level),
+            created_at,
+            expires_at,
+        )
+        async with self._transaction(immediate=True):
+            if max_per_user is not None:
+                result = await self._sql(_COUNT_LIVE_APP_TOKENS, (user_id,))
+                if int(result.rows[0][0]) >= max_per_user:
+                    raise AppPasswordLimit(f"at most {max_per_user} app passwords per user; revoke one first")
+            try:
+                result = await self._sql(_INSERT_APP_PW, params)
+            except sqlite3.IntegrityError as exc:
+                raise _app_password_conflict(exc, user_id=user_id, name=name) from exc
+        return int(result.rows[0][0])
+
+    async def find_app_password(self, token_id: str) -> tuple[AppPassword, User, str] | None:
+        """Return the live (not revoked) app password with this token id, its user and stored hash.
+
+        One joined query. Expiry is not checked here: the caller compares with its clock.
+        """
+        result = await self._locked(_SELECT_APP_PW_WITH_USER, (token_id,))
+        if not result.rows:
+            return None
+        row = result.rows[0]
+        return _app_password_from_row(row), _user_from_row(row, prefix="u_"), str(row["token_hash"])
+
+    async def read_app_password(self, token_id: str) -> tuple[AppPassword, User, str] | None:
+        """Like find_app_password, but on the read-only connection (the forward-auth hot path)."""
+        if self._reader is None:
+            return await self.find_app_password(token_id)
+        self.statement_count += 1
+        try:
+            rows = list(await self._reader.execute_fetchall(_SELECT_APP_PW_WITH_USER, (token_id,)))
+        except sqlite3.Error as exc:
+            raise StorageError(f"database error: {exc}") from exc
+        if not rows:
+            return None
+        row = rows[0]
+        return _app_password_from_row(row), _user_from_row(row, prefix="u_"), str(row["token_hash"])
+
+    async def list_app_passwords(self, user_id: int) -> list[AppPassword]:
+        """Return the user's live app passwords (expired ones included), newest first."""
+        result = await self._locked(_SELECT_APP_TOKENS, (user_id,))
+        return [_app_password_from_row(row) for row in result.rows]
+
+    async def revoke_app_password(self, user_id: int, pk: int, at: float) -> bool:
+        """Revoke one of the user's app passwords; False when it is not theirs or already revoked."""
+        result = await self._locked(
+            "UPDATE app_passwords SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+            (at, pk, user_id),
+        )
+        return result.rowcount == 1
+
+    async def revoke_all_app_passwords(self, user_id: int, at: float) -> int:
+        """Revoke every live app password of the user; return how many."""
+        result = await self._locked(
+            "UPDATE app_passwords SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (at, user_id)
+        )
+        return result.rowcount
+
+    async def touch_app_passwords(self, updates: Mapping[int, tuple[float, str]]) -> None:
+        """Record last use (time, client IP) by app password id, in one transaction; never moves back."""
+        if not updates:
+            return
+        async with self._transaction():
+            await self._sql(
+                _TOUCH_APP_PW,
+                many=[(at, ip, pk, at) for pk, (at, ip) in updates.items()],
+            )
+
+    # -- audit log (issue 5): insert and select only -------------------------
+
+    async def add_audit(
+        self,
+        *,
+        at: float,
+        event: str,
+        actor: str | None,
+        target: str | None,
+        ip: str | None,
+        detail: str = "",
+    ) -> int:
+        """Append one audit row and return its id."""
+        result = await self._locked(_INSERT_AUDIT, (at, event, actor, target, ip, detail))
+        return int(result.rows[0][0])
+
+    async def list_audit(
+        self,
+        *,
+        actor: str | None = None,
+        target: str | None = None,
+        event: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[AuditEvent]:
+        """Return audit rows matching every given filter (None = any), newest first.
+
+        `since` is inclusive, `until` exclusive.
+        """
+        params = (actor, actor, target, target, event, event, since, since, until, until, limit, offset)
+        result = await self._locked(_SELECT_AUDIT, params)
+        return [_audit_from_row(row) for row in result.rows]
+
+    async def iter_audit(self, since: float | None = None, *, page: int = 500) -> AsyncIterator[AuditEvent]:
+        """Yield audit rows at or after `since`, oldest first (in insertion order), a page at a time."""
+        after_id = 0
+        while True:
+            result = await self._locked(_PAGE_AUDIT, (after_id, since, since, page))
+            for row in result.rows:
+                yield _audit_from_row(row)
+            if len(result.rows) < page:
+                return
+            after_id = int(result.rows[-1]["id"])
+
+    async def prune_audit(self, before: float) -> int:
+        """Delete audit rows older than `before`; only for audit.retention > 0. Return how many."""
+        result = await self._locked("DELETE FROM audit_log WHERE at < ?", (before,))
+        return result.rowcount
+
+    # -- admin console (issue 5) ---------------------------------------------
+
+    async def search_users(self, query: str, limit: int = 50) -> list[User]:
+        """Return users whose username, e-mail or display name contains `query` (ASCII case-insensitive)."""
+        pattern = "%" + _escape_like(query.strip().lower()) + "%"
+        result = await self._locked(_SEARCH_USERS, (pattern, pattern, pattern, limit))
+        return [_user_from_row(row) for row in result.rows]
+
     # -- plumbing -----------------------------------------------------------
 
     async def _migrate(self) -> None:
@@ -958,3 +1227,50 @@ def _webauthn_from_row(row: sqlite3.Row) -> WebAuthnCredential:
         created_at=row["created_at"],
         last_used_at=row["last_used_at"],
     )
+
+
+class AppPasswordLimit(Conflict):
+    """The user already has as many live app passwords as allowed."""
+
+
+def _app_password_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) -> StorageError:
+    message = str(exc)
+    if "FOREIGN KEY" in message:
+        return NotFound(f"no user with id {user_id}")
+    if "app_passwords.user_id, app_passwords.name" in message:
+        return Conflict(f"an app password named {name!r} already exists")
+    if "app_passwords.token_id" in message:
+        return Conflict("token id collision; generate a new token")
+    return StorageError(f"database error: {message}")
+
+
+def _app_password_from_row(row: sqlite3.Row) -> AppPassword:
+    return AppPassword(
+        id=row["id"],
+        user_id=row["user_id"],
+        token_id=row["token_id"],
+        name=row["name"],
+        domains=tuple(json.loads(row["domains"])),
+        level=Level(row["level"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        last_used_at=row["last_used_at"],
+        last_used_ip=row["last_used_ip"],
+    )
+
+
+def _audit_from_row(row: sqlite3.Row) -> AuditEvent:
+    return AuditEvent(
+        id=row["id"],
+        at=row["at"],
+        event=row["event"],
+        actor=row["actor"],
+        target=row["target"],
+        ip=row["ip"],
+        detail=row["detail"],
+    )
+
+
+def _escape_like(text: str) -> str:
+    """Make `%`, `_` and the escape character itself match literally in a LIKE ... ESCAPE '\\' pattern."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
