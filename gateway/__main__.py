@@ -284,7 +284,6 @@ def cmd_users(args: argparse.Namespace) -> int:
                     f"removing every second factor of {user.username} is permanent; repeat with --yes"
                 )
             await store.reset_second_factors(user.id)
-            await store.add_security_event(user.id, "second_factors_reset", "by the CLI", "cli", time.time())
             await _record(store, audit.ADMIN_SECOND_FACTORS_RESET, user.username)
             print(f"removed every second factor of {user.username}; they can enrol again at their next login")
             return 0

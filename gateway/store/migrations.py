@@ -189,7 +189,17 @@ BEGIN
 END;
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4)
+# v5: one append-only table for security events. A user's own events (the settings page's
+# "recent security activity") are the audit rows that target them; the v2 table goes.
+_V5 = """
+INSERT INTO audit_log (at, event, actor, target, ip, detail)
+SELECT e.at, e.event, u.username, u.username, e.ip, e.detail
+FROM security_events AS e JOIN users AS u ON u.id = e.user_id
+ORDER BY e.at, e.id;
+DROP TABLE security_events;
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5)
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

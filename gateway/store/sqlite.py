@@ -192,9 +192,15 @@ WHERE id_hash = ? AND used_at IS NULL AND expires_at > ?
 RETURNING user_id
 """
 
+_INSERT_SECURITY_EVENT = """
+INSERT INTO audit_log (at, event, actor, target, ip, detail)
+SELECT ?, ?, username, username, ?, ? FROM users WHERE id = ?
+"""
+
 _SELECT_SECURITY_EVENTS = """
-SELECT id, user_id, event, detail, ip, at FROM security_events
-WHERE user_id = ? ORDER BY at DESC, id DESC LIMIT ?
+SELECT a.id, u.id AS user_id, a.event, a.detail, COALESCE(a.ip, '') AS ip, a.at
+FROM audit_log AS a JOIN users AS u ON u.username = a.target
+WHERE u.id = ? ORDER BY a.at DESC, a.id DESC LIMIT ?
 """
 
 _COUNT_LIVE_APP_TOKENS = "SELECT COUNT(*) FROM app_passwords WHERE user_id = ? AND revoked_at IS NULL"
@@ -880,14 +886,10 @@ class Store:
     # -- security events ----------------------------------------------------
 
     async def add_security_event(self, user_id: int, event: str, detail: str, ip: str, at: float) -> None:
-        """Record an event on the user's account (shown to them); NotFound (user)."""
-        try:
-            await self._locked(
-                "INSERT INTO security_events (user_id, event, detail, ip, at) VALUES (?, ?, ?, ?, ?)",
-                (user_id, event, detail, ip, at),
-            )
-        except sqlite3.IntegrityError as exc:
-            raise NotFound(f"no user with id {user_id}") from exc
+        """Record an event the user did on their own account (an audit row targeting them); NotFound."""
+        result = await self._locked(_INSERT_SECURITY_EVENT, (at, event, ip, detail, user_id))
+        if result.rowcount != 1:
+            raise NotFound(f"no user with id {user_id}")
 
     async def list_security_events(self, user_id: int, limit: int = 50) -> list[SecurityEvent]:
         """Return the user's most recent events, newest first."""

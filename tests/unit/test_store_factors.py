@@ -72,7 +72,8 @@ def raw_rows(path: Path, sql: str) -> list[tuple[object, ...]]:
 async def test_migration_creates_the_factor_tables(store: Store, db_path: Path) -> None:
     """The current schema has the four second-factor tables."""
     names = {row[0] for row in raw_rows(db_path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"totp_devices", "recovery_codes", "user_factor_prefs", "security_events"} <= names
+    assert {"totp_devices", "recovery_codes", "user_factor_prefs", "audit_log"} <= names
+    assert "security_events" not in names  # v5 moved them into the one audit table
     assert raw_rows(db_path, "PRAGMA user_version")[0][0] == migrations.SCHEMA_VERSION >= 2
 
 
@@ -392,7 +393,7 @@ async def test_security_event_for_unknown_user(store: Store) -> None:
 async def test_deleting_a_user_deletes_their_factors(
     store: Store, bob: User, alice: User, db_path: Path
 ) -> None:
-    """Devices, codes, preference and events of a deleted user are gone; others' remain."""
+    """Devices, codes and preference of a deleted user are gone (audit history stays); others' remain."""
     await add_device(store, bob.id)
     await store_codes(store, bob.id)
     await store.set_last_method(bob.id, "totp")
@@ -400,6 +401,8 @@ async def test_deleting_a_user_deletes_their_factors(
     await add_device(store, alice.id)
     await store.delete_user(bob.id)
     count = partial(raw_rows, db_path)
-    for table in ("totp_devices", "recovery_codes", "user_factor_prefs", "security_events"):
+    for table in ("totp_devices", "recovery_codes", "user_factor_prefs"):
         assert count(f"SELECT COUNT(*) FROM {table} WHERE user_id = {bob.id}")[0][0] == 0, table  # noqa: S608
+    # The audit log is append-only history: the event outlives the account.
+    assert count("SELECT COUNT(*) FROM audit_log WHERE target = 'bob' AND event = 'totp_added'")[0][0] == 1
     assert len(await store.list_totp_devices(alice.id)) == 1
