@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from gateway import authz
+from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
 from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox, derive_key, load_storage_key
@@ -87,6 +88,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
             two_factor=two_factor,
             webauthn=WebAuthnService(store, config.webauthn, clock),
             notifier=build_notifier(config.notifier),
+            audit=AuditLog(store, clock=clock),
             clock=clock,
             csrf_keys=keys,
         )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.factors.passwords import AsyncPasswordHasher
 from gateway.notify import Notifier
@@ -27,6 +28,7 @@ class Services:
     two_factor: TwoFactorService
     webauthn: WebAuthnService
     notifier: Notifier
+    audit: AuditLog
     clock: Callable[[], float]
     csrf_keys: tuple[str, ...]
 

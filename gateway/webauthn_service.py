@@ -17,6 +17,7 @@ from gateway.store.sqlite import Store
 REGISTER = "register"
 SECOND_FACTOR = "second-factor"
 PASSKEY_LOGIN = "passkey-login"
+REAUTH = "reauth"
 
 
 @dataclass(frozen=True, slots=True)

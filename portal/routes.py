@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from portal.views import admin, login, passkeys, recovery, second_factor, settings, setup
+from portal.views import admin, login, passkeys, reauth, recovery, second_factor, settings, setup
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC_DIR = Path(__file__).parent / "static"
@@ -41,6 +41,10 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/recover", recovery.request_submit),
     ("GET", "/recover/{token}", recovery.link_page),
     ("POST", "/recover/{token}", recovery.link_submit),
+    ("GET", "/reauth", reauth.reauth_page),
+    ("POST", "/reauth", reauth.reauth_submit),
+    ("POST", "/reauth/webauthn/options", reauth.reauth_webauthn_options),
+    ("POST", "/reauth/webauthn", reauth.reauth_webauthn_finish),
     ("GET", "/admin/users", admin.users_page),
     ("POST", "/admin/users/{username}/2fa/reset", admin.reset_second_factors),
 )

@@ -85,6 +85,15 @@
           .catch((error) => say(button.dataset.status, explain(error)));
       });
     });
+    document.querySelectorAll("[data-webauthn='reauth']").forEach((button) => {
+      button.hidden = false;
+      button.addEventListener("click", () => {
+        say(button.dataset.status, "Follow your browser's prompt...");
+        const extra = { rd: button.dataset.rd || "" };
+        authenticate("/reauth/webauthn/options", "/reauth/webauthn", extra, null, button.dataset.status)
+          .catch((error) => say(button.dataset.status, explain(error)));
+      });
+    });
     document.querySelectorAll("[data-webauthn='passkey']").forEach((button) => {
       button.hidden = false;
       button.addEventListener("click", () => {

@@ -1,0 +1,129 @@
+"""Re-authentication: prove a factor again before a sensitive action (password or security key)."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from gateway import audit
+from gateway.factors.passkeys import InvalidWebAuthn
+from gateway.logs import log_event
+from gateway.models import User
+from gateway.sessions import CachedSession
+from gateway.webauthn_service import REAUTH
+from portal.reauth import mark_reauthenticated
+from portal.views.login import ban_remaining
+from portal.views.passkeys import _ceremony, _json_body, json_error, json_next
+from portal.web import (
+    base_of,
+    client_ip,
+    csrf_header_ok,
+    csrf_ok,
+    current_session,
+    form_text,
+    passkeys_here,
+    read_form,
+    redirect,
+    render,
+    safe_target,
+    services_of,
+)
+
+
+async def _signed_in(request: web.Request) -> tuple[CachedSession, User] | None:
+    session = await current_session(request)
+    user = await services_of(request).store.get_user(session.user_id) if session else None
+    return (session, user) if session and user else None
+
+
+def _target(request: web.Request, rd: str | None) -> str:
+    return safe_target(request, rd) or f"{base_of(request)}/"
+
+
+async def _page(request: web.Request, user: User, rd: str, *, error: str | None = None, status: int = 200):
+    keys = await services_of(request).store.list_webauthn_credentials(user.id)
+    return render(
+        request,
+        "reauth.html",
+        status=status,
+        user=user,
+        rd=rd,
+        error=error,
+        keys=bool(keys) and passkeys_here(request),
+    )
+
+
+async def reauth_page(request: web.Request) -> web.Response:
+    """Ask the signed-in user to confirm it is them."""
+    found = await _signed_in(request)
+    if found is None:
+        return redirect(f"{base_of(request)}/login")
+    return await _page(request, found[1], safe_target(request, request.query.get("rd")) or "")
+
+
+async def reauth_submit(request: web.Request) -> web.Response:
+    found = await _signed_in(request)
+    if found is None:
+        return redirect(f"{base_of(request)}/login")
+    session, user = found
+    services = services_of(request)
+    form = await read_form(request)
+    rd = safe_target(request, form_text(form, "rd", limit=4096)) or ""
+    if not csrf_ok(request, form):
+        return await _page(request, user, rd, error="The form expired. Please try again.", status=403)
+    if not user.password_login:
+        return await _page(request, user, rd, error="Use your security key or passkey.", status=400)
+    ip = client_ip(request)
+    if await ban_remaining(request, user.username, ip) is not None:
+        return await _page(request, user, rd, error="Too many failed attempts. Try again later.", status=429)
+    stored = await services.store.find_login(user.username)
+    ok = await services.passwords.verify(stored[1] if stored else None, form_text(form, "password"))
+    await services.store.record_attempt(user.username, ip, ok, services.clock())
+    if not ok:
+        await services.audit.record(audit.REAUTH_FAILED, actor=user.username, target=user.username, ip=ip)
+        return await _page(request, user, rd, error="Your password is not correct.", status=401)
+    await mark_reauthenticated(request, session)
+    await services.audit.record(audit.REAUTH_SUCCEEDED, actor=user.username, target=user.username, ip=ip)
+    return redirect(_target(request, rd))
+
+
+async def reauth_webauthn_options(request: web.Request) -> web.Response:
+    if not csrf_header_ok(request):
+        return json_error("The page expired. Reload it and try again.", 403)
+    found = await _signed_in(request)
+    if found is None:
+        return json_error("Please sign in again.", 401)
+    try:
+        ceremony = await services_of(request).webauthn.begin_authentication(found[1], REAUTH)
+    except InvalidWebAuthn as exc:
+        return json_error(str(exc))
+    return _ceremony(ceremony.challenge_id, ceremony.options_json)
+
+
+async def reauth_webauthn_finish(request: web.Request) -> web.Response:
+    """Re-authenticate with a registered security key or passkey."""
+    if not csrf_header_ok(request):
+        return json_error("The page expired. Reload it and try again.", 403)
+    found = await _signed_in(request)
+    if found is None:
+        return json_error("Please sign in again.", 401)
+    session, user = found
+    services = services_of(request)
+    body = await _json_body(request)
+    ip = client_ip(request)
+    try:
+        assertion = await services.webauthn.finish_authentication(
+            body.get("challenge_id"), body.get("credential"), REAUTH
+        )
+        if assertion.user.id != user.id:
+            raise InvalidWebAuthn("this security key belongs to another account")
+    except InvalidWebAuthn as exc:
+        await services.store.record_attempt(user.username, ip, False, services.clock())
+        await services.audit.record(audit.REAUTH_FAILED, actor=user.username, target=user.username, ip=ip)
+        log_event("reauth_failed", logging.WARNING, user=user.username, reason=str(exc))
+        return json_error(f"The security key was not accepted: {exc}", 401)
+    await mark_reauthenticated(request, session)
+    await services.audit.record(audit.REAUTH_SUCCEEDED, actor=user.username, target=user.username, ip=ip)
+    rd = body.get("rd") if isinstance(body.get("rd"), str) else None
+    return json_next(_target(request, rd))
