@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from gateway import authz
+from gateway.app_password_service import AppPasswordService
 from gateway.audit import AuditLog
 from gateway.config import Config
+from gateway.factors import app_passwords
 from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
 from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox, derive_key, load_storage_key
 from gateway.logs import logger
@@ -40,8 +42,9 @@ HOUSEKEEPING_INTERVAL = 60.0
 ATTEMPT_RETENTION = 86400.0  # login attempts older than a day can no longer affect any ban
 
 
-async def _housekeeping(store: Store, clock: Callable[[], float]) -> None:
-    """Prune expired challenges, recovery links and old login attempts; runs until cancelled."""
+async def _housekeeping(store: Store, clock: Callable[[], float], audit_retention: float) -> None:
+    """Prune expired challenges, recovery links, old login attempts (and old audit rows when a
+    retention is configured); runs until cancelled."""
     while True:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL)
         try:
@@ -49,8 +52,17 @@ async def _housekeeping(store: Store, clock: Callable[[], float]) -> None:
             await store.prune_challenges(now)
             await store.prune_recovery_tokens(now)
             await store.prune_attempts(now - ATTEMPT_RETENTION)
+            if audit_retention > 0:
+                await store.prune_audit(now - audit_retention)
         except Exception:  # a busy database must not end housekeeping for good
             logger.exception("housekeeping failed")
+
+
+async def _flush_token_use(tokens: AppPasswordService, interval: float) -> None:
+    """Write app-password last-use times in batches; runs until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        await tokens.flush_use()
 
 
 def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
@@ -78,6 +90,14 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
         async def must_enrol(user: User, _record: SessionRecord) -> bool:
             return config.two_factor.mode == "required" and not await two_factor.has_factor(user.id)
 
+        tokens = AppPasswordService(
+            store,
+            config.app_passwords,
+            config.identity_headers,
+            pepper=derive_key(storage_root, purpose=app_passwords.PEPPER_PURPOSE),
+            cache_ttl=cfg.cache_ttl,
+            clock=clock,
+        )
         sessions = SessionService(store, codec, cfg, config.identity_headers, clock, must_enrol)
         app[SERVICES] = Services(
             config=config,
@@ -89,12 +109,14 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
             webauthn=WebAuthnService(store, config.webauthn, clock),
             notifier=build_notifier(config.notifier),
             audit=AuditLog(store, clock=clock),
+            app_passwords=tokens,
             clock=clock,
             csrf_keys=keys,
         )
         tasks = [
             asyncio.create_task(sessions.run_flusher()),
-            asyncio.create_task(_housekeeping(store, clock)),
+            asyncio.create_task(_housekeeping(store, clock, config.audit.retention)),
+            asyncio.create_task(_flush_token_use(tokens, cfg.activity_flush_interval)),
         ]
         yield
         for task in tasks:
@@ -102,6 +124,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await sessions.flush_activity()
+        await tokens.flush_use()
         hasher.close()
         await store.close()
 

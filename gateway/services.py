@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.app_password_service import AppPasswordService
 from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.factors.passwords import AsyncPasswordHasher
@@ -29,6 +30,7 @@ class Services:
     webauthn: WebAuthnService
     notifier: Notifier
     audit: AuditLog
+    app_passwords: AppPasswordService
     clock: Callable[[], float]
     csrf_keys: tuple[str, ...]
 

@@ -7,7 +7,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from portal.views import admin, login, passkeys, reauth, recovery, second_factor, settings, setup
+from portal.views import (
+    admin,
+    devices,
+    login,
+    passkeys,
+    reauth,
+    recovery,
+    second_factor,
+    settings,
+    setup,
+    tokens,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC_DIR = Path(__file__).parent / "static"
@@ -41,6 +52,12 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/recover", recovery.request_submit),
     ("GET", "/recover/{token}", recovery.link_page),
     ("POST", "/recover/{token}", recovery.link_submit),
+    ("GET", "/settings/tokens", tokens.tokens_page),
+    ("POST", "/settings/tokens", tokens.create_token),
+    ("POST", "/settings/tokens/{token_id}/revoke", tokens.revoke_token),
+    ("GET", "/settings/devices", devices.devices_page),
+    ("POST", "/settings/devices/revoke-others", devices.revoke_other_sessions),
+    ("POST", "/settings/devices/{id_hash}/revoke", devices.revoke_session),
     ("GET", "/reauth", reauth.reauth_page),
     ("POST", "/reauth", reauth.reauth_submit),
     ("POST", "/reauth/webauthn/options", reauth.reauth_webauthn_options),

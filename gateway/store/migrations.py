@@ -199,7 +199,22 @@ ORDER BY e.at, e.id;
 DROP TABLE security_events;
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5)
+# v6: password reset links sent by an administrator. A table of their own, apart from
+# account_recovery_tokens, so a reset token can never be used as a recovery link or back.
+_V6: Final = """
+CREATE TABLE password_reset_tokens (
+    id_hash TEXT PRIMARY KEY,               -- sha256 of the token in the e-mailed link
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_by TEXT NOT NULL,               -- the administrator's username, for the audit detail
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL                            -- NULL while unused
+) WITHOUT ROWID;
+
+CREATE INDEX password_reset_tokens_user_id ON password_reset_tokens (user_id);
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6)
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

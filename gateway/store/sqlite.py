@@ -266,6 +266,33 @@ LIMIT ?
 """
 
 
+# One row per user for the admin list: counts only, never a secret.
+_USER_OVERVIEW = """
+SELECT u.id,
+       (SELECT COUNT(*) FROM totp_devices AS t WHERE t.user_id = u.id) AS totp,
+       (SELECT COUNT(*) FROM webauthn_credentials AS w WHERE w.user_id = u.id) AS keys,
+       (SELECT COUNT(*) FROM recovery_codes AS r WHERE r.user_id = u.id AND r.used_at IS NULL) AS recovery,
+       (SELECT COUNT(*) FROM sessions AS s WHERE s.user_id = u.id AND s.expires_at > ?) AS sessions
+FROM users AS u
+"""
+
+_CONSUME_RESET_LINK = """
+UPDATE password_reset_tokens SET used_at = ?
+WHERE id_hash = ? AND used_at IS NULL AND expires_at > ?
+RETURNING user_id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class UserOverview:
+    """What the admin user list shows about an account besides the user row: counts only."""
+
+    totp_devices: int
+    webauthn_credentials: int
+    recovery_codes_left: int
+    sessions: int
+
+
 @dataclass(frozen=True, slots=True)
 class _Result:
     rows: list[sqlite3.Row]
@@ -537,6 +564,11 @@ class Store:
         """Return a user's sessions, newest first."""
         result = await self._locked(_SELECT_USER_SESSIONS, (user_id,))
         return [_session_from_row(row) for row in result.rows]
+
+    async def set_session_authenticated(self, id_hash: str, at: float) -> bool:
+        """Record that the session's owner proved a factor again (re-authentication) at `at`."""
+        result = await self._locked("UPDATE sessions SET authenticated_at = ? WHERE id_hash = ?", (at, id_hash))
+        return result.rowcount == 1
 
     async def touch_sessions(self, last_active: Mapping[str, float]) -> None:
         """Record activity times by session id hash; never moves last_active backwards."""
@@ -1062,6 +1094,64 @@ class Store:
         pattern = "%" + _escape_like(query.strip().lower()) + "%"
         result = await self._locked(_SEARCH_USERS, (pattern, pattern, pattern, limit))
         return [_user_from_row(row) for row in result.rows]
+
+    async def user_overview(self, now: float) -> dict[int, UserOverview]:
+        """Return, by user id, counts of second factors and live sessions (one query, no secrets)."""
+        result = await self._locked(_USER_OVERVIEW, (now,))
+        return {
+            int(row["id"]): UserOverview(
+                totp_devices=int(row["totp"]),
+                webauthn_credentials=int(row["keys"]),
+                recovery_codes_left=int(row["recovery"]),
+                sessions=int(row["sessions"]),
+            )
+            for row in result.rows
+        }
+
+    # -- password reset links (admin console) ------------------------------
+
+    async def create_password_reset_token(
+        self, id_hash: str, user_id: int, *, created_by: str, created_at: float, expires_at: float
+    ) -> None:
+        """Store a password reset link's token hash; NotFound (user)."""
+        try:
+            await self._locked(
+                "INSERT INTO password_reset_tokens (id_hash, user_id, created_by, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (id_hash, user_id, created_by, created_at, expires_at),
+            )
+        except sqlite3.IntegrityError as exc:
+            if "FOREIGN KEY" in str(exc):
+                raise NotFound(f"no user with id {user_id}") from exc
+            raise Conflict("a password reset token with this id already exists") from exc
+
+    async def peek_password_reset_token(self, id_hash: str, *, now: float) -> int | None:
+        """Return the user id of a usable password reset token without using it up."""
+        result = await self._locked(
+            "SELECT user_id FROM password_reset_tokens"
+            " WHERE id_hash = ? AND used_at IS NULL AND expires_at > ?",
+            (id_hash, now),
+        )
+        return int(result.rows[0][0]) if result.rows else None
+
+    async def use_password_reset_token(self, id_hash: str, *, now: float) -> int | None:
+        """Use up a reset token (and every other unused one of its user); return the user id, or None."""
+        async with self._transaction(immediate=True):
+            result = await self._sql(_CONSUME_RESET_LINK, (now, id_hash, now))
+            if not result.rows:
+                return None
+            user_id = int(result.rows[0][0])
+            # Older links of the same user die with it: one new password per mailing.
+            await self._sql(
+                "UPDATE password_reset_tokens SET used_at = ? WHERE user_id = ? AND used_at IS NULL",
+                (now, user_id),
+            )
+        return user_id
+
+    async def prune_password_reset_tokens(self, before: float) -> int:
+        """Delete password reset tokens that expired before `before`; return how many."""
+        result = await self._locked("DELETE FROM password_reset_tokens WHERE expires_at < ?", (before,))
+        return result.rowcount
 
     # -- plumbing -----------------------------------------------------------
 

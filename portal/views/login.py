@@ -9,6 +9,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from gateway import audit
 from gateway.logs import log_event
 from gateway.models import Level, User
 from gateway.regulation import banned_until
@@ -155,7 +156,7 @@ async def login_submit(request: web.Request) -> web.Response:
     account = user.username if user else login
     remaining = await ban_remaining(request, account, ip)
     if remaining is not None:
-        log_event("login_refused_banned", logging.WARNING, login=account, client_ip=ip)
+        await services.audit.record(audit.LOGIN_BANNED, actor=None, target=account, ip=ip)
         minutes = max(1, round(remaining / 60))
         message = f"Too many failed sign-in attempts. Try again in about {minutes} minute(s)."
         return _login_page(request, status=429, error=message, rd=rd, login=login)
@@ -164,7 +165,7 @@ async def login_submit(request: web.Request) -> web.Response:
     ok = await services.passwords.verify(password_hash, password)
     if not ok or user is None or user.disabled:
         await services.store.record_attempt(account, ip, False, services.clock())
-        log_event("login_failed", logging.WARNING, login=account, client_ip=ip)
+        await services.audit.record(audit.LOGIN_FAILED, actor=None, target=account, ip=ip)
         return _login_page(request, status=401, error=GENERIC_FAILURE, rd=rd, login=login)
 
     if not user.password_login:
@@ -203,7 +204,10 @@ async def login_submit(request: web.Request) -> web.Response:
     cookie = await services.sessions.create(
         user, Level.ONE_FACTOR, remember_me=remember, ip=ip, user_agent=request.headers.get("User-Agent", "")
     )
-    log_event("login_succeeded", user=user.username, client_ip=ip, remember_me=remember)
+    detail = "password, remember me" if remember else "password"
+    await services.audit.record(
+        audit.LOGIN_SUCCEEDED, actor=user.username, target=user.username, ip=ip, detail=detail
+    )
     if step == STEP_ENROL:
         # Enrol on first use: this level-one session reaches no app until a factor is added.
         query = urlencode({"rd": safe_target(request, rd) or ""})
@@ -226,7 +230,8 @@ async def logout(request: web.Request) -> web.Response:
     session = await current_session(request)
     if session is not None:
         await services.sessions.revoke(session.id_hash)
-        log_event("logout", user=session.subject.username, client_ip=client_ip(request))
+        name = session.subject.username
+        await services.audit.record(audit.LOGOUT, actor=name, target=name, ip=client_ip(request))
     response = redirect(f"{base_of(request)}/login?signed_out=1")
     clear_session_cookie(request, response)
     return response

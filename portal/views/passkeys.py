@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import audit
 from gateway.errors import Conflict, NotFound
 from gateway.factors.passkeys import InvalidWebAuthn
 from gateway.logs import log_event
@@ -258,7 +259,10 @@ async def second_factor_finish(request: web.Request) -> web.Response:
         return json_error(f"The security key was not accepted: {exc}", 401)
     await services.store.record_attempt(ctx.user.username, ip, True, services.clock())
     await services.store.set_last_method(ctx.user.id, WEBAUTHN)
-    log_event("second_factor_succeeded", user=ctx.user.username, method=WEBAUTHN, client_ip=ip)
+    name = ctx.user.username
+    await services.audit.record(
+        audit.SECOND_FACTOR_SUCCEEDED, actor=name, target=name, ip=ip, detail=WEBAUTHN
+    )
     remember = ctx.pending.remember_me if ctx.pending else bool(ctx.session and ctx.session.remember_me)
     target = after_login_target(request, ctx.rd)
     return await start_session(request, json_next(target), ctx.user, remember=remember, old=ctx.session)
@@ -296,7 +300,9 @@ async def passkey_finish(request: web.Request) -> web.Response:
         )
     except InvalidWebAuthn as exc:
         await services.store.record_attempt(f"ip:{ip}", ip, False, services.clock())
-        log_event("passkey_login_failed", logging.WARNING, client_ip=ip, reason=str(exc))
+        await services.audit.record(
+            audit.LOGIN_FAILED, actor=None, target=None, ip=ip, detail=f"passkey: {exc}"
+        )
         return json_error(f"The passkey was not accepted: {exc}", 401)
     user = assertion.user
     if await ban_remaining(request, user.username, ip) is not None:
@@ -331,7 +337,10 @@ async def _passkey_signed_in(
             return response
     await services.store.record_attempt(user.username, ip, True, now)
     level = Level.TWO_FACTOR if verified else Level.ONE_FACTOR
-    log_event("login_succeeded", user=user.username, client_ip=ip, method="passkey", user_verified=verified)
+    detail = "passkey with user verification" if verified else "passkey without user verification"
+    await services.audit.record(
+        audit.LOGIN_SUCCEEDED, actor=user.username, target=user.username, ip=ip, detail=detail
+    )
     response = json_next(after_login_target(request, rd))
     remember_last_login(request, response, user)
     return await start_session(request, response, user, level=level, remember=False, old=None)

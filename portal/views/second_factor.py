@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from gateway import audit
 from gateway.logs import log_event
 from gateway.models import Level, User
 from gateway.sessions import CachedSession
@@ -205,7 +206,8 @@ async def second_factor_submit(request: web.Request) -> web.Response:
             ctx.user.id, "recovery_code_used", f"{left} recovery code(s) left", ip, now
         )
         log_event("recovery_code_used", logging.WARNING, user=ctx.user.username, client_ip=ip, left=left)
-    log_event("second_factor_succeeded", user=ctx.user.username, method=method, client_ip=ip)
+    name = ctx.user.username
+    await services.audit.record(audit.SECOND_FACTOR_SUCCEEDED, actor=name, target=name, ip=ip, detail=method)
     remember = ctx.pending.remember_me if ctx.pending else bool(ctx.session and ctx.session.remember_me)
     return await finish_login(
         request, ctx.user, remember=remember, old=ctx.session, target=after_login_target(request, ctx.rd)
@@ -218,7 +220,9 @@ async def record_wrong_code(request: web.Request, ctx: FactorContext, method: st
     now = services.clock()
     # Every failure counts toward the user's brute-force regulation, pending or step-up.
     await services.store.record_attempt(ctx.user.username, ip, False, now)
-    log_event("second_factor_failed", logging.WARNING, user=ctx.user.username, method=method, client_ip=ip)
+    await services.audit.record(
+        audit.SECOND_FACTOR_FAILED, actor=None, target=ctx.user.username, ip=ip, detail=method
+    )
     if ctx.pending is None:
         return None
     # No IP on this counter row: the user's row above already counts toward the IP's regulation.
