@@ -51,6 +51,7 @@ async def _housekeeping(store: Store, clock: Callable[[], float], audit_retentio
             now = clock()
             await store.prune_challenges(now)
             await store.prune_recovery_tokens(now)
+            await store.prune_password_reset_tokens(now)
             await store.prune_attempts(now - ATTEMPT_RETENTION)
             if audit_retention > 0:
                 await store.prune_audit(now - audit_retention)

@@ -64,6 +64,23 @@ class AppPasswordService:
         self._header_names = (headers.user, headers.email, headers.groups, headers.name)
         self._cache: dict[str, CachedToken] = {}
         self._pending_use: dict[int, tuple[float, str]] = {}
+        self._suspects: dict[str, float] = {}  # client address -> last failure
+        self.suspect_for = 900.0  # seconds an address stays under ban checks after a failure
+
+    def mark_suspect(self, ip: str) -> None:
+        """Remember a failure from this address: its next requests are checked against bans."""
+        if len(self._suspects) >= MAX_CACHED:
+            self._suspects.clear()
+        self._suspects[ip] = self.clock()
+
+    def is_suspect(self, ip: str) -> bool:
+        failed_at = self._suspects.get(ip)
+        if failed_at is None:
+            return False
+        if self.clock() - failed_at > self.suspect_for:
+            del self._suspects[ip]
+            return False
+        return True
 
     async def resolve(
         self, authorization: str, credentials: Credentials, *, host: str, ip: str

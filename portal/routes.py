@@ -12,6 +12,7 @@ from portal.views import (
     devices,
     login,
     passkeys,
+    password_reset,
     reauth,
     recovery,
     second_factor,
@@ -63,7 +64,23 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/reauth/webauthn/options", reauth.reauth_webauthn_options),
     ("POST", "/reauth/webauthn", reauth.reauth_webauthn_finish),
     ("GET", "/admin/users", admin.users_page),
+    # /new before /{username}: the router tries resources in the order they were added.
+    ("GET", "/admin/users/new", admin.new_user_page),
+    ("POST", "/admin/users/new", admin.new_user_submit),
+    ("GET", "/admin/users/{username}", admin.user_page),
+    ("POST", "/admin/users/{username}", admin.user_update),
+    ("POST", "/admin/users/{username}/disable", admin.disable_user),
+    ("POST", "/admin/users/{username}/enable", admin.enable_user),
+    ("POST", "/admin/users/{username}/delete", admin.delete_user),
+    ("POST", "/admin/users/{username}/password-reset", admin.send_password_reset),
     ("POST", "/admin/users/{username}/2fa/reset", admin.reset_second_factors),
+    ("POST", "/admin/users/{username}/sessions/{ref}/revoke", admin.revoke_session),
+    ("POST", "/admin/users/{username}/sessions/revoke-all", admin.revoke_all_sessions),
+    ("POST", "/admin/users/{username}/tokens/{token_id}/revoke", admin.revoke_token),
+    ("POST", "/admin/users/{username}/tokens/revoke-all", admin.revoke_all_tokens),
+    ("GET", "/admin/audit", admin.audit_page),
+    ("GET", "/reset/{token}", password_reset.reset_page),
+    ("POST", "/reset/{token}", password_reset.reset_submit),
 )
 ADMIN_PREFIX = "/admin/"
 

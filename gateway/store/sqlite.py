@@ -567,7 +567,9 @@ class Store:
 
     async def set_session_authenticated(self, id_hash: str, at: float) -> bool:
         """Record that the session's owner proved a factor again (re-authentication) at `at`."""
-        result = await self._locked("UPDATE sessions SET authenticated_at = ? WHERE id_hash = ?", (at, id_hash))
+        result = await self._locked(
+            "UPDATE sessions SET authenticated_at = ? WHERE id_hash = ?", (at, id_hash)
+        )
         return result.rowcount == 1
 
     async def touch_sessions(self, last_active: Mapping[str, float]) -> None:

@@ -1,37 +1,129 @@
-"""Administration for members of the admin group: users' second-factor status and reset."""
+"""The admin console, for members of the admin group: users, their factors, sessions, tokens; the audit log.
+
+Every route first checks admin membership (403 for anyone else, before anything else is
+revealed or asked). Every POST then checks CSRF, asks for a recent factor check
+(config.admin.reauth_after) and, when it changes something, writes exactly one audit row
+naming the admin (actor), the account (target) and the client address. Pages show names,
+dates and counts only: never a TOTP secret, a token, a token hash or a recovery code.
+"""
 
 from __future__ import annotations
 
+import calendar
 import logging
+import re
 from dataclasses import dataclass
+from datetime import date
+from typing import Any, Final
+from urllib.parse import urlencode
 
 from aiohttp import web
 
+from gateway import audit, useragent
+from gateway.accounts import (
+    parse_groups,
+    validate_display_name,
+    validate_email,
+    validate_groups,
+    validate_username,
+)
+from gateway.errors import Conflict
+from gateway.factors.passwords import validate_new_password
 from gateway.logs import log_event
-from gateway.models import Level, User
+from gateway.models import AppPassword, Level, SessionRecord, User
+from gateway.notify import NotificationFailed
+from gateway.sessions import CachedSession
+from portal.reauth import require_recent
+from portal.views.password_reset import MAX_PASSWORD_FIELD, issue_link, link_mail
 from portal.web import (
     base_of,
     client_ip,
     csrf_ok,
     current_session,
+    form_text,
     read_form,
     redirect,
     render,
     services_of,
 )
 
+SEARCH_LIMIT: Final = 200
+AUDIT_PAGE: Final = 50
+MAX_AUDIT_PAGE: Final = 10_000
+SESSION_REF_LENGTH: Final = 16  # hex characters of the session id hash: enough to pick one, never the id
+RESERVED_USERNAMES: Final = frozenset({"new"})  # /admin/users/new is the create form
+_SESSION_REF = re.compile(r"[0-9a-f]{16}")
+_TOKEN_PK = re.compile(r"[1-9][0-9]{0,17}")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_USERNAME_IN_URL = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+AUDIT_EVENTS: Final = tuple(
+    sorted(
+        value
+        for name, value in vars(audit).items()
+        if name.isupper() and isinstance(value, str) and name != "CLI_ACTOR"
+    )
+)
+
+NOTICES: Final = {
+    "created": "User created.",
+    "created_mail_failed": "User created, but the set-password e-mail could not be sent.",
+    "saved": "Changes saved.",
+    "unchanged": "Nothing to change.",
+    "disabled": "Account disabled; its sessions were ended.",
+    "enabled": "Account enabled.",
+    "reset_sent": "Password reset link sent.",
+    "factors_reset": "Second factors removed.",
+    "session_revoked": "Session ended.",
+    "sessions_revoked": "Sessions ended.",
+    "token_revoked": "App password revoked.",
+    "tokens_revoked": "App passwords revoked.",
+    "deleted": "User deleted.",
+}
+
 
 @dataclass(frozen=True, slots=True)
-class UserFactors:
-    """What an admin may know about a user's second factors: counts and names, never secrets."""
+class UserRow:
+    """A line of the user list: the account and counts, never secrets."""
 
     user: User
     totp_devices: int
+    webauthn_credentials: int
     recovery_left: int
+    sessions: int
 
 
-async def _admin(request: web.Request) -> User:
-    """Return the signed-in admin, or raise 403 (never reveal more to non-admins)."""
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A user's session as an admin sees it; `ref` names it in forms (a prefix of the id hash)."""
+
+    ref: str
+    device: str
+    ip: str
+    created_at: float
+    last_active: float
+    level: str
+    current: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A user's app password as an admin sees it: no token, no hash, no lookup id."""
+
+    id: int
+    name: str
+    domains: tuple[str, ...]
+    created_at: float
+    expires_at: float | None
+    expired: bool
+    last_used_at: float | None
+    last_used_ip: str | None
+
+
+# -- guards ---------------------------------------------------------------------
+
+
+async def _admin_session(request: web.Request) -> tuple[CachedSession, User]:
+    """Return the admin's session and account; login redirect when anonymous, 403 for non-admins."""
     services = services_of(request)
     session = await current_session(request)
     if session is None:
@@ -42,48 +134,548 @@ async def _admin(request: web.Request) -> User:
         raise web.HTTPForbidden(text="403 forbidden: administrators only\n")
     if session.level < Level.TWO_FACTOR and await services.two_factor.has_factor(user.id):
         raise web.HTTPFound(f"{base_of(request)}/2fa")
+    return session, user
+
+
+async def _admin(request: web.Request) -> User:
+    """Return the signed-in admin, or raise 403 (never reveal more to non-admins)."""
+    return (await _admin_session(request))[1]
+
+
+async def _target(request: web.Request) -> User:
+    """Return the account named in the URL, or 404 (also for names that cannot exist)."""
+    username = request.match_info["username"]
+    user = None
+    if _USERNAME_IN_URL.fullmatch(username):
+        user = await services_of(request).store.get_user_by_name(username)
+    if user is None:
+        raise web.HTTPNotFound(text="404 no such user\n")
     return user
 
 
-async def users_page(request: web.Request) -> web.Response:
-    """List users with their second-factor status."""
-    await _admin(request)
-    store = services_of(request).store
-    rows = [
-        UserFactors(
-            user,
-            len(await store.list_totp_devices(user.id)),
-            await store.count_unused_recovery_codes(user.id),
-        )
-        for user in await store.list_users()
-    ]
-    return render(
-        request,
-        "admin_users.html",
-        rows=rows,
-        notice=request.query.get("reset") and "Second factors removed.",
-    )
+def _user_path(request: web.Request, username: str) -> str:
+    return f"{base_of(request)}/admin/users/{username}"
 
 
-async def reset_second_factors(request: web.Request) -> web.Response:
-    """Remove all of a user's second factors, so they can enrol again (lost phone)."""
-    admin = await _admin(request)
-    services = services_of(request)
+async def _fresh_form(request: web.Request, session: CachedSession, back: str) -> Any | web.Response:
+    """Return the form of an admin action once CSRF and a recent factor check pass (else the answer).
+
+    Call it after the admin check, so non-admins get 403 and never a trip to /reauth.
+    """
     form = await read_form(request)
     if not csrf_ok(request, form):
         return render(
             request, "message.html", status=403, heading="Form expired", message="Please try again."
         )
-    target = await services.store.get_user_by_name(request.match_info["username"].lower())
-    if target is None:
-        raise web.HTTPNotFound(text="404 no such user\n")
-    await services.store.reset_second_factors(target.id)
-    ip = client_ip(request)
+    services = services_of(request)
+    again = require_recent(request, session, services.config.admin.reauth_after, back=back)
+    return again if again is not None else form
+
+
+async def _record(request: web.Request, event: str, admin: User, target: str, detail: str = "") -> None:
+    """Write the action's one audit row."""
+    await services_of(request).audit.record(
+        event, actor=admin.username, target=target, ip=client_ip(request), detail=detail
+    )
+
+
+def _forget_tokens(request: web.Request, user_id: int) -> None:
+    """Drop the user's cached app passwords on this worker (others follow within the cache bound)."""
+    services_of(request).app_passwords.evict_user(user_id)
+
+
+# -- the user list ----------------------------------------------------------------
+
+
+async def users_page(request: web.Request) -> web.Response:
+    """List users (optionally those matching ?q=) with groups, status, 2FA and session counts."""
+    await _admin(request)
+    services = services_of(request)
+    query = request.query.get("q", "").strip()[:100]
+    users = (
+        await services.store.search_users(query, limit=SEARCH_LIMIT)
+        if query
+        else await services.store.list_users()
+    )
+    overview = await services.store.user_overview(services.clock())
+    rows = []
+    for user in users:
+        counts = overview.get(user.id)
+        if counts is not None:
+            rows.append(
+                UserRow(
+                    user,
+                    counts.totp_devices,
+                    counts.webauthn_credentials,
+                    counts.recovery_codes_left,
+                    counts.sessions,
+                )
+            )
+    notice = NOTICES["factors_reset"] if request.query.get("reset") else None
+    notice = NOTICES.get(request.query.get("done", "")) or notice
+    return render(request, "admin_users.html", rows=rows, q=query, notice=notice)
+
+
+# -- creating a user ----------------------------------------------------------------
+
+
+def _new_user_form(
+    request: web.Request,
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+) -> web.Response:
+    return render(
+        request,
+        "admin_user_new.html",
+        status=status,
+        values=values or {"setup": "password"},
+        errors=errors or {},
+    )
+
+
+async def new_user_page(request: web.Request) -> web.Response:
+    await _admin(request)
+    return _new_user_form(request)
+
+
+def _new_user_errors(values: dict[str, str], password: str) -> dict[str, str]:
+    """Return field name -> problem for the create form (empty when it is fine)."""
+    groups = parse_groups(values["groups"])
+    problems = {
+        "username": validate_username(values["username"])
+        or (
+            f"username {values['username']!r} is reserved"
+            if values["username"] in RESERVED_USERNAMES
+            else None
+        ),
+        "email": validate_email(values["email"]),
+        "display_name": validate_display_name(values["display_name"] or values["username"] or "-"),
+        "groups": validate_groups(groups),
+        "setup": None if values["setup"] in ("password", "link") else "choose how to set the password",
+        "password": validate_new_password(password) if values["setup"] == "password" else None,
+    }
+    return {field: message for field, message in problems.items() if message}
+
+
+async def new_user_submit(request: web.Request) -> web.Response:
+    """Create a user with an initial password, or mail them a link to choose one."""
+    session, admin = await _admin_session(request)
+    form = await _fresh_form(request, session, f"{base_of(request)}/admin/users/new")
+    if isinstance(form, web.Response):
+        return form
+    services = services_of(request)
+    values = {
+        "username": form_text(form, "username", limit=64).strip().lower(),
+        "email": form_text(form, "email", limit=254).strip(),
+        "display_name": form_text(form, "display_name", limit=128).strip(),
+        "groups": form_text(form, "groups", limit=2048),
+        "setup": form_text(form, "setup", limit=16),
+    }
+    password = form_text(form, "password", limit=MAX_PASSWORD_FIELD)
+    errors = _new_user_errors(values, password)
+    if errors:
+        return _new_user_form(request, values=values, errors=errors, status=400)
+    link = values["setup"] == "link"
+    password_hash = None if link else await services.passwords.hash(password)
+    groups = parse_groups(values["groups"])
+    try:
+        user = await services.store.create_user(
+            values["username"],
+            values["email"],
+            values["display_name"] or values["username"],
+            groups,
+            password_hash,
+        )
+    except Conflict as exc:
+        field = "email" if "e-mail" in str(exc) else "username"
+        return _new_user_form(request, values=values, errors={field: str(exc)}, status=409)
+    done, how = "created", "initial password set"
+    if link:
+        sent = await _mail_link(request, user, admin, new_account=True)
+        done, how = (
+            ("created", "set-password link sent") if sent else ("created_mail_failed", "link not sent")
+        )
+    await _record(
+        request, audit.ADMIN_USER_CREATED, admin, user.username, f"groups: {','.join(groups) or '-'}; {how}"
+    )
+    return redirect(f"{_user_path(request, user.username)}?done={done}")
+
+
+async def _mail_link(request: web.Request, user: User, admin: User, *, new_account: bool) -> bool:
+    """Mail the user a single-use password link; False (and a log line) when it could not be sent."""
+    services = services_of(request)
+    link, minutes = await issue_link(request, user, admin=admin.username)
+    subject, body = link_mail(services.config.portal.title, user, link, minutes, new_account=new_account)
+    try:
+        await services.notifier.send(to=user.email, subject=subject, body=body)
+    except NotificationFailed as exc:
+        log_event("password_link_mail_failed", logging.ERROR, user=user.username, reason=exc.reason)
+        return False
+    return True
+
+
+# -- one user -----------------------------------------------------------------------------
+
+
+def _session_rows(records: list[SessionRecord], current: str, now: float) -> list[SessionRow]:
+    return [
+        SessionRow(
+            ref=r.id_hash[:SESSION_REF_LENGTH],
+            device=useragent.describe(r.user_agent),
+            ip=r.ip,
+            created_at=r.created_at,
+            last_active=r.last_active,
+            level="two factors" if r.level >= Level.TWO_FACTOR else "password",
+            current=r.id_hash == current,
+        )
+        for r in records
+        if r.expires_at > now
+    ]
+
+
+def _token_rows(tokens: list[AppPassword], now: float) -> list[TokenRow]:
+    return [
+        TokenRow(
+            id=t.id,
+            name=t.name,
+            domains=t.domains,
+            created_at=t.created_at,
+            expires_at=t.expires_at,
+            expired=t.expires_at is not None and t.expires_at <= now,
+            last_used_at=t.last_used_at,
+            last_used_ip=t.last_used_ip,
+        )
+        for t in tokens
+    ]
+
+
+async def _user_page(
+    request: web.Request,
+    session: CachedSession,
+    admin: User,
+    target: User,
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> web.Response:
+    services = services_of(request)
+    store = services.store
     now = services.clock()
-    await services.store.add_security_event(
-        target.id, "second_factors_reset", f"by {admin.username}", ip, now
+    return render(
+        request,
+        "admin_user.html",
+        status=status,
+        target=target,
+        is_self=target.id == admin.id,
+        values=values
+        or {"email": target.email, "display_name": target.display_name, "groups": ", ".join(target.groups)},
+        errors=errors or {},
+        error=error,
+        notice=NOTICES.get(request.query.get("done", "")) if status == 200 else None,
+        totp_devices=await store.list_totp_devices(target.id),
+        keys=await store.list_webauthn_credentials(target.id),
+        recovery_left=await store.count_unused_recovery_codes(target.id),
+        sessions=_session_rows(await store.list_user_sessions(target.id), session.id_hash, now),
+        tokens=_token_rows(await store.list_app_passwords(target.id), now),
+        link_minutes=max(1, round(services.config.account_recovery.link_ttl / 60)),
     )
-    log_event(
-        "second_factors_reset", logging.WARNING, admin=admin.username, user=target.username, client_ip=ip
+
+
+async def user_page(request: web.Request) -> web.Response:
+    """Show one user: details and edit form, factors, sessions, app passwords, dangerous actions."""
+    session, admin = await _admin_session(request)
+    return await _user_page(request, session, admin, await _target(request))
+
+
+async def _user_action(request: web.Request) -> tuple[CachedSession, User, User, Any] | web.Response:
+    """Guard an action on the user named in the URL; return (session, admin, target, form)."""
+    session, admin = await _admin_session(request)  # 403 before anything, even for unknown names
+    target = await _target(request)
+    form = await _fresh_form(request, session, _user_path(request, target.username))
+    if isinstance(form, web.Response):
+        return form
+    return session, admin, target, form
+
+
+async def user_update(request: web.Request) -> web.Response:
+    """Change a user's e-mail, display name and groups."""
+    guarded = await _user_action(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    session, admin, target, form = guarded
+    services = services_of(request)
+    values = {
+        "email": form_text(form, "email", limit=254).strip(),
+        "display_name": form_text(form, "display_name", limit=128).strip(),
+        "groups": form_text(form, "groups", limit=2048),
+    }
+    groups = parse_groups(values["groups"])
+    problems = {
+        "email": validate_email(values["email"]),
+        "display_name": validate_display_name(values["display_name"]),
+        "groups": validate_groups(groups),
+    }
+    if target.id == admin.id and services.config.portal.admin_group not in groups and not problems["groups"]:
+        problems["groups"] = f"you cannot remove yourself from {services.config.portal.admin_group!r}"
+    errors = {field: message for field, message in problems.items() if message}
+    if errors:
+        return await _user_page(request, session, admin, target, values=values, errors=errors, status=400)
+    email = values["email"] if values["email"] != target.email else None
+    display_name = values["display_name"] if values["display_name"] != target.display_name else None
+    new_groups = groups if tuple(groups) != target.groups else None
+    changed = [
+        name
+        for name, value in (("email", email), ("display name", display_name), ("groups", new_groups))
+        if value is not None
+    ]
+    if not changed:
+        return redirect(f"{_user_path(request, target.username)}?done=unchanged")
+    try:
+        await services.store.update_user(target.id, email=email, display_name=display_name, groups=new_groups)
+    except Conflict as exc:
+        return await _user_page(
+            request, session, admin, target, values=values, errors={"email": str(exc)}, status=409
+        )
+    # Cached sessions and tokens carry the old groups and identity headers: read them again now.
+    services.sessions.cache.evict_user(target.id)
+    _forget_tokens(request, target.id)
+    detail = f"changed: {', '.join(changed)}"
+    if new_groups is not None:
+        detail += f" (groups: {','.join(target.groups) or '-'} -> {','.join(groups) or '-'})"
+    await _record(request, audit.ADMIN_USER_MODIFIED, admin, target.username, detail)
+    return redirect(f"{_user_path(request, target.username)}?done=saved")
+
+
+async def _refuse_self(request: web.Request, session: CachedSession, admin: User, target: User, what: str):
+    return await _user_page(
+        request, session, admin, target, error=f"You cannot {what} your own account here.", status=400
     )
+
+
+async def disable_user(request: web.Request) -> web.Response:
+    """Disable an account and end its sessions."""
+    guarded = await _user_action(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    session, admin, target, _form = guarded
+    if target.id == admin.id:
+        return await _refuse_self(request, session, admin, target, "disable")
+    services = services_of(request)
+    ended = await services.sessions.revoke_user(target.id)
+    await services.store.set_disabled(target.id, True)
+    _forget_tokens(request, target.id)
+    await _record(request, audit.ADMIN_USER_DISABLED, admin, target.username, f"{ended} session(s) ended")
+    return redirect(f"{_user_path(request, target.username)}?done=disabled")
+
+
+async def enable_user(request: web.Request) -> web.Response:
+    guarded = await _user_action(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    _session, admin, target, _form = guarded
+    await services_of(request).store.set_disabled(target.id, False)
+    await _record(request, audit.ADMIN_USER_ENABLED, admin, target.username)
+    return redirect(f"{_user_path(request, target.username)}?done=enabled")
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    """Delete an account for good, once its username is typed as confirmation."""
+    guarded = await _user_action(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    session, admin, target, form = guarded
+    if target.id == admin.id:
+        return await _refuse_self(request, session, admin, target, "delete")
+    if form_text(form, "confirm", limit=64).strip().lower() != target.username:
+        errors = {"confirm": f"type {target.username!r} to confirm"}
+        return await _user_page(request, session, admin, target, errors=errors, status=400)
+    services = services_of(request)
+    ended = await services.sessions.revoke_user(target.id)
+    _forget_tokens(request, target.id)
+    await services.store.delete_user(target.id)
+    await _record(
+        request, audit.ADMIN_USER_DELETED, admin, target.username, f"{target.email}; {ended} session(s) ended"
+    )
+    return redirect(f"{base_of(request)}/admin/users?done=deleted")
+
+
+async def send_password_reset(request: web.Request) -> web.Response:
+    """Mail the user a single-use, short-lived link to choose a new password."""
+    guarded = await _user_action(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    session, admin, target, _form = guarded
+    if target.disabled:
+        return await _user_page(
+            request,
+            session,
+            admin,
+            target,
+            error="Enable the account first: the link would not work.",
+            status=409,
+        )
+    if not await _mail_link(request, target, admin, new_account=False):
+        return await _user_page(
+            request,
+            session,
+            admin,
+            target,
+            error="The e-mail could not be sent; see the server log.",
+            status=502,
+        )
+    minutes = max(1, round(services_of(request).config.account_recovery.link_ttl / 60))
+    await _record(
+        request,
+        audit.ADMIN_PASSWORD_RESET_SENT,
+        admin,
+        target.username,
+        f"to {target.email}, works once for {minutes} min",
+    )
+    return redirect(f"{_user_path(request, target.username)}?done=reset_sent")
+
+
+async def reset_second_factors(request: web.Request) -> web.Response:
+    """Remove all of a user's second factors, so they can enrol again (lost phone)."""
+    guarded = await _user_action(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    _session, admin, target, _form = guarded
+    await services_of(request).store.reset_second_factors(target.id)
+    await _record(request, audit.ADMIN_SECOND_FACTORS_RESET, admin, target.username)
     return redirect(f"{base_of(request)}/admin/users?reset=1")
+
+
+# -- a user's sessions and app passwords -----------------------------------------------------
+
+
+async def revoke_session(request: web.Request) -> web.Response:
+    """End one session of the user (named by a prefix of its id hash)."""
+    guarded = await _user_action(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    session, admin, target, _form = guarded
+    services = services_of(request)
+    ref = request.match_info["ref"]
+    records = await services.store.list_user_sessions(target.id) if _SESSION_REF.fullmatch(ref) else []
+    matches = [r for r in records if r.id_hash.startswith(ref)]
+    if len(matches) != 1 or not await services.sessions.revoke(matches[0].id_hash):
+        return await _user_page(
+            request, session, admin, target, error="That session has ended already.", status=404
+        )
+    device = useragent.describe(matches[0].user_agent)
+    await _record(
+        request, audit.ADMIN_SESSION_REVOKED, admin, target.username, f"{device} from {matches[0].ip}"
+    )
+    return redirect(f"{_user_path(request, target.username)}?done=session_revoked")
+
+
+async def revoke_all_sessions(request: web.Request) -> web.Response:
+    """End every session of the user (but the admin's own, when it is their account)."""
+    guarded = await _user_action(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    session, admin, target, _form = guarded
+    keep = session.id_hash if target.id == admin.id else None
+    ended = await services_of(request).sessions.revoke_user(target.id, keep_id_hash=keep)
+    await _record(request, audit.ADMIN_SESSIONS_REVOKED, admin, target.username, f"{ended} session(s)")
+    return redirect(f"{_user_path(request, target.username)}?done=sessions_revoked")
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    """Revoke one app password of the user."""
+    guarded = await _user_action(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    session, admin, target, _form = guarded
+    services = services_of(request)
+    raw = request.match_info["token_id"]
+    pk = int(raw) if _TOKEN_PK.fullmatch(raw) else 0
+    tokens = {t.id: t for t in await services.store.list_app_passwords(target.id)}
+    token = tokens.get(pk)
+    if token is None or not await services.store.revoke_app_password(target.id, pk, services.clock()):
+        return await _user_page(
+            request, session, admin, target, error="That app password is revoked already.", status=404
+        )
+    services.app_passwords.evict(token.token_id)
+    await _record(
+        request, audit.ADMIN_TOKEN_REVOKED, admin, target.username, f"app password {pk} {token.name!r}"
+    )
+    return redirect(f"{_user_path(request, target.username)}?done=token_revoked")
+
+
+async def revoke_all_tokens(request: web.Request) -> web.Response:
+    """Revoke every app password of the user."""
+    guarded = await _user_action(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    _session, admin, target, _form = guarded
+    services = services_of(request)
+    count = await services.store.revoke_all_app_passwords(target.id, services.clock())
+    _forget_tokens(request, target.id)
+    await _record(request, audit.ADMIN_TOKENS_REVOKED, admin, target.username, f"{count} app password(s)")
+    return redirect(f"{_user_path(request, target.username)}?done=tokens_revoked")
+
+
+# -- the audit log ---------------------------------------------------------------------------
+
+
+def _day_start(text: str) -> float | None:
+    """Return the Unix time a YYYY-MM-DD day starts (UTC); None when empty; ValueError when malformed."""
+    if not text:
+        return None
+    if not _DAY.fullmatch(text):
+        raise ValueError(text)
+    return float(calendar.timegm(date.fromisoformat(text).timetuple()))
+
+
+async def audit_page(request: web.Request) -> web.Response:
+    """Show the audit log, newest first, filtered by actor, target, event and day range, a page at a time."""
+    await _admin(request)
+    store = services_of(request).store
+    query = request.query
+    filters = {
+        name: query.get(name, "").strip()[:254] for name in ("actor", "target", "event", "since", "until")
+    }
+    try:
+        since = _day_start(filters["since"])
+        until_day = _day_start(filters["until"])
+        page = int(query.get("page", "1")[:6] or "1")
+        if not 1 <= page <= MAX_AUDIT_PAGE:
+            raise ValueError(page)
+    except ValueError:
+        return render(
+            request,
+            "admin_audit.html",
+            status=400,
+            rows=[],
+            filters=filters,
+            events=AUDIT_EVENTS,
+            filters_qs="",
+            page=1,
+            more=False,
+            error="Dates must look like 2025-01-31, and the page must be a positive number.",
+        )
+    rows = await store.list_audit(
+        actor=filters["actor"].lower() or None,
+        target=filters["target"].lower() or None,
+        event=filters["event"] or None,
+        since=since,
+        until=None if until_day is None else until_day + 86400,  # the whole "until" day
+        limit=AUDIT_PAGE + 1,
+        offset=(page - 1) * AUDIT_PAGE,
+    )
+    return render(
+        request,
+        "admin_audit.html",
+        rows=rows[:AUDIT_PAGE],
+        filters=filters,
+        events=AUDIT_EVENTS,
+        filters_qs="".join(f"{urlencode({k: v})}&" for k, v in filters.items() if v),
+        page=page,
+        more=len(rows) > AUDIT_PAGE,
+        error=None,
+    )

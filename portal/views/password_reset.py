@@ -19,7 +19,6 @@ from gateway import audit
 from gateway.factors.passwords import validate_new_password
 from gateway.models import User
 from portal.web import (
-    base_of,
     client_ip,
     cookie_domain_of,
     csrf_ok,
@@ -138,7 +137,3 @@ async def reset_submit(request: web.Request) -> web.Response:
         heading="Password changed",
         message=f"You can now sign in as {user.username} with your new password.",
     )
-
-
-def reset_url(request: web.Request) -> str:
-    return f"{base_of(request)}{RESET_PATH}"
