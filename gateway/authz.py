@@ -68,20 +68,29 @@ def _to_portal(
     return web.Response(status=401, headers={"Location": location}, text="401 unauthorized\n")
 
 
+async def _identify(services: Services, request: web.Request) -> CachedSession | None:
+    """Return who is asking: the session named by the Cookie header, or None."""
+    # Other credentials (an app password over Basic/Bearer) belong here, after the cookie.
+    return await services.sessions.resolve_header(request.headers.get("Cookie"))
+
+
 async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> web.Response:
     services = request.app[SERVICES]
     try:
         original = parse(request.headers, request.remote, services.config.server.trusted_proxies)
     except InvalidForwardedHeaders as exc:
         return _bad_request(request, exc)
-    session = await services.sessions.resolve_header(request.headers.get("Cookie"))
-    subject = session.subject if session else None
-    level = session.level if session else Level.ANONYMOUS
-    must_enrol = session.must_enrol if session else False
-    decision = decide(services.rules, original, subject, level, must_enrol=must_enrol)
+    session = await _identify(services, request)
+    if session is None:
+        decision = decide(services.rules, original, None, Level.ANONYMOUS)
+    else:
+        decision = decide(
+            services.rules, original, session.subject, session.level, must_enrol=session.must_enrol
+        )
     if decision.verdict is Verdict.ALLOW:
         if decision.with_identity and session is not None:
-            return web.Response(status=200, headers=session.headers)
+            # Prepared once per session; the response copies it.
+            return web.Response(status=200, headers=session.response_headers)
         return web.Response(status=200)
     if decision.verdict is Verdict.DENY:
         return _denied(original, session, decision)

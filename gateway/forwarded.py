@@ -6,12 +6,21 @@ X-Original-Method. Whoever reaches authgate directly could forge these, so they
 are only read from peers inside `server.trusted_proxies`; a duplicated or
 malformed value raises InvalidForwardedHeaders with a reason for the 400 and
 the log.
+
+Parsing is pure, and proxies repeat the same values thousands of times a second,
+so results are memoised (gateway.memo, bounded): a whole OriginalRequest by the
+exact header values it was built from, the client address by (peer,
+X-Forwarded-For, X-Real-IP), and the trust verdict by peer. Only successes are
+remembered, and only for an immutable `trusted` (a tuple): a memo belongs to one
+tuple of trusted networks and is found by its identity, so a different
+configuration never sees another's verdicts. A repeated header is never
+memoised (it always takes the full parse, which rejects it).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from urllib.parse import unquote
 
@@ -19,6 +28,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import Network
 from gateway.errors import InvalidForwardedHeaders
+from gateway.memo import BoundedMemo
 from gateway.models import IPAddress, OriginalRequest
 
 Headers = CIMultiDictProxy[str] | CIMultiDict[str]
@@ -38,17 +48,135 @@ _ABSOLUTE_URL = re.compile(r"(https?)://([^/?#]*)(.*)", re.IGNORECASE | re.DOTAL
 _BAD_TARGET_CHAR = re.compile(r"[\x00-\x20\x7f#]")
 _BAD_DECODED_CHAR = re.compile(r"[\x00-\x1f\x7f]")
 
+# Memo bounds. Values come from clients (the URL, X-Forwarded-For), so both the
+# number of entries and the size of a memoised key are capped: at most about
+# 4096 x 2 KiB of keys plus their results per memo, a few MiB per worker.
+REQUEST_MEMO_SIZE = 4096
+CLIENT_MEMO_SIZE = 4096
+PEER_MEMO_SIZE = 256
+MEMO_MAX_KEY_CHARS = 2048
+# A process normally has one trusted-proxy tuple; tests build many configurations.
+_MAX_TRUST_SETS = 8
+
+_DUPLICATE = object()  # a header sent more than once: never memoised, the full parse rejects it
+
+
+class _Memos:
+    """The memos for one tuple of trusted networks."""
+
+    __slots__ = ("trusted", "requests", "clients", "peers")
+
+    def __init__(self, trusted: tuple[Network, ...]) -> None:
+        self.trusted = trusted  # held so its id() cannot be reused by another tuple while we live
+        self.requests: BoundedMemo[tuple[object, ...], OriginalRequest] = BoundedMemo(REQUEST_MEMO_SIZE)
+        self.clients: BoundedMemo[tuple[object, ...], IPAddress] = BoundedMemo(CLIENT_MEMO_SIZE)
+        self.peers: BoundedMemo[str, bool] = BoundedMemo(PEER_MEMO_SIZE)
+
+
+_memos_by_trusted: dict[int, _Memos] = {}
+
+
+def _memos_for(trusted: Sequence[Network]) -> _Memos | None:
+    """Return the memos of an immutable trusted-network tuple; None for anything mutable."""
+    if type(trusted) is not tuple:
+        return None
+    memos = _memos_by_trusted.get(id(trusted))
+    if memos is not None and memos.trusted is trusted:
+        return memos
+    if len(_memos_by_trusted) >= _MAX_TRUST_SETS:
+        _memos_by_trusted.clear()
+    memos = _memos_by_trusted[id(trusted)] = _Memos(trusted)
+    return memos
+
+
+def _peek(headers: Headers, name: str) -> object:
+    """Return a header's only value, None when absent, _DUPLICATE when repeated (never raises)."""
+    values = headers.getall(name, ())
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else _DUPLICATE
+
+
+def _memo_key(*parts: object) -> tuple[object, ...] | None:
+    """Return parts as a memo key, or None when one is repeated or they are too long to keep."""
+    size = 0
+    for part in parts:
+        if part is _DUPLICATE:
+            return None
+        if part is not None:
+            size += len(part)  # type: ignore[arg-type]
+    return parts if size <= MEMO_MAX_KEY_CHARS else None
+
 
 def parse_forward_auth(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> OriginalRequest:
     """Rebuild the original request from Traefik/Caddy X-Forwarded-* headers."""
-    _require_trusted_peer(headers, peer, trusted)
-    method = _parse_method(_single(headers, "X-Forwarded-Method"), "X-Forwarded-Method")
-    return _from_forwarded_headers(headers, peer, trusted, method)
+    memos = _memos_for(trusted)
+    if memos is None:
+        return _parse_forward_auth(headers, peer, trusted, None)
+    # Every header the full parse may read (X-Real-IP only without X-Forwarded-For, as there).
+    xff = _peek(headers, "X-Forwarded-For")
+    key = _memo_key(
+        "forward-auth",
+        peer,
+        _peek(headers, "X-Forwarded-Method"),
+        _peek(headers, "X-Forwarded-Proto"),
+        _peek(headers, "X-Forwarded-Host"),
+        _peek(headers, "X-Forwarded-Port"),
+        _peek(headers, "X-Forwarded-Uri"),
+        xff,
+        _peek(headers, "X-Real-IP") if xff is None else None,
+    )
+    return _memoised(memos, key, _parse_forward_auth, headers, peer, trusted)
 
 
 def parse_auth_request(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> OriginalRequest:
     """Rebuild the original request from nginx X-Original-URL/Method (or X-Forwarded-* as fallback)."""
-    _require_trusted_peer(headers, peer, trusted)
+    memos = _memos_for(trusted)
+    if memos is None:
+        return _parse_auth_request(headers, peer, trusted, None)
+    url = _peek(headers, "X-Original-URL")
+    if url is None:
+        # The X-Forwarded-* fallback reads other headers: rare, never memoised.
+        return _parse_auth_request(headers, peer, trusted, memos)
+    method = _peek(headers, "X-Original-Method")
+    if method is None:
+        method = _peek(headers, "X-Forwarded-Method")
+    xff = _peek(headers, "X-Forwarded-For")
+    real_ip = _peek(headers, "X-Real-IP") if xff is None else None
+    key = _memo_key("auth-request", peer, method, url, xff, real_ip)
+    return _memoised(memos, key, _parse_auth_request, headers, peer, trusted)
+
+
+def _memoised(
+    memos: _Memos,
+    key: tuple[object, ...] | None,
+    parse: Callable[[Headers, str | None, Sequence[Network], _Memos | None], OriginalRequest],
+    headers: Headers,
+    peer: str | None,
+    trusted: Sequence[Network],
+) -> OriginalRequest:
+    # The key holds every input the parse reads, so a hit is the parse's own answer.
+    if key is None:
+        return parse(headers, peer, trusted, memos)
+    found = memos.requests.get(key)
+    if found is None:
+        found = parse(headers, peer, trusted, memos)
+        memos.requests.put(key, found)
+    return found
+
+
+def _parse_forward_auth(
+    headers: Headers, peer: str | None, trusted: Sequence[Network], memos: _Memos | None
+) -> OriginalRequest:
+    _require_trusted_peer(headers, peer, trusted, memos)
+    method = _parse_method(_single(headers, "X-Forwarded-Method"), "X-Forwarded-Method")
+    return _from_forwarded_headers(headers, peer, trusted, method, memos)
+
+
+def _parse_auth_request(
+    headers: Headers, peer: str | None, trusted: Sequence[Network], memos: _Memos | None
+) -> OriginalRequest:
+    _require_trusted_peer(headers, peer, trusted, memos)
     method_header = "X-Original-Method"
     raw_method = _single(headers, method_header)
     if raw_method is None:
@@ -61,7 +189,7 @@ def parse_auth_request(headers: Headers, peer: str | None, trusted: Sequence[Net
             raise InvalidForwardedHeaders(
                 "missing X-Original-URL (and no X-Forwarded-Proto/Host to fall back on)"
             )
-        return _from_forwarded_headers(headers, peer, trusted, method)
+        return _from_forwarded_headers(headers, peer, trusted, method, memos)
     match = _ABSOLUTE_URL.fullmatch(url)
     if match is None:
         raise InvalidForwardedHeaders(f"malformed X-Original-URL {url!r}: not an absolute http(s) URL")
@@ -80,7 +208,7 @@ def parse_auth_request(headers: Headers, peer: str | None, trusted: Sequence[Net
         port=None if port == DEFAULT_PORTS[scheme] else port,
         path=path,
         query=query,
-        client_ip=_client_ip(headers, peer, trusted),
+        client_ip=_client_ip(headers, peer, trusted, memos),
         raw_path=raw_path,
     )
 
@@ -100,7 +228,7 @@ def client_address(headers: Headers, peer: str | None, trusted: Sequence[Network
 
 
 def _from_forwarded_headers(
-    headers: Headers, peer: str | None, trusted: Sequence[Network], method: str
+    headers: Headers, peer: str | None, trusted: Sequence[Network], method: str, memos: _Memos | None
 ) -> OriginalRequest:
     scheme = _parse_scheme(_single(headers, "X-Forwarded-Proto"))
     raw_host = _single(headers, "X-Forwarded-Host")
@@ -120,14 +248,20 @@ def _from_forwarded_headers(
         port=None if port == DEFAULT_PORTS[scheme] else port,
         path=path,
         query=query,
-        client_ip=_client_ip(headers, peer, trusted),
+        client_ip=_client_ip(headers, peer, trusted, memos),
         raw_path=raw_path,
     )
 
 
-def _require_trusted_peer(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> None:
+def _require_trusted_peer(
+    headers: Headers, peer: str | None, trusted: Sequence[Network], memos: _Memos | None
+) -> None:
+    if memos is not None and peer and memos.peers.get(peer):
+        return
     peer_ip = _parse_ip(peer) if peer else None
     if peer_ip is not None and _in_networks(peer_ip, trusted):
+        if memos is not None and peer and len(peer) <= MEMO_MAX_KEY_CHARS:
+            memos.peers.put(peer, True)
         return
     first = next(
         (name for name in headers if name.lower().startswith(("x-forwarded-", "x-original-"))),
@@ -251,16 +385,31 @@ def _normalise_path(path: str) -> str:
     return normalised
 
 
-def _client_ip(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> IPAddress:
+def _client_ip(
+    headers: Headers, peer: str | None, trusted: Sequence[Network], memos: _Memos | None = None
+) -> IPAddress:
     """Return the right-most untrusted X-Forwarded-For address, else X-Real-IP, else the peer."""
     forwarded_for = _single(headers, "X-Forwarded-For")
+    real_ip = _single(headers, "X-Real-IP") if forwarded_for is None else None
+    key = None if memos is None else _memo_key(peer, forwarded_for, real_ip)
+    if memos is None or key is None:
+        return _find_client_ip(forwarded_for, real_ip, peer, trusted)
+    found = memos.clients.get(key)
+    if found is None:
+        found = _find_client_ip(forwarded_for, real_ip, peer, trusted)
+        memos.clients.put(key, found)
+    return found
+
+
+def _find_client_ip(
+    forwarded_for: str | None, real_ip: str | None, peer: str | None, trusted: Sequence[Network]
+) -> IPAddress:
     if forwarded_for is not None:
         chain = [_parse_header_ip(entry.strip(), "X-Forwarded-For") for entry in forwarded_for.split(",")]
         for address in reversed(chain):
             if not _in_networks(address, trusted):
                 return address
         return chain[0]
-    real_ip = _single(headers, "X-Real-IP")
     if real_ip is not None:
         return _parse_header_ip(real_ip.strip(), "X-Real-IP")
     peer_ip = _parse_ip(peer) if peer else None

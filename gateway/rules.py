@@ -6,6 +6,12 @@ its non-empty criteria matches: domains, paths, methods, networks, subjects.
 Deciding must not slow down as the rule list grows, so rules are compiled once:
 regexes are precompiled and rules are indexed by exact domain and by wildcard
 suffix; a request only looks at the rules that could apply to its host.
+
+Everything but the subject is a pure function of (host, path, method, and the
+client address when a candidate rule tests networks), and proxies ask about the
+same few of those again and again, so the rules that match them are memoised
+in a bounded memo (gateway.memo): a repeated request tests no regex at all.
+Results are prepared once per rule, so deciding allocates nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +22,16 @@ from heapq import merge
 
 from gateway.config import AccessControlConfig, AccessRule, Network
 from gateway.errors import ConfigError
-from gateway.models import OriginalRequest, Policy, Subject
+from gateway.memo import BoundedMemo
+from gateway.models import IPAddress, OriginalRequest, Policy, Subject
 
 # Enough for every host a deployment serves; clearing when full keeps memory
 # bounded even if clients send arbitrary Host headers.
 _HOST_CACHE_SIZE = 4096
+# Distinct (host, path, method[, client]) requests whose matching rules are remembered.
+MATCH_MEMO_SIZE = 8192
+# Longer paths are matched every time rather than held in the memo.
+MATCH_MEMO_MAX_PATH = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +52,7 @@ class _CompiledRule:
     networks: tuple[Network, ...]
     users: frozenset[str]
     groups: frozenset[str]
-
-    @property
-    def has_subjects(self) -> bool:
-        return bool(self.users or self.groups)
+    has_subjects: bool
 
     def matches_request(self, request: OriginalRequest, target: str) -> bool:
         """Match every criterion except domains (done by the index) and subjects."""
@@ -78,7 +86,16 @@ class CompiledRules:
         self._exact = exact
         self._wildcard = wildcard
         self._any_domain = any_domain
-        self._host_cache: dict[str, tuple[int, ...]] = {}
+        self._host_cache: dict[str, tuple[tuple[int, ...], bool]] = {}
+        self._matches: BoundedMemo[tuple[str, str, str, IPAddress | None], tuple[int, ...]] = BoundedMemo(
+            MATCH_MEMO_SIZE
+        )
+        # Frozen results, built once: deciding returns one of these, never a new object.
+        self._default = RuleDecision(default_policy, None)
+        self._chosen = tuple(RuleDecision(rule.policy, i) for i, rule in enumerate(rules))
+        self._ask_subject = tuple(
+            RuleDecision(Policy.ONE_FACTOR, i, needs_subject=True) for i in range(len(rules))
+        )
 
     @classmethod
     def from_config(cls, cfg: AccessControlConfig) -> CompiledRules:
@@ -114,23 +131,43 @@ class CompiledRules:
 
     def decide(self, request: OriginalRequest, subject: Subject | None) -> RuleDecision:
         """Return the policy of the first rule matching the request, or the default policy."""
+        for index in self._matching(request):
+            if not self._rules[index].has_subjects:
+                return self._chosen[index]
+            if subject is None:
+                return self._ask_subject[index]
+            if self._rules[index].matches_subject(subject):
+                return self._chosen[index]
+        return self._default
+
+    def _matching(self, request: OriginalRequest) -> tuple[int, ...]:
+        """Return, in order, the rules matching all but subjects, up to the first without subjects."""
+        host = request.host.lower()
         # The normalised path alone, never the query: with the query appended, a rule like
         # ^/admin(/|$) would miss /admin?x=1 and let it fall through to a weaker rule.
-        target = request.path
-        for index in self._candidates(request.host.lower()):
-            rule = self._rules[index]
-            if not rule.matches_request(request, target):
-                continue
-            if not rule.has_subjects:
-                return RuleDecision(rule.policy, index)
-            if subject is None:
-                return RuleDecision(Policy.ONE_FACTOR, index, needs_subject=True)
-            if rule.matches_subject(subject):
-                return RuleDecision(rule.policy, index)
-        return RuleDecision(self._default_policy, None)
+        path = request.path
+        candidates, uses_networks = self._candidates(host)
+        if len(path) > MATCH_MEMO_MAX_PATH:
+            return self._match(candidates, request, path)
+        key = (host, path, request.method, request.client_ip if uses_networks else None)
+        found = self._matches.get(key)
+        if found is None:
+            found = self._match(candidates, request, path)
+            self._matches.put(key, found)
+        return found
 
-    def _candidates(self, host: str) -> tuple[int, ...]:
-        """Return, in rule order, the indices of the rules whose domains cover host."""
+    def _match(self, candidates: tuple[int, ...], request: OriginalRequest, path: str) -> tuple[int, ...]:
+        matched: list[int] = []
+        for index in candidates:
+            rule = self._rules[index]
+            if rule.matches_request(request, path):
+                matched.append(index)
+                if not rule.has_subjects:
+                    break  # first match wins whoever asks: later rules can never apply
+        return tuple(matched)
+
+    def _candidates(self, host: str) -> tuple[tuple[int, ...], bool]:
+        """Return, in rule order, the rules whose domains cover host, and whether any tests networks."""
         cached = self._host_cache.get(host)
         if cached is not None:
             return cached
@@ -145,10 +182,11 @@ class CompiledRules:
             if suffix in self._wildcard:
                 buckets.append(self._wildcard[suffix])
         candidates = _merge_unique(buckets)
+        uses_networks = any(self._rules[i].networks for i in candidates)
         if len(self._host_cache) >= _HOST_CACHE_SIZE:
             self._host_cache.clear()
-        self._host_cache[host] = candidates
-        return candidates
+        self._host_cache[host] = (candidates, uses_networks)
+        return candidates, uses_networks
 
 
 def _merge_unique(buckets: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -187,4 +225,5 @@ def _compile_rule(rule: AccessRule, key: str, problems: list[tuple[str, str]]) -
         networks=tuple(rule.networks),
         users=frozenset(users),
         groups=frozenset(groups),
+        has_subjects=bool(users or groups),
     )

@@ -9,6 +9,7 @@ reaches them within `session.cache_ttl`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import signal
@@ -38,6 +39,11 @@ async def _run_worker(config: Config, reuse_port: bool) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=1024)
     await site.start()
+    # Everything built so far (modules, templates, config, compiled rules) lives as long as
+    # the worker: move it out of the collector's sight, so a full collection under load
+    # scans only what requests created, not the whole application (tens of ms otherwise).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

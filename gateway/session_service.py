@@ -1,15 +1,25 @@
 """Sessions over the store: create, resolve (cached), revoke, and flush last activity.
 
-Staleness bound: a cached session is re-read from storage at most `cache_ttl`
-seconds after it was last read, so a revocation made by another worker (or the
+Staleness bound: a cached session is never used more than `cache_ttl` seconds
+after it was read from storage, so a revocation made by another worker (or the
 CLI) takes effect within `cache_ttl`. Revocations made by this worker take
 effect at once. Last activity is kept in memory and written in batches every
 `activity_flush_interval` seconds (and at shutdown).
+
+Sessions in use are re-read ahead of that bound, in the background: from
+RENEW_AFTER of `cache_ttl` on, a request still answers from the cache and queues
+the session for the renewer (part of `run_flusher`), which re-reads it on the
+store's read-only connection, one at a time. Requests only wait for storage on
+a first sight or when an entry went unused past its bound. A re-read never
+verifies the cookie signature again (the cached entry remembers when it runs
+out), and a revocation on this worker while a read is in flight keeps that
+read's result out of the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 
@@ -31,10 +41,15 @@ from gateway.store.sqlite import Store
 
 Clock = Callable[[], float]
 
-# Entries loaded together (a restart, a burst of logins) would otherwise all go stale in the same
-# instant and queue their re-reads behind the one store connection: spread refreshes over the last
-# fifth of cache_ttl. Refreshing early never lengthens the revocation bound.
-REFRESH_JITTER = 0.2
+# Background renewal starts at a random point between these fractions of cache_ttl after a
+# read: spread, so entries loaded together (a restart, a burst of logins) do not all re-read
+# at once, and early enough for a queued re-read to finish long before the hard bound.
+# Renewing early never lengthens the revocation bound; it costs 1/0.8 = 1.25 reads per
+# session in use per cache_ttl.
+RENEW_AFTER = (0.7, 0.9)
+# Sessions waiting for a background re-read; beyond this, requests fall back to reading
+# themselves at the hard bound (never served stale past it).
+MAX_PENDING_RENEWALS = 10_000
 
 # Whether a session's user must enrol a second factor before reaching any app.
 EnrolmentCheck = Callable[[User, SessionRecord], Awaitable[bool]]
@@ -62,6 +77,10 @@ class SessionService:
         self.cache = SessionCache()
         self._header_names = (headers.user, headers.email, headers.groups, headers.name)
         self._pending_activity: dict[str, float] = {}
+        self._renewals: asyncio.Queue[str] = asyncio.Queue()
+        self._renewing: set[str] = set()
+        # Bumped by every eviction: a read that started before one must not fill the cache.
+        self._generation = 0
 
     async def create(self, user: User, level: Level, *, remember_me: bool, ip: str, user_agent: str) -> str:
         """Start a new session and return its signed cookie value."""
@@ -95,17 +114,19 @@ class SessionService:
         """Return the live session for a cookie value, or None (never raises on bad input)."""
         now = self.clock()
         entry = self.cache.get(cookie_value, now)
-        if entry is not None:
-            if now >= entry.expires_at:
-                await self._end(entry.record, "expired")
-                return None
-            if self._idle_too_long(entry, now):
-                await self._end(entry.record, "inactive")
-                return None
-            entry.last_active = now
-            self._pending_activity[entry.id_hash] = now
-            return entry
-        return await self._load(cookie_value, now)
+        if entry is None:
+            return await self._load(cookie_value, now)
+        if now >= entry.expires_at:
+            await self._end(entry.record, "expired")
+            return None
+        if self._idle_too_long(entry, now):
+            await self._end(entry.record, "inactive")
+            return None
+        entry.last_active = now
+        self._pending_activity[entry.id_hash] = now
+        if now >= entry.renew_at:
+            self._queue_renewal(cookie_value, entry)
+        return entry
 
     def _idle_too_long(self, entry: CachedSession, now: float) -> bool:
         return (
@@ -114,16 +135,65 @@ class SessionService:
             and now - entry.last_active > self.cfg.inactivity + self.cfg.activity_flush_interval
         )
 
+    def _queue_renewal(self, cookie_value: str, entry: CachedSession) -> None:
+        entry.renew_at = float("inf")  # once per read: the renewer puts a new entry
+        if len(self._renewing) >= MAX_PENDING_RENEWALS or cookie_value in self._renewing:
+            return
+        self._renewing.add(cookie_value)
+        self._renewals.put_nowait(cookie_value)
+
     async def _load(self, cookie_value: str, now: float) -> CachedSession | None:
-        try:
-            session_id, signed_at = self.codec.verify(cookie_value, now=now)
-        except SessionInvalid:
-            return None
-        id_hash = hash_session_id(session_id)
-        found = await self.store.get_session(id_hash)
+        stale = self.cache.peek(cookie_value)
+        if stale is not None:
+            # Verified when first cached; its signature end is remembered.
+            id_hash, cookie_end = stale.id_hash, stale.cookie_expires_at
+        else:
+            try:
+                session_id, signed_at = self.codec.verify(cookie_value, now=now)
+            except SessionInvalid:
+                return None
+            id_hash, cookie_end = hash_session_id(session_id), signed_at + self.codec.max_age
+        generation = self._generation
+        found = await self.store.read_session(id_hash)
+        return await self._prepare(cookie_value, id_hash, cookie_end, found, now, generation, active=True)
+
+    async def _renew(self, cookie_value: str) -> None:
+        """Re-read a cached session in the background (the renewer's unit of work)."""
+        stale = self.cache.peek(cookie_value)
+        if stale is None:
+            return
+        generation = self._generation
+        found = await self.store.read_session(stale.id_hash)
+        await self._prepare(
+            cookie_value,
+            stale.id_hash,
+            stale.cookie_expires_at,
+            found,
+            self.clock(),
+            generation,
+            active=False,
+        )
+
+    async def _prepare(
+        self,
+        cookie_value: str,
+        id_hash: str,
+        cookie_end: float,
+        found: tuple[SessionRecord, User] | None,
+        now: float,
+        generation: int,
+        *,
+        active: bool,
+    ) -> CachedSession | None:
+        """Turn a session read from storage into a cache entry, or end it; None when it is over.
+
+        `active`: a request is using the session now (a background renewal is not activity).
+        """
         if found is None:
-            self.cache.evict_session(id_hash)
+            self._evict_session(id_hash)
             return None
+        if now >= cookie_end:
+            return None  # the cookie's signature ran out: as if it no longer verified
         record, user = found
         stale = self.cache.peek(cookie_value)
         last_active = max(record.last_active, stale.last_active if stale else 0.0)
@@ -140,37 +210,48 @@ class SessionService:
         if reason is not None:
             await self._end(record, reason)
             return None
+        ttl = self.cfg.cache_ttl
         entry = CachedSession(
             id_hash=id_hash,
             user_id=user.id,
             subject=Subject(user.username, frozenset(user.groups)),
             level=record.level,
             headers=build_identity_headers(user, self._header_names),
-            expires_at=min(record.expires_at, signed_at + self.codec.max_age),
+            expires_at=min(record.expires_at, cookie_end),
             remember_me=record.remember_me,
-            last_active=now,
-            refresh_at=now + self.cfg.cache_ttl * (1 - REFRESH_JITTER * random.random()),  # noqa: S311
+            last_active=now if active else last_active,
+            refresh_at=now + ttl,
             record=record,
             must_enrol=await self.enrolment_check(user, record),
+            renew_at=now + ttl * random.uniform(*RENEW_AFTER),  # noqa: S311
+            cookie_expires_at=cookie_end,
         )
-        self.cache.put(cookie_value, entry)
-        self._pending_activity[id_hash] = now
+        # A revocation on this worker while we read: this answer may predate it, so keep it out.
+        if generation == self._generation:
+            self.cache.put(cookie_value, entry)
+        if active:
+            self._pending_activity[id_hash] = now
         return entry
 
+    def _evict_session(self, id_hash: str) -> None:
+        self._generation += 1
+        self.cache.evict_session(id_hash)
+
     async def _end(self, record: SessionRecord, reason: str) -> None:
-        self.cache.evict_session(record.id_hash)
+        self._evict_session(record.id_hash)
         self._pending_activity.pop(record.id_hash, None)
         await self.store.delete_session(record.id_hash)
         log_event("session_ended", reason=reason, user_id=record.user_id)
 
     async def revoke(self, id_hash: str) -> bool:
         """End one session now on this worker; other workers follow within cache_ttl."""
-        self.cache.evict_session(id_hash)
+        self._evict_session(id_hash)
         self._pending_activity.pop(id_hash, None)
         return await self.store.delete_session(id_hash)
 
     async def revoke_user(self, user_id: int, *, keep_id_hash: str | None = None) -> int:
         """End every session of a user (optionally but one)."""
+        self._generation += 1
         self.cache.evict_user(user_id, keep_id_hash=keep_id_hash)
         return await self.store.delete_user_sessions(user_id, keep_id_hash=keep_id_hash)
 
@@ -182,7 +263,27 @@ class SessionService:
         await self.store.touch_sessions(pending)
 
     async def run_flusher(self) -> None:
-        """Flush last activity periodically and prune expired sessions; runs until cancelled."""
+        """Flush activity, prune expired sessions, renew cached ones in the background; until cancelled."""
+        renewer = asyncio.create_task(self._run_renewer())
+        try:
+            await self._flush_periodically()
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _run_renewer(self) -> None:
+        # One re-read at a time: a steady trickle on the read connection, never a burst.
+        while True:
+            cookie_value = await self._renewals.get()
+            try:
+                await self._renew(cookie_value)
+            except Exception:  # the entry stays until its bound; a request then reads it itself
+                logger.exception("session renewal failed")
+            finally:
+                self._renewing.discard(cookie_value)
+
+    async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.activity_flush_interval)
             try:

@@ -8,11 +8,13 @@ leaked database holds no usable cookie.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
+from multidict import CIMultiDict
 
 from gateway.errors import SessionInvalid
 from gateway.models import Level, SessionRecord, Subject, User
@@ -96,9 +98,18 @@ class CachedSession:
     expires_at: float  # min(session end, cookie signature end)
     remember_me: bool
     last_active: float
-    refresh_at: float  # after this, re-read from storage (the staleness bound)
+    refresh_at: float  # after this, re-read from storage before use (the staleness bound)
     record: SessionRecord
     must_enrol: bool = False  # 2FA required and no factor enrolled yet
+    # After this, re-read in the background while the entry keeps answering (before refresh_at).
+    renew_at: float = math.inf
+    # When the cookie's signature runs out: a re-read reuses it instead of verifying the cookie again.
+    cookie_expires_at: float = math.inf
+    # The identity headers as the response needs them, built once (copied into each response).
+    response_headers: CIMultiDict[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.response_headers = CIMultiDict(self.headers)
 
 
 def session_end_reason(

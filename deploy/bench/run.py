@@ -456,12 +456,13 @@ def _time_interleaved(cases: dict[str, Any], iterations: int, repeats: int = 7) 
 
 
 def micro_bench(short: bool) -> dict[str, Any]:
+    from dataclasses import replace
     from ipaddress import ip_address, ip_network
 
     from gateway.config import IdentityHeadersConfig
     from gateway.decision import decide
     from gateway.models import User
-    from gateway.rules import CompiledRules
+    from gateway.rules import MATCH_MEMO_SIZE, CompiledRules
     from gateway.session_service import SessionService
     from gateway.sessions import CachedSession, SessionCodec, build_identity_headers
 
@@ -508,7 +509,17 @@ def micro_bench(short: bool) -> dict[str, Any]:
             for _ in range(n):
                 decide(rules, request, subject, Level.ONE_FACTOR)
 
+        # Every call a path the rule memo has not seen (more distinct paths than it holds):
+        # the cost of really matching, which the memo hides for repeated requests.
+        unseen = [replace(request, path=f"/app/item/{i}") for i in range(3 * MATCH_MEMO_SIZE)]
+
+        def loop_unseen(n: int, rules: CompiledRules = rules, unseen: list[OriginalRequest] = unseen) -> None:
+            m = len(unseen)
+            for i in range(n):
+                decide(rules, unseen[i % m], subject, Level.ONE_FACTOR)
+
         decide_cases[str(count)] = loop
+        decide_cases[f"{count}_unseen_paths"] = loop_unseen
 
     cfg = SessionConfig(expiration=3600, inactivity=300)
     codec = SessionCodec(["k" * 40], max_age=cfg.remember_me)
@@ -563,6 +574,9 @@ def micro_bench(short: bool) -> dict[str, Any]:
         "iterations": iterations,
         "decide_ns": decisions,
         "decide_ratio_10000_vs_10": round(decisions["10000"] / decisions["10"], 2),
+        "decide_unseen_ratio_10000_vs_10": round(
+            decisions["10000_unseen_paths"] / decisions["10_unseen_paths"], 2
+        ),
         "resolve_hit_ns": resolves,
         "resolve_ratio_100000_vs_1": round(resolves["100000"] / resolves["1"], 2),
         "resolve_ratio_100000_1000_active_vs_1": round(resolves["100000_1000_active"] / resolves["1"], 2),
@@ -725,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "wrk_threads": 2,
         "python": sys.version.split()[0],
+        # Other work on the machine skews absolute numbers: record how busy it was.
+        "load_average_at_start": list(os.getloadavg()),
         "scenarios": {},
     }
     try:
@@ -779,8 +795,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: probes {results['probes']}", flush=True)
 
         scenarios = results["scenarios"]
-        for name, cookies in (("L", cookie_file), ("F", cookie_file), ("G", cookie_file), ("G401", None)):
-            for c in conns:
+        # Scenarios that are compared run back to back (L, F, G, G401 at one connection count,
+        # then the next count), so a change in background load skews a ratio as little as possible.
+        for c in conns:
+            for name, cookies in (("L", cookie_file), ("F", cookie_file), ("G", cookie_file), ("G401", None)):
                 scenarios[f"{name} c{c}"] = measure(
                     name,
                     ports[name],
@@ -804,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.stop_all()
 
     print("bench: micro-benchmarks (in process)", flush=True)
+    results["load_average_at_end"] = list(os.getloadavg())
     results["micro"] = micro_bench(args.short)
     results["ratios"] = ratios(results, conns)
     results["ok"] = all(s.get("ok", True) for s in results["scenarios"].values()) and probes_ok(results)
@@ -864,11 +883,18 @@ def table(results: dict[str, Any], conns: list[int]) -> str:
             f"  {r['statuses']}{'' if r['ok'] else '  UNEXPECTED'}"
         )
     lines.append("")
+    lines.append(
+        f"load average (1/5/15 min) at start {results['load_average_at_start']}, "
+        f"at end {results['load_average_at_end']}"
+    )
     lines.extend(f"{k:<34}{v}" for k, v in results["ratios"].items())
     m = results["micro"]
     lines.append(
         f"decide() ns: 10 rules {m['decide_ns']['10']}, 10,000 rules {m['decide_ns']['10000']} "
-        f"(x{m['decide_ratio_10000_vs_10']})"
+        f"(x{m['decide_ratio_10000_vs_10']}); every path unseen: "
+        f"10 rules {m['decide_ns']['10_unseen_paths']}, "
+        f"10,000 rules {m['decide_ns']['10000_unseen_paths']} "
+        f"(x{m['decide_unseen_ratio_10000_vs_10']})"
     )
     lines.append(
         f"resolve() cache hit ns: 1 session {m['resolve_hit_ns']['1']}, 100,000 sessions "

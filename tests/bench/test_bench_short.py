@@ -79,7 +79,8 @@ def test_every_scenario_produced_numbers(results: dict) -> None:
     for key in ("G/F c8", "G/F c64", "G/L c8", "G/L c64", "G p99 storm/base c8"):
         assert results["ratios"][key] > 0
     micro = results["micro"]
-    assert set(micro["decide_ns"]) == {"10", "10000"} and all(v > 0 for v in micro["decide_ns"].values())
+    assert set(micro["decide_ns"]) == {"10", "10000", "10_unseen_paths", "10000_unseen_paths"}
+    assert all(v > 0 for v in micro["decide_ns"].values())
     assert set(micro["resolve_hit_ns"]) == {"1", "100000", "100000_1000_active"}
 
 

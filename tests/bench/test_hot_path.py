@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -17,7 +18,11 @@ from typing import Any
 
 import pytest
 
+from gateway.config import IdentityHeadersConfig, SessionConfig
 from gateway.factors.passwords import PasswordHasher
+from gateway.models import Level, SessionRecord, User
+from gateway.session_service import RENEW_AFTER, SessionService
+from gateway.sessions import SessionCodec, generate_session_id, hash_session_id
 from gateway.store.sqlite import Store
 from tests.http.helpers import (
     PASSWORD,
@@ -62,6 +67,118 @@ async def test_cached_hit_keeps_activity_in_memory_until_the_flush(client: Any) 
     await svc.sessions.flush_activity()
     # One BEGIN, one batched UPDATE, one COMMIT: not one write per request.
     assert svc.store.statement_count - before == 3
+
+
+async def _until(condition: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_sessions_in_use_are_renewed_in_the_background(client: Any, clock: Any) -> None:
+    """Past RENEW_AFTER a request answers from the cache while the renewer re-reads it in the background."""
+    await add_user(client, "alice")
+    session = await signed_in(client, "alice")
+    svc = services(client)
+    ttl = svc.config.session.cache_ttl
+    assert (await forward_auth(client, session)).status == 200
+    first = svc.sessions.cache.peek(session)
+    assert first is not None
+
+    clock.advance(ttl * RENEW_AFTER[1])
+    before = svc.store.statement_count
+    answer = await forward_auth(client, session)
+    assert answer.status == 200 and answer.headers["Remote-User"] == "alice"
+    await _until(lambda: svc.sessions.cache.peek(session) is not first)
+    # One read on the read-only connection, done by the renewer, not by the request.
+    assert svc.store.statement_count - before == 1
+
+    clock.advance(ttl * 0.5)  # past the first read's hard bound, within the renewed one
+    before = svc.store.statement_count
+    assert (await forward_auth(client, session)).status == 200
+    assert svc.store.statement_count == before
+
+
+async def test_a_renewal_sees_a_revocation_made_elsewhere(client: Any, clock: Any) -> None:
+    """A session deleted by another worker stops working once the background re-read has run."""
+    user = await add_user(client, "alice")
+    session = await signed_in(client, "alice")
+    svc = services(client)
+    assert (await forward_auth(client, session)).status == 200
+
+    await svc.store.delete_user_sessions(user.id)  # as the CLI or another worker would
+    clock.advance(svc.config.session.cache_ttl * RENEW_AFTER[1])
+    assert (await forward_auth(client, session)).status == 200  # still within the bound
+    await _until(lambda: svc.sessions.cache.peek(session) is None)
+
+    assert (await forward_auth(client, session)).status == 302
+
+
+class _SlowStore:
+    """Just enough of a Store: one session whose read waits for a signal."""
+
+    def __init__(self, record: SessionRecord, user: User) -> None:
+        self.found: tuple[SessionRecord, User] | None = (record, user)
+        self.release = asyncio.Event()
+        self.release.set()
+        self.reads = 0
+
+    async def read_session(self, id_hash: str) -> tuple[SessionRecord, User] | None:
+        self.reads += 1
+        await self.release.wait()
+        return self.found
+
+    async def delete_session(self, id_hash: str) -> bool:
+        self.found = None
+        return True
+
+
+async def test_a_revocation_during_a_read_keeps_that_read_out_of_the_cache() -> None:
+    """A renewal that read the session before this worker revoked it does not bring it back."""
+    now = [time.time()]
+    cfg = SessionConfig(expiration=3600, inactivity=0, cache_ttl=5.0)
+    codec = SessionCodec(["k" * 40], max_age=cfg.remember_me)
+    session_id = generate_session_id()
+    id_hash = hash_session_id(session_id)
+    record = SessionRecord(id_hash, 1, Level.ONE_FACTOR, now[0], now[0], now[0], now[0] + 3600, False, "", "")
+    user = User(1, "alice", "a@example.com", "Alice", ("dev",), False, now[0])
+    store = _SlowStore(record, user)
+    service = SessionService(store, codec, cfg, IdentityHeadersConfig(), lambda: now[0])  # type: ignore[arg-type]
+    cookie = codec.sign(session_id)
+    assert await service.resolve(cookie) is not None
+
+    store.release.clear()
+    renewal = asyncio.create_task(service._renew(cookie))
+    await _until(lambda: store.reads == 2)
+    assert await service.revoke(id_hash)
+    store.found = (record, user)  # the read in flight still returns the old row
+    store.release.set()
+    await renewal
+
+    assert service.cache.peek(cookie) is None
+    store.found = None
+    assert await service.resolve(cookie) is None
+
+
+async def test_session_reads_never_wait_behind_a_write_transaction(tmp_path: Path) -> None:
+    """read_session answers (with the last committed row) while a write transaction holds the store."""
+    store = await Store.open(tmp_path / "authgate.sqlite3")
+    try:
+        user = await store.create_user("alice", "alice@example.com", "Alice", ["dev"], None)
+        now = time.time()
+        record = SessionRecord("h" * 64, user.id, Level.ONE_FACTOR, now, now, now, now + 60, False, "", "")
+        await store.create_session(record)
+        before = store.statement_count
+        async with store._transaction():
+            await store._sql("UPDATE sessions SET level = 2 WHERE id_hash = ?", (record.id_hash,))
+            found = await asyncio.wait_for(store.read_session(record.id_hash), timeout=2)
+        assert found is not None and found[0].level is Level.ONE_FACTOR
+        assert store.statement_count - before == 4  # BEGIN, UPDATE, COMMIT and the read: all counted
+        found = await store.read_session(record.id_hash)
+        assert found is not None and found[0].level is Level.TWO_FACTOR
+    finally:
+        await store.close()
 
 
 # --- several workers (real processes) -------------------------------------------------------------
