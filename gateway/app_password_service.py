@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from multidict import CIMultiDict
+
 from gateway.config import AppPasswordsConfig, IdentityHeadersConfig
 from gateway.factors import app_passwords
 from gateway.factors.app_passwords import (
@@ -39,7 +41,7 @@ class CachedToken:
     username: str
     subject: Subject
     level: Level
-    headers: tuple[tuple[str, str], ...]
+    headers: CIMultiDict[str]  # built once; each response copies it
     domains: tuple[str, ...]
     expires_at: float | None
     refresh_at: float
@@ -117,7 +119,7 @@ class AppPasswordService:
             username=user.username,
             subject=Subject(user.username, frozenset(user.groups)),
             level=app_passwords.effective_level(record.level, self.cfg.level),
-            headers=build_identity_headers(user, self._header_names),
+            headers=CIMultiDict(build_identity_headers(user, self._header_names)),
             domains=record.domains,
             expires_at=record.expires_at,
             refresh_at=now + self.cache_ttl,

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from gateway.authz_tokens import answer_with_token
 from gateway.decision import Decision, Verdict, decide
 from gateway.domains import match_cookie_domain
 from gateway.errors import InvalidForwardedHeaders
@@ -70,7 +71,6 @@ def _to_portal(
 
 async def _identify(services: Services, request: web.Request) -> CachedSession | None:
     """Return who is asking: the session named by the Cookie header, or None."""
-    # Other credentials (an app password over Basic/Bearer) belong here, after the cookie.
     return await services.sessions.resolve_header(request.headers.get("Cookie"))
 
 
@@ -82,6 +82,12 @@ async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> w
         return _bad_request(request, exc)
     session = await _identify(services, request)
     if session is None:
+        authorization = request.headers.get("Authorization")
+        if authorization:
+            # Clients that cannot show the portal (CalDAV, git, scripts) send an app password.
+            answered = await answer_with_token(services, original, authorization)
+            if answered is not None:
+                return answered
         decision = decide(services.rules, original, None, Level.ANONYMOUS)
     else:
         decision = decide(
