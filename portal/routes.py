@@ -42,7 +42,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/settings/recovery", settings.recovery_regenerate),
     ("POST", "/settings/webauthn/options", passkeys.register_options),
     ("POST", "/settings/webauthn/register", passkeys.register_finish),
-    ("POST", "/settings/webauthn/{device_id}/rename", passkeys.rename_device),
+    ("POST", "/settings/webauthn/{device_id}/rename", passkeys.rename_key),
     ("POST", "/settings/webauthn/{device_id}/delete", passkeys.revoke_device),
     ("POST", "/settings/password-login", passkeys.password_login_toggle),
     ("POST", "/2fa/webauthn/options", passkeys.second_factor_options),

@@ -14,10 +14,11 @@ from typing import Any
 from aiohttp import web
 
 from gateway import audit
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict
 from gateway.factors.passkeys import InvalidWebAuthn
 from gateway.logs import log_event
 from gateway.models import Level, User
+from gateway.store.sqlite import Store
 from gateway.webauthn_service import PASSKEY_LOGIN, SECOND_FACTOR
 from portal.flow import STEP_VERIFY, second_factor_needed
 from portal.flow import start as start_pending
@@ -31,17 +32,22 @@ from portal.views.second_factor import (
     start_over,
     start_session,
 )
-from portal.views.settings import password_ok, settings_page, strong_session, validate_device_name
+from portal.views.settings import (
+    device_id,
+    password_ok,
+    rename_device,
+    settings_form,
+    settings_page,
+    strong_session,
+)
 from portal.web import (
     SECURITY_HEADERS,
     after_login_target,
     base_of,
     client_ip,
     csrf_header_ok,
-    csrf_ok,
     form_text,
     passkeys_here,
-    read_form,
     redirect,
     safe_target,
     services_of,
@@ -123,39 +129,19 @@ async def register_finish(request: web.Request) -> web.Response:
     return response
 
 
-async def rename_device(request: web.Request) -> web.Response:
-    found = await strong_session(request)
-    if isinstance(found, web.Response):
-        return found
-    _session, user = found
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return await settings_page(request, error="The form expired. Please try again.", status=403)
-    name = form_text(form, "name", limit=256).strip()
-    problem = validate_device_name(name)
-    if problem:
-        return await settings_page(request, error=problem, status=400)
-    try:
-        await services_of(request).store.rename_webauthn_credential(user.id, _device_id(request), name)
-    except NotFound:
-        return await settings_page(request, error="No such device.", status=404)
-    except Conflict:
-        return await settings_page(request, error=f"You already have a device named {name!r}.", status=409)
-    return redirect(f"{base_of(request)}/settings?done=renamed")
+async def rename_key(request: web.Request) -> web.Response:
+    return await rename_device(request, Store.rename_webauthn_credential)
 
 
 async def revoke_device(request: web.Request) -> web.Response:
     """Revoke a device for good (asks for the password as confirmation)."""
-    found = await strong_session(request)
-    if isinstance(found, web.Response):
-        return found
-    _session, user = found
+    checked = await settings_form(request)
+    if isinstance(checked, web.Response):
+        return checked
+    user, form = checked
     services = services_of(request)
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return await settings_page(request, error="The form expired. Please try again.", status=403)
     devices = await services.store.list_webauthn_credentials(user.id)
-    device = next((d for d in devices if d.id == _device_id(request)), None)
+    device = next((d for d in devices if d.id == device_id(request)), None)
     if device is None:
         return await settings_page(request, error="No such device.", status=404)
     if len(devices) == 1 and not user.password_login:
@@ -175,14 +161,11 @@ async def revoke_device(request: web.Request) -> web.Response:
 
 async def password_login_toggle(request: web.Request) -> web.Response:
     """Switch password sign-in off (passkeys only) or back on for one's own account."""
-    found = await strong_session(request)
-    if isinstance(found, web.Response):
-        return found
-    _session, user = found
+    checked = await settings_form(request)
+    if isinstance(checked, web.Response):
+        return checked
+    user, form = checked
     services = services_of(request)
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return await settings_page(request, error="The form expired. Please try again.", status=403)
     enable = form_text(form, "enabled") == "on"
     if not enable and not await services.store.list_webauthn_credentials(user.id):
         return await settings_page(request, error="Register a security key or passkey first.", status=409)
@@ -195,13 +178,6 @@ async def password_login_toggle(request: web.Request) -> web.Response:
     response = redirect(f"{base_of(request)}/settings?done={'password_on' if enable else 'password_off'}")
     remember_last_login(request, response, replace(user, password_login=enable))
     return response
-
-
-def _device_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["device_id"])
-    except ValueError as exc:
-        raise web.HTTPNotFound(text="404 no such device\n") from exc
 
 
 # --- As a second factor --------------------------------------------------------------------------

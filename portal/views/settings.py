@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -12,6 +14,7 @@ from gateway.errors import Conflict, NotFound
 from gateway.logs import log_event
 from gateway.models import Level, User
 from gateway.sessions import CachedSession
+from gateway.store.sqlite import Store
 from gateway.two_factor import FEW_RECOVERY_CODES
 from portal.views.second_factor import finish_login
 from portal.web import (
@@ -32,6 +35,7 @@ from portal.web import (
 ENROL_SALT = "authgate.totp-enrol.v1"
 ENROL_MAX_AGE = 15 * 60  # seconds a displayed secret stays valid for confirmation
 DEFAULT_DEVICE_NAME = "Authenticator app"
+Renamer = Callable[[Store, int, int, str], Awaitable[None]]
 
 
 def _enrol_signer(request: web.Request) -> URLSafeTimedSerializer:
@@ -264,20 +268,29 @@ async def totp_new_submit(request: web.Request) -> web.Response:
     return page
 
 
-async def totp_rename(request: web.Request) -> web.Response:
+async def settings_form(request: web.Request) -> tuple[User, Any] | web.Response:
+    """Check a settings POST: a strong session and a valid CSRF token; return the user and form."""
     found = await strong_session(request)
     if isinstance(found, web.Response):
         return found
-    _session, user = found
     form = await read_form(request)
     if not csrf_ok(request, form):
         return await settings_page(request, error="The form expired. Please try again.", status=403)
+    return found[1], form
+
+
+async def rename_device(request: web.Request, rename: Renamer) -> web.Response:
+    """Rename one of the user's devices (TOTP app or security key) with `rename`."""
+    checked = await settings_form(request)
+    if isinstance(checked, web.Response):
+        return checked
+    user, form = checked
     name = form_text(form, "name", limit=256).strip()
     problem = validate_device_name(name)
     if problem:
         return await settings_page(request, error=problem, status=400)
     try:
-        await services_of(request).store.rename_totp_device(user.id, _device_id(request), name)
+        await rename(services_of(request).store, user.id, device_id(request), name)
     except NotFound:
         return await settings_page(request, error="No such device.", status=404)
     except Conflict:
@@ -285,16 +298,17 @@ async def totp_rename(request: web.Request) -> web.Response:
     return redirect(f"{base_of(request)}/settings?done=renamed")
 
 
+async def totp_rename(request: web.Request) -> web.Response:
+    return await rename_device(request, Store.rename_totp_device)
+
+
 async def totp_delete(request: web.Request) -> web.Response:
-    found = await strong_session(request)
-    if isinstance(found, web.Response):
-        return found
-    _session, user = found
+    checked = await settings_form(request)
+    if isinstance(checked, web.Response):
+        return checked
+    user, form = checked
     services = services_of(request)
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return await settings_page(request, error="The form expired. Please try again.", status=403)
-    device = await services.store.get_totp_device(user.id, _device_id(request))
+    device = await services.store.get_totp_device(user.id, device_id(request))
     if device is None:
         return await settings_page(request, error="No such device.", status=404)
     if not await password_ok(request, user, form_text(form, "password")):
@@ -308,14 +322,11 @@ async def totp_delete(request: web.Request) -> web.Response:
 
 async def recovery_regenerate(request: web.Request) -> web.Response:
     """Replace the recovery codes (the old set stops working) and show the new ones once."""
-    found = await strong_session(request)
-    if isinstance(found, web.Response):
-        return found
-    _session, user = found
+    checked = await settings_form(request)
+    if isinstance(checked, web.Response):
+        return checked
+    user, form = checked
     services = services_of(request)
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return await settings_page(request, error="The form expired. Please try again.", status=403)
     if not services.two_factor.enabled or not await services.two_factor.has_factor(user.id):
         return await settings_page(
             request, error="Add an authenticator app or security key first.", status=400
@@ -331,7 +342,7 @@ async def recovery_regenerate(request: web.Request) -> web.Response:
     )
 
 
-def _device_id(request: web.Request) -> int:
+def device_id(request: web.Request) -> int:
     try:
         return int(request.match_info["device_id"])
     except ValueError as exc:
