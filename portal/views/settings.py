@@ -118,6 +118,8 @@ async def settings_page(
         recovery_low=0 < remaining <= FEW_RECOVERY_CODES,
         events=await services.store.list_security_events(user.id, limit=20),
         notice=notice or _notice(request.query.get("done", "")),
+        welcome=request.query.get("done") == "welcome",
+        next_url=safe_target(request, request.query.get("next")) or f"{base_of(request)}/",
         error=error,
     )
 
@@ -129,6 +131,7 @@ def _notice(done: str) -> str | None:
         "added": "Authenticator app added.",
         "password_on": "Password sign-in is on again.",
         "password_off": "Password sign-in is off: sign in with a security key or passkey.",
+        "welcome": "Your account is ready. Protect it with a passkey or an authenticator app now.",
         "recovered": "Welcome back. Every other session has ended: register a new device below.",
     }.get(done)
 

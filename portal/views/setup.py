@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from aiohttp import web
 
 from gateway.accounts import validate_display_name, validate_email, validate_username
@@ -10,7 +12,6 @@ from gateway.factors.passwords import validate_new_password
 from gateway.logs import log_event
 from gateway.models import Level
 from portal.web import (
-    after_login_target,
     base_of,
     client_ip,
     csrf_ok,
@@ -83,6 +84,8 @@ async def setup_submit(request: web.Request) -> web.Response:
     cookie = await services.sessions.create(
         user, Level.ONE_FACTOR, remember_me=False, ip=ip, user_agent=request.headers.get("User-Agent", "")
     )
-    response = redirect(after_login_target(request, rd))
+    # Offer a second factor right away; the welcome notice links on to where the user was going.
+    query = urlencode({"done": "welcome", **({"next": rd} if rd else {})})
+    response = redirect(f"{base_of(request)}/settings?{query}")
     set_session_cookie(request, response, cookie, remember=False)
     return response

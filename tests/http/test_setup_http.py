@@ -43,7 +43,8 @@ async def test_setup_creates_an_admin_and_signs_in(client: Client) -> None:
     response = await _submit_setup(client, GOOD)
 
     assert response.status == 303
-    assert response.headers["Location"] == "/auth/"
+    # The first account is offered a second factor at once (issue 4: register after setup).
+    assert response.headers["Location"] == "/auth/settings?done=welcome"
     user = await services(client).store.get_user_by_name("root")
     assert user is not None
     assert "admins" in user.groups
@@ -52,6 +53,23 @@ async def test_setup_creates_an_admin_and_signs_in(client: Client) -> None:
     check = await forward_auth(client, response.cookies[SESSION_COOKIE].value, host="admin.localhost")
     assert check.status == 200
     assert check.headers["Remote-User"] == "root"
+
+
+async def test_setup_offers_a_second_factor_then_the_original_url(client: Client) -> None:
+    """After setup the settings page offers passkeys/TOTP and links on to the URL the user asked for."""
+    target = "http://localhost:8080/wiki/start"
+    response = await _submit_setup(client, {**GOOD, "rd": target})
+
+    location = response.headers["Location"]
+    assert location.startswith("/auth/settings?done=welcome&next=")
+    page = await client.get(
+        location, headers=cookie_header(**{SESSION_COOKIE: response.cookies[SESSION_COOKIE].value})
+    )
+    html = await page.text()
+    assert page.status == 200
+    assert 'data-webauthn="register"' in html
+    assert "/auth/settings/totp/new" in html
+    assert f'id="welcome-continue"><a href="{target}"' in html
 
 
 async def test_setup_closes_once_a_user_exists(client: Client) -> None:
