@@ -10,9 +10,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import aiohttp
 import pytest
@@ -74,9 +74,13 @@ def chromium_bin() -> str:
 
 
 def _authgate_config(
-    directory: Path, authgate_port: int, proxy_port: int, rules: list[dict[str, str]] = ACCESS_RULES
+    directory: Path,
+    authgate_port: int,
+    proxy_port: int,
+    rules: list[dict[str, str]] = ACCESS_RULES,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    config = {
+    config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": authgate_port, "workers": 1},
         "log": {"level": "info", "format": "json"},
         "storage": {"data_dir": str(directory / "data")},
@@ -87,6 +91,8 @@ def _authgate_config(
         "password": {"time_cost": 1, "memory_cost": 64, "parallelism": 1},
         "access_control": {"default_policy": "deny", "rules": rules},
     }
+    for section, values in (overrides or {}).items():
+        config[section] = {**config.get(section, {}), **values}
     path = directory / "authgate.yml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -138,10 +144,12 @@ def _start_nginx(nginx: str, directory: Path, stack: Stack) -> Service:
     return Service.start("nginx", [nginx, *base, "-g", globals_], directory / "nginx.out")
 
 
-def _start_caddy(caddy: str, directory: Path, stack: Stack) -> Service:
+def _start_caddy(caddy: str, directory: Path, stack: Stack, hosts: Sequence[str] = ()) -> Service:
+    # Caddy serves only the hosts its site address names (nginx's one server takes any Host).
+    site = ", ".join([stack.origin, *(f"http://{host}:{stack.port}" for host in hosts)])
     env = {
         **os.environ,
-        "AUTHGATE_SITE": stack.origin,
+        "AUTHGATE_SITE": site,
         "AUTHGATE_ADDR": f"127.0.0.1:{stack.authgate_port}",
         "APP_UPSTREAM": f"127.0.0.1:{stack.demo_port}",
         "XDG_DATA_HOME": str(directory / "xdg-data"),
@@ -156,12 +164,19 @@ def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     """Return a function that starts authgate, the demo app and one proxy; all stop at session end."""
     stacks: list[Stack] = []
 
-    def start(kind: str, proxy_bin: str, *, rules: list[dict[str, str]] = ACCESS_RULES) -> Stack:
+    def start(
+        kind: str,
+        proxy_bin: str,
+        *,
+        rules: list[dict[str, str]] = ACCESS_RULES,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        hosts: Sequence[str] = (),
+    ) -> Stack:
         directory = tmp_path_factory.mktemp(kind)
         proxy_port, authgate_port, demo_port = free_ports(3)
         stack = Stack(kind, proxy_port, authgate_port, demo_port, directory / "authgate.log")
         stacks.append(stack)
-        config = _authgate_config(directory, authgate_port, proxy_port, rules)
+        config = _authgate_config(directory, authgate_port, proxy_port, rules, overrides)
         _add_users(config)
         authgate = Service.start(
             "authgate",
@@ -174,7 +189,10 @@ def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
             "demo app", [*demo_command, "--portal", stack.portal_url], directory / "demo.log"
         )
         stack.services.append(demo)
-        proxy = (_start_nginx if kind.startswith("nginx") else _start_caddy)(proxy_bin, directory, stack)
+        if kind.startswith("nginx"):
+            proxy = _start_nginx(proxy_bin, directory, stack)
+        else:
+            proxy = _start_caddy(proxy_bin, directory, stack, hosts)
         stack.services.append(proxy)
         authgate.wait_until(lambda: http_ok(f"http://127.0.0.1:{authgate_port}/api/health"), "no health")
         demo.wait_for_port(demo_port)
@@ -236,3 +254,50 @@ def oathtool_bin() -> str:
     if found is None:
         _missing("oathtool", INSTALL_HINT.format(tool="oathtool") + " or `sudo apt-get install oathtool`")
     return found
+
+
+# App passwords: a two_factor area (/vault), a second host a token can be limited to
+# (cal.localhost, sent as the Host header), a short cache bound so a revocation shows within
+# a second, two workers so that bound (not one worker's eviction) is what a test sees, and a
+# regulation loose enough for the tests' deliberate failures from 127.0.0.1.
+TOKEN_HOST = "cal.localhost"
+TOKEN_CACHE_TTL = 1.0  # seconds: session.cache_ttl of the app-password stacks
+APP_PASSWORD_RULES = [
+    {"domain": "localhost", "path": r"^/vault([/?]|$)", "policy": "two_factor"},
+    {"domain": TOKEN_HOST, "policy": "one_factor"},
+    *ACCESS_RULES,
+]
+APP_PASSWORD_OVERRIDES: dict[str, dict[str, Any]] = {
+    "server": {"workers": 2},
+    "session": {"cache_ttl": f"{TOKEN_CACHE_TTL:g}s"},
+    "regulation": {"max_retries": 1000},
+}
+
+
+def _start_token_stack(start_stack: Callable[..., Stack], kind: str, proxy_bin: str) -> Stack:
+    return start_stack(
+        f"{kind}-tokens",
+        proxy_bin,
+        rules=APP_PASSWORD_RULES,
+        overrides=APP_PASSWORD_OVERRIDES,
+        hosts=[TOKEN_HOST],
+    )
+
+
+@pytest.fixture(scope="session")
+def nginx_tokens_stack(start_stack: Callable[..., Stack], nginx_bin: str) -> Stack:
+    """An nginx stack for app-password tests (its alice gets TOTP; bob stays password-only)."""
+    return _start_token_stack(start_stack, "nginx", nginx_bin)
+
+
+@pytest.fixture(scope="session")
+def caddy_tokens_stack(start_stack: Callable[..., Stack], caddy_bin: str) -> Stack:
+    """A Caddy stack for app-password tests (its alice gets TOTP; bob stays password-only)."""
+    return _start_token_stack(start_stack, "caddy", caddy_bin)
+
+
+@pytest.fixture(params=["nginx", "caddy"])
+def tokens_stack(request: pytest.FixtureRequest) -> Stack:
+    """Each real proxy in turn, configured for app passwords."""
+    stack: Stack = request.getfixturevalue(f"{request.param}_tokens_stack")
+    return stack

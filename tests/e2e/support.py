@@ -7,6 +7,7 @@ localhost, possibly to ::1, where nothing listens).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -253,3 +254,42 @@ def enrolment_fields(page_html: str) -> tuple[str, str]:
     token = _ENROL_TOKEN.search(page_html)
     assert secret is not None and token is not None, page_html
     return secret.group(1).replace(" ", "").strip(), token.group(1)
+
+
+# App passwords: created through the portal's settings page, sent like a CalDAV client would.
+
+TOKENS_PAGE = "/auth/settings/tokens"
+_NEW_TOKEN = re.compile(r'id="new-token"[^>]*>(agp_[0-9A-Za-z]+)<')
+_TOKEN_ROW = re.compile(r"<strong>([^<]+)</strong>.*?/settings/tokens/(\d+)/revoke", re.S)
+
+
+def basic(username: str, secret: str) -> dict[str, str]:
+    """Return an Authorization header for HTTP Basic."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{secret}".encode()).decode()}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def token_rows(page_html: str) -> dict[str, int]:
+    """Return {name: id} of the app passwords listed on the tokens page."""
+    listed = page_html.split('id="tokens"', 1)[1] if 'id="tokens"' in page_html else ""
+    return {name: int(token_id) for name, token_id in _TOKEN_ROW.findall(listed)}
+
+
+async def create_app_password(
+    client: ProxyClient, session: str, name: str, *, domains: str = "", expiry: str = "0"
+) -> str:
+    """Create an app password on the tokens page through the proxy; return the token shown once."""
+    cookies = {SESSION_COOKIE: session}
+    secret, form_token = await client.csrf(TOKENS_PAGE, cookies=cookies)
+    reply = await client.post(
+        TOKENS_PAGE,
+        cookies={**cookies, CSRF_COOKIE: secret},
+        data={"csrf_token": form_token, "name": name, "domains": domains, "expiry": expiry},
+    )
+    assert reply.status == 200, reply.text
+    found = _NEW_TOKEN.search(reply.text)
+    assert found is not None, reply.text
+    return found.group(1)
