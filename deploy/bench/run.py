@@ -5,7 +5,7 @@ Scenarios (each at -c8 and -c64, wrk -t2 on 127.0.0.1, content from a static fil
   F     nginx -> an empty aiohttp handler in authgate's process model (the framework floor)
   G     nginx -> authgate: valid session cookie, a rule match, identity headers copied
   G401  the same without a cookie (authgate's 401 + Location, nginx's 302 to the portal)
-  GB    the same with an app password over Basic (skipped until app passwords exist)
+  GB    the same with an app password over Basic instead of a cookie (CalDAV, git, scripts)
 Plus: G's p99 while a login storm runs (5 password logins/s, default argon2 parameters),
 G with --workers 1 vs --workers N, and an in-process micro-benchmark of the decision
 (10 vs 10,000 rules; 1 vs 100,000 cached sessions).
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import gc
 import json
@@ -54,7 +55,8 @@ PASSWORD = "bench-password-1"  # noqa: S105 - a throwaway account in a throwaway
 USERS = 1000
 # Expected statuses nginx sends the client per scenario. 499 = wrk closed a
 # connection with a request in flight when its time was up (at most one per connection).
-EXPECTED = {"L": {200}, "F": {200}, "G": {200}, "G401": {302}}
+EXPECTED = {"L": {200}, "F": {200}, "G": {200}, "G401": {302}, "GB": {200}}
+GB_USER = "user0001"  # scenario GB's app password belongs to this seeded user
 
 
 # --- small process helpers -----------------------------------------------------------------------
@@ -217,6 +219,41 @@ async def seed(config_path: Path, cookie_file: Path) -> dict[str, Any]:
     return {"users": USERS, "sessions": len(cookies), "seconds": round(time.perf_counter() - started, 2)}
 
 
+async def seed_app_password(config_path: Path) -> str:
+    """Store one app password for GB_USER as the portal would; return its Basic Authorization value."""
+    from gateway.config import load_config
+    from gateway.factors import app_passwords
+    from gateway.factors.secretbox import derive_key, load_storage_key
+    from gateway.store.sqlite import Store
+
+    config = load_config(str(config_path), {})
+    # The pepper exactly as gateway/app.py derives it, so the authgate started later accepts the token.
+    root = load_storage_key(data_dir=config.storage.data_dir, configured=config.secrets.storage_key)
+    pepper = derive_key(root, purpose=app_passwords.PEPPER_PURPOSE)
+    token = app_passwords.generate_token()
+    token_id = app_passwords.token_id_of(token)
+    if token_id is None:
+        raise RuntimeError("generate_token made a malformed token")
+    store = await Store.open(config.storage.database_path)
+    try:
+        user = await store.get_user_by_name(GB_USER)
+        if user is None:
+            raise RuntimeError(f"{GB_USER} was not seeded")
+        await store.create_app_password(
+            user.id,
+            token_id=token_id,
+            token_hash=app_passwords.hash_token(token, pepper=pepper),
+            name="bench",
+            domains=(),
+            level=Level.ONE_FACTOR,  # like a token made in the seeded (password-only) sessions
+            created_at=time.time(),
+            expires_at=None,
+        )
+    finally:
+        await store.close()
+    return "Basic " + base64.b64encode(f"{GB_USER}:{token}".encode()).decode("ascii")
+
+
 # --- nginx -----------------------------------------------------------------------------------------
 
 
@@ -255,7 +292,7 @@ def write_nginx(run_dir: Path, ports: dict[str, int], *, floor_port: int, authga
     (ngx / "www" / "page.html").chmod(0o644)
     server_template = (HERE / "server.conf.template").read_text()
     backends = {"L": ("return 204", None), "F": ("floor", "floor"), "G": ("authgate", "authgate")}
-    backends["G401"] = backends["G"]
+    backends["G401"] = backends["GB"] = backends["G"]
     servers = [
         fill(
             server_template,
@@ -310,7 +347,9 @@ class StatusLog:
 # --- wrk -------------------------------------------------------------------------------------------
 
 
-def run_wrk(port: int, *, connections: int, seconds: float, cookie_file: Path | None) -> dict[str, Any]:
+def run_wrk(
+    port: int, *, connections: int, seconds: float, cookie_file: Path | None, authorization: str = ""
+) -> dict[str, Any]:
     argv = [
         "wrk",
         "-t2",
@@ -325,6 +364,7 @@ def run_wrk(port: int, *, connections: int, seconds: float, cookie_file: Path | 
         APP_HOST,
         COOKIE_NAME,
         str(cookie_file) if cookie_file else "",
+        authorization,
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)  # noqa: S603
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
@@ -586,11 +626,13 @@ def micro_bench(short: bool) -> dict[str, Any]:
 # --- the run ---------------------------------------------------------------------------------------
 
 
-def probe(port: int, cookie: str | None) -> dict[str, Any]:
-    """One request as a browser would send it: status, Location and the identity nginx got."""
+def probe(port: int, cookie: str | None, authorization: str = "") -> dict[str, Any]:
+    """One request as a browser (or a client with credentials) sends it: status, Location, identity."""
     headers = {"Host": APP_HOST, "Accept": "text/html"}
     if cookie:
         headers["Cookie"] = f"{COOKIE_NAME}={cookie}"
+    if authorization:
+        headers["Authorization"] = authorization
     req = urllib.request.Request(f"http://127.0.0.1:{port}{APP_PATH}", headers=headers)  # noqa: S310
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -615,10 +657,15 @@ def measure(
     warmup: float,
     cookie_file: Path | None,
     logs: StatusLog,
+    authorization: str = "",
 ) -> dict[str, Any]:
-    run_wrk(port, connections=connections, seconds=warmup, cookie_file=cookie_file)
+    run_wrk(
+        port, connections=connections, seconds=warmup, cookie_file=cookie_file, authorization=authorization
+    )
     logs.rotate(name)
-    result = run_wrk(port, connections=connections, seconds=seconds, cookie_file=cookie_file)
+    result = run_wrk(
+        port, connections=connections, seconds=seconds, cookie_file=cookie_file, authorization=authorization
+    )
     statuses = logs.rotate(name)
     result["statuses"] = dict(statuses)
     expected = EXPECTED[name]
@@ -744,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": {},
     }
     try:
-        ports = {"L": free_port(), "F": free_port(), "G": free_port(), "G401": free_port()}
+        ports = {name: free_port() for name in ("L", "F", "G", "G401", "GB")}
         floor_port, authgate_port = free_port(), free_port()
         config = run_dir / "authgate.yml"
         key = secrets.token_hex(32)
@@ -761,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         results["seed"] = asyncio.run(seed(config, cookie_file))
         print(f"bench: seeded {results['seed']}", flush=True)
         first_cookie = cookie_file.read_text().split("\n", 1)[0]
+        authorization = asyncio.run(seed_app_password(config))
 
         nginx_conf = write_nginx(run_dir, ports, floor_port=floor_port, authgate_port=authgate_port)
         ngx_dir = nginx_conf.parent
@@ -791,14 +839,23 @@ def main(argv: list[str] | None = None) -> int:
             "G_with_cookie": probe(ports["G"], first_cookie),
             "G_without_cookie": probe(ports["G401"], None),
             "G_forged_cookie": probe(ports["G"], first_cookie[:-2] + "xx"),
+            "GB_with_token": probe(ports["GB"], None, authorization),
+            "GB_forged_token": probe(ports["GB"], None, authorization[:-4] + "AAA="),
         }
         print(f"bench: probes {results['probes']}", flush=True)
 
         scenarios = results["scenarios"]
         # Scenarios that are compared run back to back (L, F, G, G401 at one connection count,
         # then the next count), so a change in background load skews a ratio as little as possible.
+        runs: tuple[tuple[str, Path | None, str], ...] = (
+            ("L", cookie_file, ""),
+            ("F", cookie_file, ""),
+            ("G", cookie_file, ""),
+            ("G401", None, ""),
+            ("GB", None, authorization),  # one app password, no cookie: a CalDAV client or a script
+        )
         for c in conns:
-            for name, cookies in (("L", cookie_file), ("F", cookie_file), ("G", cookie_file), ("G401", None)):
+            for name, cookies, credentials in runs:
                 scenarios[f"{name} c{c}"] = measure(
                     name,
                     ports[name],
@@ -807,9 +864,8 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=warmup,
                     cookie_file=cookies,
                     logs=logs,
+                    authorization=credentials,
                 )
-        scenarios["GB"] = {"skipped": "app passwords not implemented (issue 5)"}
-        print("  GB    skipped: app passwords not implemented (issue 5)", flush=True)
 
         try:
             extras(
@@ -845,6 +901,10 @@ def probes_ok(results: dict[str, Any]) -> bool:
         and p.get("G_without_cookie", {}).get("status") == 302
         and "/auth/login?rd=" in (p.get("G_without_cookie", {}).get("location") or "")
         and p.get("G_forged_cookie", {}).get("status") == 302
+        and p.get("GB_with_token", {}).get("status") == 200
+        and p.get("GB_with_token", {}).get("user") == GB_USER
+        # A wrong token gets authgate's 401, which this bench nginx turns into a redirect.
+        and p.get("GB_forged_token", {}).get("status") == 302
     )
 
 
@@ -857,6 +917,8 @@ def ratios(results: dict[str, Any], conns: list[int]) -> dict[str, Any]:
             out[f"G/F c{c}"] = round(g["rps"] / f["rps"], 3)
             out[f"G/L c{c}"] = round(g["rps"] / ll["rps"], 3)
             out[f"G401/F c{c}"] = round(s[f"G401 c{c}"]["rps"] / f["rps"], 3)
+            if f"GB c{c}" in s:
+                out[f"GB/G c{c}"] = round(s[f"GB c{c}"]["rps"] / g["rps"], 3)
     storm = next((v for k, v in s.items() if k.endswith("+storm")), None)
     base = s.get(f"G c{min(conns)}")
     if storm and base:

@@ -1,19 +1,23 @@
 -- wrk script for the bench: rotates over session cookies (one prepared request per
 -- cookie, so the per-request cost in wrk is a table lookup) and prints exact
 -- latency percentiles as one JSON line.
--- Arguments (after `--`): host header, cookie name, cookie file ("" = no cookie).
+-- Arguments (after `--`): host header, cookie name, cookie file ("" = no cookie),
+-- Authorization header value (optional; "" = none): scenario GB's app password.
 
 local prepared = {}
 local index = 0
 
 function init(args)
-  local host, cookie_name, cookie_file = args[1], args[2], args[3]
+  local host, cookie_name, cookie_file, authorization = args[1], args[2], args[3], args[4]
   local base = {
     ["Host"] = host,
     ["User-Agent"] = "authgate-bench/1 (wrk)",
     ["Accept"] = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
     ["Accept-Language"] = "en-GB,en;q=0.5",
   }
+  if authorization ~= nil and authorization ~= "" then
+    base["Authorization"] = authorization
+  end
   if cookie_file ~= nil and cookie_file ~= "" then
     for line in io.lines(cookie_file) do
       if line ~= "" then

@@ -21,7 +21,7 @@ TOOLS_MISSING = [
 
 pytestmark = pytest.mark.e2e
 
-EXPECTED = {"L": {"200"}, "F": {"200"}, "G": {"200"}, "G401": {"302", "401"}}
+EXPECTED = {"L": {"200"}, "F": {"200"}, "G": {"200"}, "G401": {"302", "401"}, "GB": {"200"}}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_every_scenario_answers_with_the_expected_statuses(results: dict) -> None:
-    """L/F/G answer 200 only, G401 only redirects (302 from nginx for authgate's 401)."""
+    """L/F/G/GB answer 200 only, G401 only redirects (302 from nginx for authgate's 401)."""
     runs = {name: r for name, r in results["scenarios"].items() if "skipped" not in r}
     assert {name.split()[0] for name in runs} == set(EXPECTED)
     for name, run in runs.items():
@@ -67,16 +67,14 @@ def test_every_scenario_answers_with_the_expected_statuses(results: dict) -> Non
 def test_every_scenario_produced_numbers(results: dict) -> None:
     """Requests/s, p50 and p99 exist for every scenario at both connection counts, plus the extras."""
     scenarios = results["scenarios"]
-    for name in ("L", "F", "G", "G401"):
+    for name in ("L", "F", "G", "G401", "GB"):
         for conns in (8, 64):
             run = scenarios[f"{name} c{conns}"]
             assert run["rps"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"], (name, conns)
-    assert scenarios["GB"] == {"skipped": "app passwords not implemented (issue 5)"}
-    assert "skipped: app passwords not implemented (issue 5)" in results["_output"]
     storm = scenarios["G c8 +storm"]
     assert storm["p99_ms"] > 0 and storm["storm"]["succeeded"] > 0
     assert scenarios["G c64 workers=1"]["rps"] > 0
-    for key in ("G/F c8", "G/F c64", "G/L c8", "G/L c64", "G p99 storm/base c8"):
+    for key in ("G/F c8", "G/F c64", "G/L c8", "G/L c64", "GB/G c8", "GB/G c64", "G p99 storm/base c8"):
         assert results["ratios"][key] > 0
     micro = results["micro"]
     assert set(micro["decide_ns"]) == {"10", "10000", "10_unseen_paths", "10000_unseen_paths"}
@@ -92,3 +90,11 @@ def test_protected_location_really_consults_authgate(results: dict) -> None:
     assert probes["G_without_cookie"]["status"] == 302
     assert "/auth/login?rd=" in probes["G_without_cookie"]["location"]
     assert probes["G_forged_cookie"]["status"] == 302
+
+
+def test_app_password_scenario_really_uses_the_token(results: dict) -> None:
+    """GB's token opens the page as its user; the same header with a wrong secret does not."""
+    probes = results["probes"]
+    assert probes["GB_with_token"]["status"] == 200
+    assert probes["GB_with_token"]["user"] == "user0001"
+    assert probes["GB_forged_token"]["status"] == 302

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -456,3 +457,51 @@ async def key_second_factor(
     credential = authenticator.assert_(options, origin=PORTAL_ORIGIN)
     body = {"challenge_id": challenge_id, "credential": credential, "rd": rd}
     return await json_post(client, "/auth/2fa/webauthn", body, session=session, pending=pending)
+
+
+# App passwords: created on the settings page, sent as Basic or Bearer credentials.
+
+TOKENS_PAGE = "/auth/settings/tokens"
+_NEW_TOKEN = re.compile(r'id="new-token"[^>]*>(agp_[0-9A-Za-z]+)<')
+_TOKEN_ROW = re.compile(r"<strong>([^<]+)</strong>.*?/settings/tokens/(\d+)/revoke", re.S)
+
+
+def basic_auth(username: str, secret: str) -> dict[str, str]:
+    """Return an Authorization header for HTTP Basic."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{secret}".encode()).decode()}
+
+
+def bearer_auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def new_token_in(text: str) -> str | None:
+    """Return the app password shown once in #new-token, or None."""
+    found = _NEW_TOKEN.search(text)
+    return found.group(1) if found else None
+
+
+def token_rows(text: str) -> dict[str, int]:
+    """Return {name: id} of the app passwords listed on the tokens page (#tokens)."""
+    listed = text.split('id="tokens"', 1)[1] if 'id="tokens"' in text else ""
+    return {name: int(token_id) for name, token_id in _TOKEN_ROW.findall(listed)}
+
+
+async def submit_token_form(
+    client: TestClient[Any, Any], session: str, name: str, *, domains: str = "", expiry: str = "0"
+) -> ClientResponse:
+    """POST the "create an app password" form."""
+    data = {"name": name, "domains": domains, "expiry": expiry}
+    return await portal_post(client, TOKENS_PAGE, data, session=session)
+
+
+async def create_token(
+    client: TestClient[Any, Any], session: str, name: str = "thunderbird", **kwargs: str
+) -> str:
+    """Create an app password through the portal; return the token shown once."""
+    response = await submit_token_form(client, session, name, **kwargs)
+    text = await response.text()
+    assert response.status == 200, text
+    token = new_token_in(text)
+    assert token is not None, text
+    return token
