@@ -171,8 +171,9 @@ async def test_api_request_without_session(stack: Stack, client: ProxyClient) ->
         assert reply.status == 401
         assert reply.headers["Location"] == login
     else:
-        # nginx.conf.example turns every auth_request 401 into a redirect (`error_page 401 =302`),
-        # so API clients are redirected too; they must treat a 302 to the portal as "not signed in".
+        # nginx.conf.example turns a 401 without a challenge (no credentials were sent) into a
+        # redirect, so API clients without credentials are redirected too; they must treat a 302
+        # to the portal as "not signed in". Wrong app passwords keep their 401 (test_app_passwords).
         assert reply.status == 302
         assert reply.headers["Location"] == login
 
