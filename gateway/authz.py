@@ -21,6 +21,7 @@ from gateway.domains import match_cookie_domain
 from gateway.errors import InvalidForwardedHeaders
 from gateway.forwarded import parse_auth_request, parse_forward_auth
 from gateway.logs import log_event
+from gateway.memo import BoundedMemo
 from gateway.models import Level, OriginalRequest
 from gateway.services import SERVICES, Services
 from gateway.sessions import CachedSession
@@ -55,16 +56,45 @@ def _denied(original: OriginalRequest, session: CachedSession | None, decision: 
     return web.Response(status=403, text="403 forbidden\n")
 
 
+# Location per (page, host, URL): a pure function of them and the app's fixed cookie
+# domains (None: the host is under no cookie domain). Keys come from clients, so bounded,
+# and long URLs are never remembered.
+_PORTAL_LOCATIONS = web.AppKey("portal_locations", BoundedMemo[tuple[str, str, str], str | None])
+PORTAL_LOCATION_MEMO_SIZE = 4096
+PORTAL_LOCATION_MAX_KEY = 2048
+_NOT_SEEN = object()
+
+
+def _portal_location(
+    services: Services,
+    memo: BoundedMemo[tuple[str, str, str], str | None],
+    original: OriginalRequest,
+    page: str,
+) -> str | None:
+    key = (page, original.host, original.url)
+    location = memo.get(key, _NOT_SEEN)
+    if location is not _NOT_SEEN:
+        return location  # type: ignore[return-value]
+    cookie_domain = match_cookie_domain(original.host, services.config.session.cookies)
+    location = None if cookie_domain is None else portal_url(cookie_domain.portal_url, page, original.url)
+    if len(original.url) + len(original.host) <= PORTAL_LOCATION_MAX_KEY:
+        memo.put(key, location)
+    return location
+
+
 def _to_portal(
     services: Services, request: web.Request, original: OriginalRequest, *, page: str, always_401: bool
 ) -> web.Response:
-    cookie_domain = match_cookie_domain(original.host, services.config.session.cookies)
-    if cookie_domain is None:
+    location = _portal_location(services, request.app[_PORTAL_LOCATIONS], original, page)
+    if location is None:
         # A session cookie could never reach this host, so a login could not help.
         log_event("access_denied", reason="host outside every session cookie domain", host=original.host)
         return web.Response(status=403, text="403 forbidden: host is not under a session cookie domain\n")
-    location = portal_url(cookie_domain.portal_url, page, original.url)
-    if not always_401 and _wants_redirect(request.headers, original.method):
+    if always_401:
+        # nginx only reads the status and headers of an auth subrequest's answer: no body, so
+        # nothing to send and nothing that could make it give up the upstream connection.
+        return web.Response(status=401, headers={"Location": location})
+    if _wants_redirect(request.headers, original.method):
         return web.Response(status=302, headers={"Location": location})
     return web.Response(status=401, headers={"Location": location}, text="401 unauthorized\n")
 
@@ -125,6 +155,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[_PORTAL_LOCATIONS] = BoundedMemo(PORTAL_LOCATION_MEMO_SIZE)
     for path, handler in (
         ("/api/authz/forward-auth", forward_auth),
         ("/api/authz/auth-request", auth_request),

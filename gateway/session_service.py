@@ -8,8 +8,9 @@ effect at once. Last activity is kept in memory and written in batches every
 
 Sessions in use are re-read ahead of that bound, in the background: from
 RENEW_AFTER of `cache_ttl` on, a request still answers from the cache and queues
-the session for the renewer (part of `run_flusher`), which re-reads it on the
-store's read-only connection, one at a time. Requests only wait for storage on
+the session for the renewer (part of `run_flusher`), which re-reads everything
+queued during one renewal tick in a single query on the store's read-only
+connection. Requests only wait for storage on
 a first sight or when an entry went unused past its bound. A re-read never
 verifies the cookie signature again (the cached entry remembers when it runs
 out), and a revocation on this worker while a read is in flight keeps that
@@ -50,6 +51,12 @@ RENEW_AFTER = (0.7, 0.9)
 # Sessions waiting for a background re-read; beyond this, requests fall back to reading
 # themselves at the hard bound (never served stale past it).
 MAX_PENDING_RENEWALS = 10_000
+# The renewer gathers queued sessions for one tick, then re-reads them all in one query.
+# A tick is at most 5 % of cache_ttl: renewal starts by 90 % of it, so a batch is read
+# long before the hard bound. At most this many sessions per query (SQLite's parameter limit).
+RENEW_TICK_FRACTION = 0.05
+RENEW_TICK_MAX = 0.25
+RENEW_BATCH = 500
 
 # Whether a session's user must enrol a second factor before reaching any app.
 EnrolmentCheck = Callable[[User, SessionRecord], Awaitable[bool]]
@@ -273,15 +280,53 @@ class SessionService:
                 await renewer
 
     async def _run_renewer(self) -> None:
-        # One re-read at a time: a steady trickle on the read connection, never a burst.
+        # One query per tick for everything queued: a steady trickle on the read connection.
+        tick = min(RENEW_TICK_MAX, self.cfg.cache_ttl * RENEW_TICK_FRACTION)
         while True:
-            cookie_value = await self._renewals.get()
+            batch = [await self._renewals.get()]
+            if self._renewals.qsize() < RENEW_BATCH - 1:
+                await asyncio.sleep(tick)  # let this tick's due sessions gather
+            while len(batch) < RENEW_BATCH and not self._renewals.empty():
+                batch.append(self._renewals.get_nowait())
             try:
-                await self._renew(cookie_value)
-            except Exception:  # the entry stays until its bound; a request then reads it itself
+                await self._renew_many(batch)
+            except Exception:  # the entries stay until their bound; requests then read them
                 logger.exception("session renewal failed")
             finally:
-                self._renewing.discard(cookie_value)
+                for cookie_value in batch:
+                    self._renewing.discard(cookie_value)
+
+    async def _renew_many(self, cookie_values: list[str]) -> None:
+        """Re-read cached sessions in the background with one query (the renewer's unit of work)."""
+        stale = [(c, e) for c in cookie_values if (e := self.cache.peek(c)) is not None]
+        if not stale:
+            return
+        read_many = getattr(self.store, "read_sessions", None)
+        if read_many is None:  # a store without batched reads
+            for cookie_value, _entry in stale:
+                await self._renew(cookie_value)
+            return
+        generation = self._generation
+        found = await read_many([entry.id_hash for _c, entry in stale])
+        now = self.clock()
+
+        def ends(item: tuple[str, CachedSession]) -> bool:
+            row = found.get(item[1].id_hash)
+            return row is None or row[1].disabled or now >= row[0].expires_at
+
+        # Every eviction bumps the generation and keeps the reads that started before it out
+        # of the cache: put the live sessions first, so this batch's own endings do not
+        # discard them. (A revocation meanwhile still does, as for a single read.)
+        for cookie_value, entry in sorted(stale, key=ends):
+            await self._prepare(
+                cookie_value,
+                entry.id_hash,
+                entry.cookie_expires_at,
+                found.get(entry.id_hash),
+                now,
+                generation,
+                active=False,
+            )
 
     async def _flush_periodically(self) -> None:
         while True:

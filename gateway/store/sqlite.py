@@ -102,6 +102,11 @@ FROM sessions AS s JOIN users AS u ON u.id = s.user_id
 WHERE s.id_hash = ?
 """
 
+# The same, for many sessions at once: append "?,?,…)" (read_sessions).
+_SELECT_SESSIONS_WITH_USER_PREFIX = _SELECT_SESSION_WITH_USER.replace(
+    "WHERE s.id_hash = ?", "WHERE s.id_hash IN ("
+)
+
 # Failures that happened after `since` and after the latest success for the same key:
 # a successful login wipes the slate, as in Authelia.
 _FAILURES_SINCE = {
@@ -546,6 +551,31 @@ class Store:
         if not rows:
             return None
         return _session_from_row(rows[0]), _user_from_row(rows[0], prefix="u_")
+
+    async def read_sessions(self, id_hashes: Sequence[str]) -> dict[str, tuple[SessionRecord, User]]:
+        """Read many sessions with their users in one query on the read-only connection.
+
+        Returns the ones that exist, by id hash; a missing hash means the session is gone.
+        One statement per call (the caller keeps batches within SQLite's parameter limit).
+        A store without a file (":memory:") has no second connection and reads one by one.
+        """
+        hashes = list(dict.fromkeys(id_hashes))
+        if not hashes:
+            return {}
+        if self._reader is None:
+            found = {}
+            for id_hash in hashes:
+                one = await self.get_session(id_hash)
+                if one is not None:
+                    found[id_hash] = one
+            return found
+        self.statement_count += 1
+        query = _SELECT_SESSIONS_WITH_USER_PREFIX + ",".join("?" * len(hashes)) + ")"
+        try:
+            rows = await self._reader.execute_fetchall(query, hashes)
+        except sqlite3.Error as exc:
+            raise StorageError(f"database error: {exc}") from exc
+        return {row["id_hash"]: (_session_from_row(row), _user_from_row(row, prefix="u_")) for row in rows}
 
     async def delete_session(self, id_hash: str) -> bool:
         """Delete one session; False when it did not exist."""

@@ -115,6 +115,72 @@ async def test_a_renewal_sees_a_revocation_made_elsewhere(client: Any, clock: An
     assert (await forward_auth(client, session)).status == 302
 
 
+async def test_sessions_due_together_are_renewed_in_one_query(client: Any, clock: Any) -> None:
+    """The renewer re-reads every session queued during a tick in one statement; a gone one ends alone."""
+    users = [await add_user(client, name) for name in ("alice", "bob", "carol")]
+    sessions = [await signed_in(client, user.username) for user in users]
+    svc = services(client)
+    for session in sessions:
+        assert (await forward_auth(client, session)).status == 200
+    firsts = [svc.sessions.cache.peek(session) for session in sessions]
+
+    await svc.store.delete_user_sessions(users[1].id)  # bob's, as another worker would
+    clock.advance(svc.config.session.cache_ttl * RENEW_AFTER[1])
+    before = svc.store.statement_count
+    for session in sessions:
+        assert (await forward_auth(client, session)).status == 200  # all still within the bound
+    await _until(lambda: svc.sessions.cache.peek(sessions[1]) is None)
+    await _until(
+        lambda: all(svc.sessions.cache.peek(s) is not f for s, f in zip(sessions, firsts, strict=True))
+    )
+    # One SELECT … IN (…) for the three (bob's row is already gone: nothing to delete).
+    assert svc.store.statement_count - before == 1
+    # alice's and carol's renewals were kept although bob's ended in the same batch.
+    assert svc.sessions.cache.peek(sessions[0]) is not None
+    assert svc.sessions.cache.peek(sessions[2]) is not None
+    clock.advance(svc.config.session.cache_ttl * 0.5)  # past the first reads' bound
+    before = svc.store.statement_count
+    assert (await forward_auth(client, sessions[0])).status == 200
+    assert (await forward_auth(client, sessions[2])).status == 200
+    assert svc.store.statement_count == before
+    assert (await forward_auth(client, sessions[1])).status == 302
+
+
+async def test_read_sessions_is_one_statement_and_skips_missing(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "authgate.sqlite3")
+    try:
+        user = await store.create_user("alice", "alice@example.com", "Alice", ["dev"], None)
+        now = time.time()
+        hashes = [c * 64 for c in "abc"]
+        for id_hash in hashes[:2]:
+            await store.create_session(
+                SessionRecord(id_hash, user.id, Level.ONE_FACTOR, now, now, now, now + 60, False, "", "")
+            )
+        before = store.statement_count
+        found = await store.read_sessions(hashes)
+        assert store.statement_count - before == 1
+        assert sorted(found) == hashes[:2]
+        assert found[hashes[0]][1].username == "alice"
+        assert await store.read_sessions([]) == {}
+    finally:
+        await store.close()
+
+
+async def test_nginx_401_has_no_body_and_a_memoised_location(client: Any) -> None:
+    """auth-request's 401 carries only the Location (nginx keeps the upstream connection); repeats agree."""
+    first = await auth_request(client, None, url="http://app.localhost/a?b=1")
+    again = await auth_request(client, None, url="http://app.localhost/a?b=1")
+    other = await auth_request(client, None, url="http://app.localhost/other")
+    for answer in (first, again, other):
+        assert answer.status == 401 and await answer.read() == b""
+    assert first.headers["Location"] == again.headers["Location"]
+    assert first.headers["Location"].endswith("rd=http%3A%2F%2Fapp.localhost%2Fa%3Fb%3D1")
+    assert other.headers["Location"].endswith("rd=http%3A%2F%2Fapp.localhost%2Fother")
+    outside = await auth_request(client, None, url="http://elsewhere.example/a")
+    assert outside.status == 403
+    assert (await auth_request(client, None, url="http://elsewhere.example/a")).status == 403
+
+
 class _SlowStore:
     """Just enough of a Store: one session whose read waits for a signal."""
 
