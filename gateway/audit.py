@@ -35,6 +35,8 @@ RECOVERY_CODES_GENERATED: Final = "recovery_codes_generated"
 RECOVERY_CODE_USED: Final = "recovery_code_used"
 ACCOUNT_RECOVERY_REQUESTED: Final = "account_recovery_requested"
 ACCOUNT_RECOVERED: Final = "account_recovered"
+PASSWORD_LOGIN_ENABLED: Final = "password_login_enabled"  # noqa: S105 - an event name
+PASSWORD_LOGIN_DISABLED: Final = "password_login_disabled"  # noqa: S105 - an event name
 # -- app passwords and sessions ----------------------------------------------
 TOKEN_CREATED: Final = "token_created"  # noqa: S105 - an event name
 TOKEN_REVOKED: Final = "token_revoked"  # noqa: S105 - an event name
@@ -70,6 +72,9 @@ _WARNING_EVENTS: Final = frozenset(
         REAUTH_FAILED,
         TOKEN_FAILED,
         ACCOUNT_RECOVERED,
+        RECOVERY_CODE_USED,
+        TOTP_REMOVED,
+        WEBAUTHN_REVOKED,
         ADMIN_SECOND_FACTORS_RESET,
         ADMIN_USER_DELETED,
     }

@@ -11,14 +11,18 @@ from aiohttp import web
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from portal.flow import InvalidPending, PendingLogin, from_payload, to_payload
-from portal.web import base_of, services_of
+from portal.web import (
+    base_of,
+    services_of,
+    signer,
+)
 
 PENDING_COOKIE = "authgate_2fa"
 PENDING_SALT = "authgate.pending.v1"
 
 
 def _serializer(request: web.Request) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(list(reversed(services_of(request).csrf_keys)), salt=PENDING_SALT)
+    return signer(request, PENDING_SALT)
 
 
 def attempts_key(pending: PendingLogin) -> str:

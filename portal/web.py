@@ -10,11 +10,13 @@ from urllib.parse import urlsplit
 import jinja2
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from itsdangerous import URLSafeTimedSerializer
 from multidict import MultiDictProxy
 
 from gateway.config import Config, CookieDomain
 from gateway.domains import cookie_domain_attribute, match_cookie_domain
 from gateway.forwarded import client_address
+from gateway.models import User
 from gateway.redirects import safe_redirect_target
 from gateway.services import SERVICES, Services
 from gateway.sessions import CachedSession
@@ -58,6 +60,26 @@ def portal_base_path(config: Config) -> str:
 
 def services_of(request: web.Request) -> Services:
     return request.app[SERVICES]
+
+
+def signer(request: web.Request, salt: str) -> URLSafeTimedSerializer:
+    """A serializer for one token purpose (its own salt), signing with the newest key."""
+    # itsdangerous signs with the LAST key; csrf_keys lists the newest first.
+    return URLSafeTimedSerializer(list(reversed(services_of(request).csrf_keys)), salt=salt)
+
+
+async def signed_in(request: web.Request) -> tuple[CachedSession, User] | None:
+    """Return the browser's live session and its user, or None."""
+    session = await current_session(request)
+    user = await services_of(request).store.get_user(session.user_id) if session else None
+    return (session, user) if session is not None and user is not None else None
+
+
+async def record_own_event(request: web.Request, user: User, event: str, detail: str = "") -> None:
+    """Audit something a user did to their own account (shown to them, and logged)."""
+    await services_of(request).audit.record(
+        event, actor=user.username, target=user.username, ip=client_ip(request), detail=detail
+    )
 
 
 def base_of(request: web.Request) -> str:

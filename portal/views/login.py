@@ -32,6 +32,7 @@ from portal.web import (
     safe_target,
     services_of,
     set_session_cookie,
+    signer,
 )
 
 GENERIC_FAILURE = "Incorrect username or password."
@@ -42,7 +43,7 @@ LAST_LOGIN_MAX_AGE = 365 * 86400
 
 
 def _last_login_signer(request: web.Request) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(list(reversed(services_of(request).csrf_keys)), salt=LAST_LOGIN_SALT)
+    return signer(request, LAST_LOGIN_SALT)
 
 
 def remember_last_login(request: web.Request, response: web.StreamResponse, user: User) -> None:

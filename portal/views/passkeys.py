@@ -48,6 +48,7 @@ from portal.web import (
     csrf_header_ok,
     form_text,
     passkeys_here,
+    record_own_event,
     redirect,
     safe_target,
     services_of,
@@ -119,9 +120,9 @@ async def register_finish(request: web.Request) -> web.Response:
     except (InvalidWebAuthn, Conflict) as exc:
         log_event("webauthn_register_failed", logging.WARNING, user=user.username, reason=str(exc))
         return json_error(f"The device was not registered: {exc}")
-    ip = client_ip(request)
-    await services.store.add_security_event(user.id, "webauthn_added", credential.name, ip, services.clock())
-    log_event("webauthn_added", user=user.username, client_ip=ip, device_type=credential.device_type)
+    await record_own_event(
+        request, user, audit.WEBAUTHN_ADDED, f"{credential.name} ({credential.device_type})"
+    )
     response = json_next(f"{base_of(request)}/settings?named={credential.id}")
     if session.level < Level.TWO_FACTOR:
         # Enrolling the first factor from a password session: the session now has two (new id).
@@ -153,9 +154,7 @@ async def revoke_device(request: web.Request) -> web.Response:
     if not await password_ok(request, user, form_text(form, "password")):
         return await settings_page(request, error="Your current password is not correct.", status=401)
     await services.store.delete_webauthn_credential(user.id, device.id)
-    ip = client_ip(request)
-    await services.store.add_security_event(user.id, "webauthn_revoked", device.name, ip, services.clock())
-    log_event("webauthn_revoked", logging.WARNING, user=user.username, client_ip=ip)
+    await record_own_event(request, user, audit.WEBAUTHN_REVOKED, device.name)
     return redirect(f"{base_of(request)}/settings?done=deleted")
 
 
@@ -172,9 +171,9 @@ async def password_login_toggle(request: web.Request) -> web.Response:
     if not await password_ok(request, user, form_text(form, "password")):
         return await settings_page(request, error="Your current password is not correct.", status=401)
     await services.store.set_password_login(user.id, enable)
-    event = "password_login_enabled" if enable else "password_login_disabled"
-    await services.store.add_security_event(user.id, event, "", client_ip(request), services.clock())
-    log_event(event, user=user.username, client_ip=client_ip(request))
+    await record_own_event(
+        request, user, audit.PASSWORD_LOGIN_ENABLED if enable else audit.PASSWORD_LOGIN_DISABLED
+    )
     response = redirect(f"{base_of(request)}/settings?done={'password_on' if enable else 'password_off'}")
     remember_last_login(request, response, replace(user, password_login=enable))
     return response

@@ -10,7 +10,6 @@ from gateway import audit
 from gateway.factors.passkeys import InvalidWebAuthn
 from gateway.logs import log_event
 from gateway.models import User
-from gateway.sessions import CachedSession
 from gateway.webauthn_service import REAUTH
 from portal.reauth import mark_reauthenticated
 from portal.views.login import ban_remaining
@@ -20,7 +19,6 @@ from portal.web import (
     client_ip,
     csrf_header_ok,
     csrf_ok,
-    current_session,
     form_text,
     passkeys_here,
     read_form,
@@ -28,13 +26,8 @@ from portal.web import (
     render,
     safe_target,
     services_of,
+    signed_in,
 )
-
-
-async def _signed_in(request: web.Request) -> tuple[CachedSession, User] | None:
-    session = await current_session(request)
-    user = await services_of(request).store.get_user(session.user_id) if session else None
-    return (session, user) if session and user else None
 
 
 def _target(request: web.Request, rd: str | None) -> str:
@@ -56,14 +49,14 @@ async def _page(request: web.Request, user: User, rd: str, *, error: str | None 
 
 async def reauth_page(request: web.Request) -> web.Response:
     """Ask the signed-in user to confirm it is them."""
-    found = await _signed_in(request)
+    found = await signed_in(request)
     if found is None:
         return redirect(f"{base_of(request)}/login")
     return await _page(request, found[1], safe_target(request, request.query.get("rd")) or "")
 
 
 async def reauth_submit(request: web.Request) -> web.Response:
-    found = await _signed_in(request)
+    found = await signed_in(request)
     if found is None:
         return redirect(f"{base_of(request)}/login")
     session, user = found
@@ -91,7 +84,7 @@ async def reauth_submit(request: web.Request) -> web.Response:
 async def reauth_webauthn_options(request: web.Request) -> web.Response:
     if not csrf_header_ok(request):
         return json_error("The page expired. Reload it and try again.", 403)
-    found = await _signed_in(request)
+    found = await signed_in(request)
     if found is None:
         return json_error("Please sign in again.", 401)
     try:
@@ -105,7 +98,7 @@ async def reauth_webauthn_finish(request: web.Request) -> web.Response:
     """Re-authenticate with a registered security key or passkey."""
     if not csrf_header_ok(request):
         return json_error("The page expired. Reload it and try again.", 403)
-    found = await _signed_in(request)
+    found = await signed_in(request)
     if found is None:
         return json_error("Please sign in again.", 401)
     session, user = found

@@ -14,6 +14,7 @@ import secrets
 
 from aiohttp import web
 
+from gateway import audit
 from gateway.logs import log_event
 from gateway.models import User
 from gateway.notify import NotificationFailed
@@ -27,6 +28,7 @@ from portal.web import (
     current_session,
     form_text,
     read_form,
+    record_own_event,
     redirect,
     render,
     services_of,
@@ -189,8 +191,7 @@ async def link_submit(request: web.Request) -> web.Response:
     if form_text(form, "revoke_devices") == "on":
         revoked = await services.store.delete_all_webauthn_credentials(user.id)
     detail = f"{ended} session(s) ended" + (f", {revoked} device(s) revoked" if revoked else "")
-    await services.store.add_security_event(user.id, "account_recovered", detail, ip, services.clock())
-    log_event("account_recovered", logging.WARNING, user=user.username, client_ip=ip, devices_revoked=revoked)
+    await record_own_event(request, user, audit.ACCOUNT_RECOVERED, detail)
     old = await current_session(request)
     response = redirect(f"{base_of(request)}/settings?done=recovered")
     return await start_session(request, response, user, remember=False, old=old)

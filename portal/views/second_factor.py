@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from gateway import audit
-from gateway.logs import log_event
 from gateway.models import Level, User
 from gateway.sessions import CachedSession
 from gateway.two_factor import RECOVERY, TOTP
@@ -24,6 +22,7 @@ from portal.web import (
     current_session,
     form_text,
     read_form,
+    record_own_event,
     redirect,
     render,
     safe_target,
@@ -202,10 +201,7 @@ async def second_factor_submit(request: web.Request) -> web.Response:
     await services.store.set_last_method(ctx.user.id, method)
     if method == RECOVERY:
         left = await services.store.count_unused_recovery_codes(ctx.user.id)
-        await services.store.add_security_event(
-            ctx.user.id, "recovery_code_used", f"{left} recovery code(s) left", ip, now
-        )
-        log_event("recovery_code_used", logging.WARNING, user=ctx.user.username, client_ip=ip, left=left)
+        await record_own_event(request, ctx.user, audit.RECOVERY_CODE_USED, f"{left} recovery code(s) left")
     name = ctx.user.username
     await services.audit.record(audit.SECOND_FACTOR_SUCCEEDED, actor=name, target=name, ip=ip, detail=method)
     remember = ctx.pending.remember_me if ctx.pending else bool(ctx.session and ctx.session.remember_me)

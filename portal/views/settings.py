@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -10,8 +9,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from gateway import audit
 from gateway.errors import Conflict, NotFound
-from gateway.logs import log_event
 from gateway.models import Level, User
 from gateway.sessions import CachedSession
 from gateway.store.sqlite import Store
@@ -22,14 +21,16 @@ from portal.web import (
     client_ip,
     cookie_domain_of,
     csrf_ok,
-    current_session,
     form_text,
     passkeys_here,
     read_form,
+    record_own_event,
     redirect,
     render,
     safe_target,
     services_of,
+    signed_in,
+    signer,
 )
 
 ENROL_SALT = "authgate.totp-enrol.v1"
@@ -39,7 +40,7 @@ Renamer = Callable[[Store, int, int, str], Awaitable[None]]
 
 
 def _enrol_signer(request: web.Request) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(list(reversed(services_of(request).csrf_keys)), salt=ENROL_SALT)
+    return signer(request, ENROL_SALT)
 
 
 def validate_device_name(name: str) -> str | None:
@@ -52,13 +53,12 @@ def validate_device_name(name: str) -> str | None:
 
 
 async def _signed_in(request: web.Request) -> tuple[CachedSession, User] | web.Response:
-    """Return the session and its user, or a redirect to the login page."""
-    session = await current_session(request)
-    user = await services_of(request).store.get_user(session.user_id) if session else None
-    if session is None or user is None:
+    """Return the session and its user, or a redirect to the login page (and back)."""
+    found = await signed_in(request)
+    if found is None:
         query = urlencode({"rd": f"{_portal_origin(request)}{request.path_qs}"})
         return redirect(f"{base_of(request)}/login?{query}")
-    return session, user
+    return found
 
 
 def _portal_origin(request: web.Request) -> str:
@@ -253,14 +253,12 @@ async def totp_new_submit(request: web.Request) -> web.Response:
             status=409,
             error=f"You already have a device named {name!r}; choose another name.",
         )
-    ip = client_ip(request)
-    await services.store.add_security_event(user.id, "totp_added", name, ip, services.clock())
-    log_event("totp_added", user=user.username, client_ip=ip)
+    await record_own_event(request, user, audit.TOTP_ADDED, name)
     target = rd or f"{base_of(request)}/settings?done=added"
     first_codes = None
     if await services.store.count_unused_recovery_codes(user.id) == 0:
         first_codes = await services.two_factor.new_recovery_codes(user.id)
-        await services.store.add_security_event(user.id, "recovery_codes_generated", "", ip, services.clock())
+        await record_own_event(request, user, audit.RECOVERY_CODES_GENERATED)
     # Password and a current code were just checked: the session is now a two-factor one (new id).
     response = await finish_login(request, user, remember=session.remember_me, old=session, target=target)
     if first_codes is None:
@@ -317,9 +315,7 @@ async def totp_delete(request: web.Request) -> web.Response:
     if not await password_ok(request, user, form_text(form, "password")):
         return await settings_page(request, error="Your current password is not correct.", status=401)
     await services.store.delete_totp_device(user.id, device.id)
-    ip = client_ip(request)
-    await services.store.add_security_event(user.id, "totp_removed", device.name, ip, services.clock())
-    log_event("totp_removed", logging.WARNING, user=user.username, client_ip=ip)
+    await record_own_event(request, user, audit.TOTP_REMOVED, device.name)
     return redirect(f"{base_of(request)}/settings?done=deleted")
 
 
@@ -337,9 +333,7 @@ async def recovery_regenerate(request: web.Request) -> web.Response:
     if not await password_ok(request, user, form_text(form, "password")):
         return await settings_page(request, error="Your current password is not correct.", status=401)
     codes = await services.two_factor.new_recovery_codes(user.id)
-    ip = client_ip(request)
-    await services.store.add_security_event(user.id, "recovery_codes_generated", "", ip, services.clock())
-    log_event("recovery_codes_generated", user=user.username, client_ip=ip)
+    await record_own_event(request, user, audit.RECOVERY_CODES_GENERATED)
     return render(
         request, "recovery_codes.html", codes=codes, next_url=f"{base_of(request)}/settings", first=False
     )

@@ -19,12 +19,12 @@ from portal.web import (
     client_ip,
     cookie_domain_of,
     csrf_ok,
-    current_session,
     form_text,
     read_form,
     redirect,
     render,
     services_of,
+    signed_in,
 )
 
 EXPIRY_CHOICES = (("0", "Never"), ("30", "30 days"), ("90", "90 days"), ("365", "1 year"))
@@ -32,11 +32,8 @@ PAGE = "/settings/tokens"
 
 
 async def _signed_in(request: web.Request) -> tuple[CachedSession, User] | web.Response:
-    session = await current_session(request)
-    user = await services_of(request).store.get_user(session.user_id) if session else None
-    if session is None or user is None:
-        return redirect(f"{base_of(request)}/login")
-    return session, user
+    found = await signed_in(request)
+    return redirect(f"{base_of(request)}/login") if found is None else found
 
 
 def _default_expiry_days(request: web.Request) -> str:
