@@ -256,6 +256,16 @@ class SessionService:
         self._pending_activity.pop(id_hash, None)
         return await self.store.delete_session(id_hash)
 
+    async def mark_authenticated(self, id_hash: str) -> None:
+        """Record a fresh factor check (re-authentication) and drop the cached copy everywhere here."""
+        await self.store.set_session_authenticated(id_hash, self.clock())
+        self._evict_session(id_hash)
+
+    def forget_user(self, user_id: int) -> None:
+        """Re-read a user's sessions on next use (their identity or groups changed)."""
+        self._generation += 1
+        self.cache.evict_user(user_id)
+
     async def revoke_user(self, user_id: int, *, keep_id_hash: str | None = None) -> int:
         """End every session of a user (optionally but one)."""
         self._generation += 1

@@ -40,6 +40,4 @@ def require_recent(
 
 async def mark_reauthenticated(request: web.Request, session: CachedSession) -> None:
     """Store the fresh factor check and drop the cached copy so every check sees it."""
-    services = services_of(request)
-    await services.store.set_session_authenticated(session.id_hash, services.clock())
-    services.sessions.cache.evict_session(session.id_hash)
+    await services_of(request).sessions.mark_authenticated(session.id_hash)

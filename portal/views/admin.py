@@ -441,7 +441,7 @@ async def user_update(request: web.Request) -> web.Response:
             request, session, admin, target, values=values, errors={"email": str(exc)}, status=409
         )
     # Cached sessions and tokens carry the old groups and identity headers: read them again now.
-    services.sessions.cache.evict_user(target.id)
+    services.sessions.forget_user(target.id)
     _forget_tokens(request, target.id)
     detail = f"changed: {', '.join(changed)}"
     if new_groups is not None:
