@@ -76,7 +76,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         store = await Store.open(config.storage.database_path)
-        hasher = AsyncPasswordHasher(PasswordHasher(config.password), config.password.max_concurrent)
+        hasher = AsyncPasswordHasher(
+            PasswordHasher(config.password),
+            config.password.max_concurrent,
+            niceness=config.password.niceness,
+        )
         storage_root = load_storage_key(
             data_dir=config.storage.data_dir, configured=config.secrets.storage_key
         )

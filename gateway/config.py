@@ -89,6 +89,7 @@ class Argon2Config:
     memory_cost: int = 65536  # KiB
     parallelism: int = 4
     max_concurrent: int = 2  # argon2 verifies running at once (bounds memory and CPU)
+    niceness: int = 10  # how many nice levels below the event loop argon2 threads run (0-19)
 
 
 @dataclass(frozen=True)
@@ -1225,6 +1226,7 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
             "memory_cost": _integer(8),
             "parallelism": _integer(1),
             "max_concurrent": _integer(1),
+            "niceness": _integer(0, 19),
         },
     ),
     "regulation": (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
+    # Templates ship with the code: no stat() of every template file on every page.
+    auto_reload=False,
 )
 
 
@@ -64,8 +67,14 @@ def services_of(request: web.Request) -> Services:
 
 def signer(request: web.Request, salt: str) -> URLSafeTimedSerializer:
     """A serializer for one token purpose (its own salt), signing with the newest key."""
+    return _serializer(services_of(request).csrf_keys, salt)
+
+
+@functools.lru_cache(maxsize=64)
+def _serializer(keys: tuple[str, ...], salt: str) -> URLSafeTimedSerializer:
+    # Built once per (keys, salt): a serializer holds no per-request state.
     # itsdangerous signs with the LAST key; csrf_keys lists the newest first.
-    return URLSafeTimedSerializer(list(reversed(services_of(request).csrf_keys)), salt=salt)
+    return URLSafeTimedSerializer(list(reversed(keys)), salt=salt)
 
 
 async def signed_in(request: web.Request) -> tuple[CachedSession, User] | None:
@@ -138,7 +147,12 @@ async def current_session(request: web.Request) -> CachedSession | None:
 
 
 def _csrf(request: web.Request) -> CsrfSigner:
-    return CsrfSigner(services_of(request).csrf_keys)
+    return _csrf_signer(services_of(request).csrf_keys)
+
+
+@functools.lru_cache(maxsize=8)
+def _csrf_signer(keys: tuple[str, ...]) -> CsrfSigner:
+    return CsrfSigner(keys)
 
 
 def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:

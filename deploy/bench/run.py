@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import base64
 import contextlib
 import gc
@@ -25,6 +26,7 @@ import json
 import os
 import random
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -118,9 +120,68 @@ class Processes:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
 
+    def pid(self, name: str) -> int | None:
+        proc = self._procs.get(name)
+        return None if proc is None else proc.pid
+
     def stop_all(self) -> None:
         for name in list(self._procs):
             self.stop(name)
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds used so far by a process and its live descendants (Linux /proc).
+
+    Throughput on a shared machine moves with whatever else runs; CPU time spent per request
+    by each part (backend, nginx, wrk) does not, so the bench reports both.
+    """
+    parents: dict[int, int] = {}
+    used: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = Path(entry.path, "stat").read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        # Fields after the parenthesised command name: state, ppid, ..., utime (14th), stime (15th).
+        fields = text[text.rindex(")") + 2 :].split()
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        used[pid] = int(fields[11]) + int(fields[12])
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(used.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds per part between start() and stop(): process trees by root pid, and wrk
+    (this process's reaped children, which between the two calls are only the wrk run)."""
+
+    def __init__(self, roots: dict[str, int | None]) -> None:
+        self._roots = {name: pid for name, pid in roots.items() if pid is not None}
+        self._before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        now = {name: tree_cpu_seconds(pid) for name, pid in self._roots.items()}
+        now["wrk"] = children.ru_utime + children.ru_stime
+        return now
+
+    def start(self) -> None:
+        self._before = self._now()
+
+    def per_request_us(self, requests: int) -> dict[str, float]:
+        after = self._now()
+        return {
+            name: round((after[name] - self._before[name]) * 1e6 / max(requests, 1), 1) for name in after
+        }
 
 
 # --- seeding --------------------------------------------------------------------------------------
@@ -658,14 +719,18 @@ def measure(
     cookie_file: Path | None,
     logs: StatusLog,
     authorization: str = "",
+    cpu_roots: dict[str, int | None] | None = None,
 ) -> dict[str, Any]:
     run_wrk(
         port, connections=connections, seconds=warmup, cookie_file=cookie_file, authorization=authorization
     )
     logs.rotate(name)
+    meter = CpuMeter(cpu_roots or {})
+    meter.start()
     result = run_wrk(
         port, connections=connections, seconds=seconds, cookie_file=cookie_file, authorization=authorization
     )
+    result["cpu_us_per_request"] = meter.per_request_us(result["requests"])
     statuses = logs.rotate(name)
     result["statuses"] = dict(statuses)
     expected = EXPECTED[name]
@@ -676,12 +741,19 @@ def measure(
         and statuses.get("499", 0) <= connections
         and sum(n for s, n in statuses.items() if int(s) in expected) >= result["requests"]
     )
+    cpu = " ".join(f"{part} {us:.0f}" for part, us in result["cpu_us_per_request"].items())
     print(
         f"  {name:5} -c{connections:<3} {result['rps']:>9.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
-        f"p99 {result['p99_ms']:6.2f} ms  statuses {dict(statuses)}",
+        f"p99 {result['p99_ms']:6.2f} ms  CPU us/req: {cpu}  statuses {dict(statuses)}",
         flush=True,
     )
     return result
+
+
+def cpu_roots(procs: Processes, scenario: str) -> dict[str, int | None]:
+    """Whose CPU time a scenario is charged: the backend nginx asks (none for L), and nginx."""
+    backend = {"L": None, "F": "floor"}.get(scenario, "authgate")
+    return {"backend": procs.pid(backend) if backend else None, "nginx": procs.pid("nginx")}
 
 
 def start_authgate(procs: Processes, config: Path, workers: int, port: int, log: Path) -> None:
@@ -712,11 +784,15 @@ def extras(
     """G during a login storm, and G with one worker."""
     scenarios = results["scenarios"]
     authgate_port = int(re.search(r"port: (\d+)", config.read_text())[1])  # type: ignore[index]
-    # G's latency while password logins run (argon2 at the default cost, off the event loop).
+    # G's latency while password logins run (argon2 at the default cost, off the event loop),
+    # against G without them measured just before, in rounds: other load on the machine moves
+    # p99 from one run to the next, so each storm run gets a baseline next to it, and the
+    # medians of both are compared.
     storm_conns = min(conns)
-    with LoginStorm(authgate_port, args.storm_rate) as storm:
-        time.sleep(1.0)  # let the storm reach its rate before measuring
-        storm_run = measure(
+    rounds = 1 if args.short else args.storm_rounds
+
+    def run_g() -> dict[str, Any]:
+        return measure(
             "G",
             ports["G"],
             connections=storm_conns,
@@ -724,12 +800,30 @@ def extras(
             warmup=0.5,
             cookie_file=cookie_file,
             logs=logs,
+            cpu_roots=cpu_roots(procs, "G"),
         )
-    storm_run["storm"] = storm.summary()
-    # A storm whose logins failed measured nothing: the portal is broken, say so.
-    storm_run["ok"] = storm_run["ok"] and storm_run["storm"]["succeeded"] > 0
+
+    baselines: list[dict[str, Any]] = []
+    storms: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        baselines.append(run_g())
+        with LoginStorm(authgate_port, args.storm_rate) as storm:
+            time.sleep(1.0)  # let the storm reach its rate before measuring
+            storm_run = run_g()
+        storm_run["storm"] = storm.summary()
+        # A storm whose logins failed measured nothing: the portal is broken, say so.
+        storm_run["ok"] = storm_run["ok"] and storm_run["storm"]["succeeded"] > 0
+        storms.append(storm_run)
+        print(f"  storm {storm_run['storm']}", flush=True)
+    base_run = sorted(baselines, key=lambda r: r["p99_ms"])[len(baselines) // 2]
+    storm_run = sorted(storms, key=lambda r: r["p99_ms"])[len(storms) // 2]
+    storm_run["rounds"] = [
+        {"baseline_p99_ms": b["p99_ms"], "storm_p99_ms": s["p99_ms"], "storm": s["storm"]}
+        for b, s in zip(baselines, storms, strict=True)
+    ]
+    storm_run["ok"] = all(s["ok"] for s in storms) and all(b["ok"] for b in baselines)
+    scenarios[f"G c{storm_conns} storm baseline"] = base_run
     scenarios[f"G c{storm_conns} +storm"] = storm_run
-    print(f"  storm {storm_run['storm']}", flush=True)
 
     # Workers: G with one worker against G with `workers` (the main runs above).
     if args.workers != 1:
@@ -751,6 +845,7 @@ def extras(
             warmup=warmup,
             cookie_file=cookie_file,
             logs=logs,
+            cpu_roots=cpu_roots(procs, "G"),
         )
 
 
@@ -763,6 +858,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="authgate and floor workers")
     parser.add_argument("--connections", default="8,64", help="comma-separated wrk -c values")
     parser.add_argument("--storm-rate", type=float, default=5.0, help="password logins per second")
+    parser.add_argument(
+        "--storm-rounds", type=int, default=3, help="baseline + storm pairs for G's p99 (1 in --short)"
+    )
+    parser.add_argument(
+        "--only-storm", action="store_true", help="skip the main table: only the login storm and workers=1"
+    )
     parser.add_argument("--out-dir", default=str(ROOT / "bench-results"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary run directory")
     args = parser.parse_args(argv)
@@ -776,6 +877,9 @@ def main(argv: list[str] | None = None) -> int:
     nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
 
     run_dir = Path(tempfile.mkdtemp(prefix="authgate-bench-"))
+    if not args.keep:
+        # Also when a scenario raises: no run directories (databases, logs) left behind in /tmp.
+        atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
     procs = Processes()
     started_at = time.strftime("%Y%m%d-%H%M%S")
     results: dict[str, Any] = {
@@ -854,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
             ("G401", None, ""),
             ("GB", None, authorization),  # one app password, no cookie: a CalDAV client or a script
         )
-        for c in conns:
+        for c in conns if not args.only_storm else ():
             for name, cookies, credentials in runs:
                 scenarios[f"{name} c{c}"] = measure(
                     name,
@@ -865,6 +969,7 @@ def main(argv: list[str] | None = None) -> int:
                     cookie_file=cookies,
                     logs=logs,
                     authorization=credentials,
+                    cpu_roots=cpu_roots(procs, name),
                 )
 
         try:
@@ -888,8 +993,6 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results, conns))
     print(f"bench: results written to {out}")
-    if not args.keep:
-        shutil.rmtree(run_dir, ignore_errors=True)
     return 0 if results["ok"] else 1
 
 
@@ -916,15 +1019,21 @@ def ratios(results: dict[str, Any], conns: list[int]) -> dict[str, Any]:
         if g and f and ll:
             out[f"G/F c{c}"] = round(g["rps"] / f["rps"], 3)
             out[f"G/L c{c}"] = round(g["rps"] / ll["rps"], 3)
+            # What G/F would be on a machine doing nothing else: CPU per request of everything
+            # involved (backend, nginx, wrk), which other load on the machine hardly moves.
+            if g.get("cpu_us_per_request") and f.get("cpu_us_per_request"):
+                out[f"G/F by CPU c{c}"] = round(
+                    sum(f["cpu_us_per_request"].values()) / sum(g["cpu_us_per_request"].values()), 3
+                )
             out[f"G401/F c{c}"] = round(s[f"G401 c{c}"]["rps"] / f["rps"], 3)
             if f"GB c{c}" in s:
                 out[f"GB/G c{c}"] = round(s[f"GB c{c}"]["rps"] / g["rps"], 3)
     storm = next((v for k, v in s.items() if k.endswith("+storm")), None)
-    base = s.get(f"G c{min(conns)}")
+    base = s.get(f"G c{min(conns)} storm baseline")
     if storm and base:
         out[f"G p99 storm/base c{min(conns)}"] = round(storm["p99_ms"] / base["p99_ms"], 2)
     one = s.get(f"G c{max(conns)} workers=1")
-    if one:
+    if one and f"G c{max(conns)}" in s:
         out[f"G workers={results['workers']}/workers=1 c{max(conns)}"] = round(
             s[f"G c{max(conns)}"]["rps"] / one["rps"], 2
         )
@@ -934,15 +1043,19 @@ def ratios(results: dict[str, Any], conns: list[int]) -> dict[str, Any]:
 def table(results: dict[str, Any], conns: list[int]) -> str:
     lines = [
         "",
-        f"{'scenario':<22}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx/3xx':>13}  statuses",
+        f"{'scenario':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}  CPU us/req backend/nginx/wrk  statuses",
     ]
     for name, r in results["scenarios"].items():
         if "skipped" in r:
             lines.append(f"{name:<22}skipped: {r['skipped']}")
             continue
+        cpu = r.get("cpu_us_per_request", {})
+        parts = "/".join(f"{cpu[k]:.0f}" if k in cpu else "-" for k in ("backend", "nginx", "wrk"))
+        nonok = f"  wrk non-2xx/3xx: {r['wrk_non_2xx_3xx']}" if r["wrk_non_2xx_3xx"] else ""
         lines.append(
-            f"{name:<22}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['wrk_non_2xx_3xx']:>13}"
+            f"{name:<26}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}  {parts:<29}"
             f"  {r['statuses']}{'' if r['ok'] else '  UNEXPECTED'}"
+            f"{nonok}"
         )
     lines.append("")
     lines.append(

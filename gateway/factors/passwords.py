@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import secrets
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -12,6 +16,7 @@ import argon2
 from argon2.exceptions import Argon2Error, InvalidHashError, UnsupportedParametersError
 
 from gateway.config import Argon2Config
+from gateway.logs import log_event
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
@@ -76,19 +81,48 @@ def validate_new_password(password: str) -> str | None:
     return None
 
 
+def lower_thread_priority(steps: int) -> int | None:
+    """Make the calling thread `steps` nice levels lower in priority; return its nice value.
+
+    Linux keeps a nice value per thread (setpriority with a thread id) and threads inherit
+    it, so argon2's own lane threads started from here run at the lowered priority too.
+    Returns None where that is not possible (other systems, a sandbox refusing it).
+    """
+    if steps <= 0 or not sys.platform.startswith("linux"):
+        return None
+    thread = threading.get_native_id()
+    try:
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, thread) + steps)
+        os.setpriority(os.PRIO_PROCESS, thread, nice)
+    except OSError as exc:
+        log_event("password_niceness_unavailable", logging.WARNING, error=str(exc))
+        return None
+    return nice
+
+
 class AsyncPasswordHasher:
     """Run a PasswordHasher in worker threads so hashing never blocks the event loop."""
 
-    def __init__(self, hasher: PasswordHasher, max_concurrent: int) -> None:
+    def __init__(self, hasher: PasswordHasher, max_concurrent: int, *, niceness: int = 0) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        if not 0 <= niceness <= 19:
+            raise ValueError(f"niceness must be 0-19, got {niceness}")
         self._hasher = hasher
         # argon2 releases the GIL, so threads give real parallelism. Excess logins
         # wait on the semaphore, where they stay cancellable and hold no argon2
         # memory; the pool size still caps running hashes when a cancelled caller
         # has released its slot while its hash finishes in the thread.
         self._semaphore = asyncio.Semaphore(max_concurrent)
-        self._executor = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="argon2")
+        # At a lower priority, a hash running on a busy machine gives way to the event loop
+        # (forward-auth answers) instead of sharing the cores with it evenly: logins take a
+        # little longer under load, forward-auth latency hardly moves.
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_concurrent,
+            thread_name_prefix="argon2",
+            initializer=lower_thread_priority,
+            initargs=(niceness,),
+        )
 
     async def hash(self, password: str) -> str:
         """Hash `password` in a worker thread."""

@@ -307,6 +307,8 @@ def test_negative_duration() -> None:
         ({"password": {"memory_cost": 31, "parallelism": 4}}, "password.memory_cost"),
         ({"password": {"parallelism": 0}}, "password.parallelism"),
         ({"password": {"max_concurrent": 0}}, "password.max_concurrent"),
+        ({"password": {"niceness": -1}}, "password.niceness"),
+        ({"password": {"niceness": 20}}, "password.niceness"),
         # regulation
         ({"regulation": {"max_retries": -1}}, "regulation.max_retries"),
         ({"regulation": {"find_time": "soon"}}, "regulation.find_time"),

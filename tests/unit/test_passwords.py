@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -10,7 +12,12 @@ import argon2
 import pytest
 
 from gateway.config import Argon2Config
-from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher, validate_new_password
+from gateway.factors.passwords import (
+    AsyncPasswordHasher,
+    PasswordHasher,
+    lower_thread_priority,
+    validate_new_password,
+)
 
 CHEAP = Argon2Config(time_cost=1, memory_cost=64, parallelism=1, max_concurrent=2)
 
@@ -203,3 +210,78 @@ def test_async_rejects_a_zero_bound(hasher: PasswordHasher) -> None:
     """max_concurrent below 1 would deadlock every login, so it is refused."""
     with pytest.raises(ValueError):
         AsyncPasswordHasher(hasher, max_concurrent=0)
+
+
+def _thread_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+class NiceRecordingHasher(PasswordHasher):
+    """Records the nice value of the thread each verify runs on."""
+
+    def __init__(self) -> None:
+        self.nice_values: list[int] = []
+
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        self.nice_values.append(_thread_nice())
+        return True
+
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature"
+)
+
+
+@linux_only
+async def test_async_hashes_run_at_a_lower_priority_than_the_event_loop() -> None:
+    """With niceness N, hashing threads run N nice levels below the event loop, which keeps its own."""
+    loop_nice = _thread_nice()
+    recording = NiceRecordingHasher()
+    wrapped = AsyncPasswordHasher(recording, max_concurrent=2, niceness=5)
+    try:
+        await asyncio.gather(*(wrapped.verify("h", "pw") for _ in range(4)))
+    finally:
+        wrapped.close()
+
+    assert recording.nice_values == [min(19, loop_nice + 5)] * 4
+    assert _thread_nice() == loop_nice
+
+
+@linux_only
+async def test_async_niceness_zero_leaves_the_priority_alone() -> None:
+    recording = NiceRecordingHasher()
+    wrapped = AsyncPasswordHasher(recording, max_concurrent=1, niceness=0)
+    try:
+        await wrapped.verify("h", "pw")
+    finally:
+        wrapped.close()
+
+    assert recording.nice_values == [_thread_nice()]
+
+
+@linux_only
+def test_lower_thread_priority_changes_only_the_calling_thread() -> None:
+    """setpriority with a thread id lowers that thread alone, not the whole process."""
+    seen: dict[str, int | None] = {}
+
+    def lower() -> None:
+        seen["returned"] = lower_thread_priority(3)
+        seen["thread"] = _thread_nice()
+
+    before = _thread_nice()
+    worker = threading.Thread(target=lower)
+    worker.start()
+    worker.join()
+
+    assert seen["returned"] == seen["thread"] == min(19, before + 3)
+    assert _thread_nice() == before
+
+
+def test_lower_thread_priority_by_zero_does_nothing() -> None:
+    assert lower_thread_priority(0) is None
+
+
+@pytest.mark.parametrize("niceness", [-1, 20])
+def test_async_rejects_a_niceness_outside_0_to_19(hasher: PasswordHasher, niceness: int) -> None:
+    with pytest.raises(ValueError, match="niceness"):
+        AsyncPasswordHasher(hasher, max_concurrent=1, niceness=niceness)
