@@ -13,6 +13,7 @@ from gateway import authz
 from gateway.app_password_service import AppPasswordService
 from gateway.audit import AuditLog
 from gateway.config import Config
+from gateway.decision import Decisions
 from gateway.factors import app_passwords
 from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
 from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox, derive_key, load_storage_key
@@ -109,6 +110,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
             store=store,
             sessions=sessions,
             rules=rules,
+            decisions=Decisions(rules),
             passwords=hasher,
             two_factor=two_factor,
             webauthn=WebAuthnService(store, config.webauthn, clock),

@@ -16,13 +16,13 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from gateway.authz_tokens import answer_with_token
-from gateway.decision import Decision, Verdict, decide
+from gateway.decision import Decision, Verdict
 from gateway.domains import match_cookie_domain
 from gateway.errors import InvalidForwardedHeaders
 from gateway.forwarded import parse_auth_request, parse_forward_auth
 from gateway.logs import log_event
 from gateway.memo import BoundedMemo
-from gateway.models import Level, OriginalRequest
+from gateway.models import OriginalRequest
 from gateway.services import SERVICES, Services
 from gateway.sessions import CachedSession
 
@@ -99,30 +99,29 @@ def _to_portal(
     return web.Response(status=401, headers={"Location": location}, text="401 unauthorized\n")
 
 
-async def _identify(services: Services, request: web.Request) -> CachedSession | None:
-    """Return who is asking: the session named by the Cookie header, or None."""
-    return await services.sessions.resolve_header(request.headers.get("Cookie"))
-
-
 async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> web.Response:
     services = request.app[SERVICES]
+    headers = request.headers
     try:
-        original = parse(request.headers, request.remote, services.config.server.trusted_proxies)
+        original = parse(headers, request.remote, services.config.server.trusted_proxies)
     except InvalidForwardedHeaders as exc:
         return _bad_request(request, exc)
-    session = await _identify(services, request)
+    # Who is asking: the session named by the Cookie header. Nearly always one this worker
+    # has cached, which answers without a coroutine.
+    cookie_header = headers.get("Cookie")
+    session = services.sessions.resolve_header_cached(cookie_header)
     if session is None:
-        authorization = request.headers.get("Authorization")
+        session = await services.sessions.resolve_header(cookie_header)
+    if session is None:
+        authorization = headers.get("Authorization")
         if authorization:
             # Clients that cannot show the portal (CalDAV, git, scripts) send an app password.
             answered = await answer_with_token(services, original, authorization)
             if answered is not None:
                 return answered
-        decision = decide(services.rules, original, None, Level.ANONYMOUS)
+        decision = services.decisions.for_anonymous(original)
     else:
-        decision = decide(
-            services.rules, original, session.subject, session.level, must_enrol=session.must_enrol
-        )
+        decision = services.decisions.for_session(original, session)
     if decision.verdict is Verdict.ALLOW:
         if decision.with_identity and session is not None:
             # Prepared once per session; the response copies it.

@@ -131,20 +131,38 @@ def parse_forward_auth(headers: Headers, peer: str | None, trusted: Sequence[Net
 
 def parse_auth_request(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> OriginalRequest:
     """Rebuild the original request from nginx X-Original-URL/Method (or X-Forwarded-* as fallback)."""
-    memos = _memos_for(trusted)
-    if memos is None:
-        return _parse_auth_request(headers, peer, trusted, None)
-    url = _peek(headers, "X-Original-URL")
-    if url is None:
+    # Every request nginx sends comes through here: the memo hit is written out inline
+    # (no helper calls), which halves its cost. Same rules as _peek and _memo_key.
+    memos = _memos_by_trusted.get(id(trusted))
+    if memos is None or memos.trusted is not trusted:
+        memos = _memos_for(trusted)
+        if memos is None:
+            return _parse_auth_request(headers, peer, trusted, None)
+    getall = headers.getall
+    urls = getall("X-Original-URL", None)
+    if urls is None:
         # The X-Forwarded-* fallback reads other headers: rare, never memoised.
         return _parse_auth_request(headers, peer, trusted, memos)
-    method = _peek(headers, "X-Original-Method")
-    if method is None:
-        method = _peek(headers, "X-Forwarded-Method")
-    xff = _peek(headers, "X-Forwarded-For")
-    real_ip = _peek(headers, "X-Real-IP") if xff is None else None
-    key = _memo_key("auth-request", peer, method, url, xff, real_ip)
-    return _memoised(memos, key, _parse_auth_request, headers, peer, trusted)
+    methods = getall("X-Original-Method", None)
+    if methods is None:
+        methods = getall("X-Forwarded-Method", ())
+    xffs = getall("X-Forwarded-For", ())
+    real_ips = getall("X-Real-IP", ()) if not xffs else ()
+    if len(urls) > 1 or len(methods) > 1 or len(xffs) > 1 or len(real_ips) > 1:
+        return _parse_auth_request(headers, peer, trusted, memos)  # repeated: rejected there
+    url = urls[0]
+    method = methods[0] if methods else None
+    xff = xffs[0] if xffs else None
+    real_ip = real_ips[0] if real_ips else None
+    size = len(url) + len(method or "") + len(xff or "") + len(real_ip or "") + len(peer or "")
+    if size > MEMO_MAX_KEY_CHARS:
+        return _parse_auth_request(headers, peer, trusted, memos)
+    key = ("auth-request", peer, method, url, xff, real_ip)
+    found = memos.requests.get(key)
+    if found is None:
+        found = _parse_auth_request(headers, peer, trusted, memos)
+        memos.requests.put(key, found)
+    return found
 
 
 def _memoised(

@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.app_password_service import AppPasswordService
 from gateway.audit import AuditLog
 from gateway.config import Config
+from gateway.decision import Decisions
 from gateway.factors.passwords import AsyncPasswordHasher
 from gateway.notify import Notifier
 from gateway.rules import CompiledRules
@@ -25,6 +26,7 @@ class Services:
     store: Store
     sessions: SessionService
     rules: CompiledRules
+    decisions: Decisions  # decide() over `rules`, memoised
     passwords: AsyncPasswordHasher
     two_factor: TwoFactorService
     webauthn: WebAuthnService

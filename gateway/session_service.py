@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from collections.abc import Awaitable, Callable
 
@@ -80,6 +81,7 @@ class SessionService:
         self.store = store
         self.codec = codec
         self.cfg = cfg
+        self._cookie_name = cfg.cookie_name
         self.clock = clock
         self.cache = SessionCache()
         self._header_names = (headers.user, headers.email, headers.groups, headers.name)
@@ -109,13 +111,35 @@ class SessionService:
         await self.store.create_session(record)
         return self.codec.sign(session_id)
 
+    def resolve_header_cached(self, cookie_header: str | None) -> CachedSession | None:
+        """resolve_header() for the forward-auth hot path: the session when the header names
+        one session cookie and the cache can answer for it alone; None means "ask resolve_header()"."""
+        values = cookie_values(cookie_header, self._cookie_name)
+        return self.resolve_cached(values[0]) if len(values) == 1 else None
+
     async def resolve_header(self, cookie_header: str | None) -> CachedSession | None:
         """Return the live session named by a Cookie header, or None."""
-        for value in cookie_values(cookie_header, self.cfg.cookie_name):
+        for value in cookie_values(cookie_header, self._cookie_name):
             session = await self.resolve(value)
             if session is not None:
                 return session
         return None
+
+    def resolve_cached(self, cookie_value: str) -> CachedSession | None:
+        """resolve() when the cache alone can answer: the entry when it is fresh and live;
+        None means "ask resolve()" (absent, stale, expired or idle too long)."""
+        entry = self.cache.peek(cookie_value)
+        if entry is None:
+            return None
+        now = self.clock()
+        if now >= entry.usable_until or now - entry.last_active > entry.idle_limit:
+            return None
+        # _touch, written out: this runs for nearly every forward-auth request.
+        entry.last_active = now
+        self._pending_activity[entry.id_hash] = now
+        if now >= entry.renew_at:
+            self._queue_renewal(cookie_value, entry)
+        return entry
 
     async def resolve(self, cookie_value: str) -> CachedSession | None:
         """Return the live session for a cookie value, or None (never raises on bad input)."""
@@ -126,21 +150,18 @@ class SessionService:
         if now >= entry.expires_at:
             await self._end(entry.record, "expired")
             return None
-        if self._idle_too_long(entry, now):
+        if now - entry.last_active > entry.idle_limit:
             await self._end(entry.record, "inactive")
             return None
+        self._touch(cookie_value, entry, now)
+        return entry
+
+    def _touch(self, cookie_value: str, entry: CachedSession, now: float) -> None:
+        """Record a use: last activity (flushed in batches), and a background re-read when due."""
         entry.last_active = now
         self._pending_activity[entry.id_hash] = now
         if now >= entry.renew_at:
             self._queue_renewal(cookie_value, entry)
-        return entry
-
-    def _idle_too_long(self, entry: CachedSession, now: float) -> bool:
-        return (
-            self.cfg.inactivity > 0
-            and not entry.remember_me
-            and now - entry.last_active > self.cfg.inactivity + self.cfg.activity_flush_interval
-        )
 
     def _queue_renewal(self, cookie_value: str, entry: CachedSession) -> None:
         entry.renew_at = float("inf")  # once per read: the renewer puts a new entry
@@ -232,6 +253,7 @@ class SessionService:
             must_enrol=await self.enrolment_check(user, record),
             renew_at=now + ttl * random.uniform(*RENEW_AFTER),  # noqa: S311
             cookie_expires_at=cookie_end,
+            idle_limit=self._idle_limit(record),
         )
         # A revocation on this worker while we read: this answer may predate it, so keep it out.
         if generation == self._generation:
@@ -239,6 +261,13 @@ class SessionService:
         if active:
             self._pending_activity[id_hash] = now
         return entry
+
+    def _idle_limit(self, record: SessionRecord) -> float:
+        """Seconds of no use that end the session; the same rule as session_end_reason."""
+        if self.cfg.inactivity <= 0 or record.remember_me:
+            return math.inf
+        # The grace absorbs last activity that another worker has not flushed yet.
+        return self.cfg.inactivity + self.cfg.activity_flush_interval
 
     def _evict_session(self, id_hash: str) -> None:
         self._generation += 1

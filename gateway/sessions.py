@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
@@ -105,11 +105,16 @@ class CachedSession:
     renew_at: float = math.inf
     # When the cookie's signature runs out: a re-read reuses it instead of verifying the cookie again.
     cookie_expires_at: float = math.inf
+    # Seconds without a request after which the session is over (inf: no inactivity limit).
+    idle_limit: float = math.inf
     # The identity headers as the response needs them, built once (copied into each response).
     response_headers: CIMultiDict[str] = field(init=False, repr=False, compare=False)
+    # min(refresh_at, expires_at): the one time the cache-hit path compares against.
+    usable_until: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.response_headers = CIMultiDict(self.headers)
+        self.usable_until = min(self.refresh_at, self.expires_at)
 
 
 def session_end_reason(
@@ -132,6 +137,9 @@ class SessionCache:
     def __init__(self, *, max_entries: int = 100_000) -> None:
         self._entries: dict[str, CachedSession] = {}
         self._max_entries = max_entries
+        # peek(cookie_value): the entry even when stale (its last activity is still worth
+        # keeping). The dict's own bound get: on the hot path a lookup is one C call.
+        self.peek: Callable[[str], CachedSession | None] = self._entries.get
 
     def get(self, cookie_value: str, now: float) -> CachedSession | None:
         """Return a fresh entry, or None when absent or due for a refresh."""
@@ -139,10 +147,6 @@ class SessionCache:
         if entry is None or now >= entry.refresh_at:
             return None
         return entry
-
-    def peek(self, cookie_value: str) -> CachedSession | None:
-        """Return the entry even when stale (its last activity is still worth keeping)."""
-        return self._entries.get(cookie_value)
 
     def put(self, cookie_value: str, entry: CachedSession) -> None:
         if cookie_value not in self._entries and len(self._entries) >= self._max_entries:

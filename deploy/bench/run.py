@@ -179,9 +179,7 @@ class CpuMeter:
 
     def per_request_us(self, requests: int) -> dict[str, float]:
         after = self._now()
-        return {
-            name: round((after[name] - self._before[name]) * 1e6 / max(requests, 1), 1) for name in after
-        }
+        return {name: round((after[name] - self._before[name]) * 1e6 / max(requests, 1), 1) for name in after}
 
 
 # --- seeding --------------------------------------------------------------------------------------

@@ -144,6 +144,11 @@ def test_codec_needs_a_key() -> None:
         pytest.param("s=", [""], id="empty value"),
         pytest.param("s=a=b", ["a=b"], id="equals in value"),
         pytest.param(";;s=abc;;", ["abc"], id="stray separators"),
+        pytest.param('a="x s=1"', [], id="name inside another cookie's quoted value"),
+        pytest.param("a=s=1", [], id="name inside another cookie's value"),
+        pytest.param("a=1;\ts=2", ["2"], id="tab before the name"),
+        pytest.param("a=s; s=2", ["2"], id="value equal to the name first"),
+        pytest.param("s=1; as=2", ["1"], id="name as the end of a later name"),
     ],
 )
 def test_cookie_values(header: str | None, expected: list[str]) -> None:
