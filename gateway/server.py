@@ -22,6 +22,7 @@ from gateway.app import create_app, session_keys
 from gateway.config import Config
 from gateway.logs import configure_logging, log_event
 from gateway.store.sqlite import Store
+from portal.web import compile_templates
 
 
 def _install_uvloop() -> str:
@@ -39,8 +40,9 @@ async def _run_worker(config: Config, reuse_port: bool) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=1024)
     await site.start()
-    # Everything built so far (modules, templates, config, compiled rules) lives as long as
-    # the worker: move it out of the collector's sight, so a full collection under load
+    compile_templates()
+    # Everything built so far (modules, compiled templates, config, compiled rules) lives as
+    # long as the worker: move it out of the collector's sight, so a full collection under load
     # scans only what requests created, not the whole application (tens of ms otherwise).
     gc.collect()
     gc.freeze()

@@ -43,6 +43,18 @@ def fmt_time(value: float) -> str:
 
 TEMPLATES.filters["fmt_time"] = fmt_time
 
+
+def compile_templates() -> list[str]:
+    """Compile every portal template now; jinja2 keeps them, so no request pays for it.
+
+    A worker calls this before it freezes its start-up objects out of the collector's sight:
+    otherwise each worker's first login page compiles it (~6 ms on the event loop).
+    """
+    names = TEMPLATES.list_templates(extensions=["html"])
+    for name in names:
+        TEMPLATES.get_template(name)
+    return names
+
 # Portal pages are never framed, sniffed, cached or leak their URL (it may hold rd) as a referrer.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (

@@ -40,6 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -748,6 +749,23 @@ def measure(
     return result
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median req/s, carrying every round's req/s, p99 and CPU figures."""
+    chosen = dict(sorted(runs, key=lambda r: r["rps"])[len(runs) // 2])
+    chosen["ok"] = all(r["ok"] for r in runs)
+    if len(runs) > 1:
+        chosen["rounds"] = [
+            {
+                "rps": r["rps"],
+                "p50_ms": r["p50_ms"],
+                "p99_ms": r["p99_ms"],
+                "cpu_us_per_request": r["cpu_us_per_request"],
+            }
+            for r in runs
+        ]
+    return chosen
+
+
 def cpu_roots(procs: Processes, scenario: str) -> dict[str, int | None]:
     """Whose CPU time a scenario is charged: the backend nginx asks (none for L), and nginx."""
     backend = {"L": None, "F": "floor"}.get(scenario, "authgate")
@@ -857,6 +875,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", default="8,64", help="comma-separated wrk -c values")
     parser.add_argument("--storm-rate", type=float, default=5.0, help="password logins per second")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="passes over the main scenarios, medians reported (1 in --short)",
+    )
+    parser.add_argument(
         "--storm-rounds", type=int, default=3, help="baseline + storm pairs for G's p99 (1 in --short)"
     )
     parser.add_argument(
@@ -956,19 +980,29 @@ def main(argv: list[str] | None = None) -> int:
             ("G401", None, ""),
             ("GB", None, authorization),  # one app password, no cookie: a CalDAV client or a script
         )
+        # In rounds, each a pass over every scenario, and medians: a scenario's numbers are
+        # from its median round by req/s, and a ratio is the median of the rounds' own ratios
+        # (scenarios within a round ran seconds apart, under the same background load).
+        rounds = 1 if args.short else args.rounds
         for c in conns if not args.only_storm else ():
-            for name, cookies, credentials in runs:
-                scenarios[f"{name} c{c}"] = measure(
-                    name,
-                    ports[name],
-                    connections=c,
-                    seconds=seconds,
-                    warmup=warmup,
-                    cookie_file=cookies,
-                    logs=logs,
-                    authorization=credentials,
-                    cpu_roots=cpu_roots(procs, name),
-                )
+            passes: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
+            for _ in range(rounds):
+                for name, cookies, credentials in runs:
+                    passes[name].append(
+                        measure(
+                            name,
+                            ports[name],
+                            connections=c,
+                            seconds=seconds,
+                            warmup=warmup,
+                            cookie_file=cookies,
+                            logs=logs,
+                            authorization=credentials,
+                            cpu_roots=cpu_roots(procs, name),
+                        )
+                    )
+            for name, runs_of_name in passes.items():
+                scenarios[f"{name} c{c}"] = median_run(runs_of_name)
 
         try:
             extras(
@@ -1009,23 +1043,40 @@ def probes_ok(results: dict[str, Any]) -> bool:
     )
 
 
+def _rps(run: dict[str, Any]) -> float:
+    return float(run["rps"])
+
+
+def _cpu_total(run: dict[str, Any]) -> float:
+    return float(sum(run["cpu_us_per_request"].values()))
+
+
+def _round_ratio(
+    a: dict[str, Any], b: dict[str, Any], key: Callable[[dict[str, Any]], float] = _rps
+) -> float:
+    """Median over rounds of key(a) / key(b) from the same round (one round: the plain ratio)."""
+    a_rounds, b_rounds = a.get("rounds"), b.get("rounds")
+    if not a_rounds or not b_rounds or len(a_rounds) != len(b_rounds):
+        return key(a) / key(b)
+    return float(statistics.median(key(x) / key(y) for x, y in zip(a_rounds, b_rounds, strict=True)))
+
+
 def ratios(results: dict[str, Any], conns: list[int]) -> dict[str, Any]:
     s = results["scenarios"]
     out: dict[str, Any] = {}
     for c in conns:
         g, f, ll = s.get(f"G c{c}"), s.get(f"F c{c}"), s.get(f"L c{c}")
         if g and f and ll:
-            out[f"G/F c{c}"] = round(g["rps"] / f["rps"], 3)
-            out[f"G/L c{c}"] = round(g["rps"] / ll["rps"], 3)
-            # What G/F would be on a machine doing nothing else: CPU per request of everything
-            # involved (backend, nginx, wrk), which other load on the machine hardly moves.
+            out[f"G/F c{c}"] = round(_round_ratio(g, f), 3)
+            out[f"G/L c{c}"] = round(_round_ratio(g, ll), 3)
+            # The same from CPU time per request of everything involved (backend, nginx, wrk):
+            # what G/F would be with the machine to themselves. Steadier than req/s under other
+            # load, not immune to it (less batching per wake-up costs CPU per request too).
             if g.get("cpu_us_per_request") and f.get("cpu_us_per_request"):
-                out[f"G/F by CPU c{c}"] = round(
-                    sum(f["cpu_us_per_request"].values()) / sum(g["cpu_us_per_request"].values()), 3
-                )
-            out[f"G401/F c{c}"] = round(s[f"G401 c{c}"]["rps"] / f["rps"], 3)
+                out[f"G/F by CPU c{c}"] = round(_round_ratio(f, g, key=_cpu_total), 3)
+            out[f"G401/F c{c}"] = round(_round_ratio(s[f"G401 c{c}"], f), 3)
             if f"GB c{c}" in s:
-                out[f"GB/G c{c}"] = round(s[f"GB c{c}"]["rps"] / g["rps"], 3)
+                out[f"GB/G c{c}"] = round(_round_ratio(s[f"GB c{c}"], g), 3)
     storm = next((v for k, v in s.items() if k.endswith("+storm")), None)
     base = s.get(f"G c{min(conns)} storm baseline")
     if storm and base:
