@@ -84,6 +84,29 @@ async def test_idle_session_ends_after_inactivity(client: Client, clock: Clock) 
     assert (await forward_auth(client, session)).status == 302
 
 
+@pytest.mark.parametrize(
+    ("idle", "status"),
+    [pytest.param(2 + 1, 200, id="idle up to the limit"), pytest.param(2 + 1 + 0.5, 302, id="idle past it")],
+)
+async def test_inactivity_applies_while_the_cache_is_fresh(
+    make_client: MakeClient, clock: Clock, idle: float, status: int
+) -> None:
+    """With inactivity shorter than cache_ttl, the cache-hit path itself ends an idle session."""
+    client = await make_client(
+        {"session": {"inactivity": "2s", "activity_flush_interval": "1s", "cache_ttl": "30s"}}
+    )
+    await add_user(client)
+    session = await signed_in(client)
+    assert (await forward_auth(client, session)).status == 200
+
+    clock.advance(idle)  # well within cache_ttl of the last read
+
+    assert (await forward_auth(client, session)).status == status
+    if status == 302:  # ended for good, not only refused once
+        clock.advance(0.1)
+        assert (await forward_auth(client, session)).status == 302
+
+
 async def test_idle_session_within_the_window_survives(client: Client, clock: Clock) -> None:
     """Idle exactly up to inactivity + flush interval still passes."""
     await add_user(client)
