@@ -55,6 +55,7 @@ def compile_templates() -> list[str]:
         TEMPLATES.get_template(name)
     return names
 
+
 # Portal pages are never framed, sniffed, cached or leak their URL (it may hold rd) as a referrer.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
