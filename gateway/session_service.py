@@ -239,19 +239,44 @@ class SessionService:
             await self._end(record, reason)
             return None
         ttl = self.cfg.cache_ttl
+        subject = Subject(user.username, frozenset(user.groups))
+        headers = build_identity_headers(user, self._header_names)
+        must_enrol = await self.enrolment_check(user, record)
+        expires_at = min(record.expires_at, cookie_end)
+        renew_at = now + ttl * random.uniform(*RENEW_AFTER)  # noqa: S311
+        if (
+            stale is not None
+            and generation == self._generation  # no revocation while we read
+            and stale.user_id == user.id
+            and stale.subject == subject
+            and stale.headers == headers
+            and stale.level == record.level
+            and stale.must_enrol == must_enrol
+            and stale.remember_me == record.remember_me
+            and stale.expires_at == expires_at
+        ):
+            # Nothing a decision or a response reads has changed: keep the entry (and what is
+            # memoised by it) and move its bounds on. Re-reading the sessions in use then
+            # creates no long-lived objects, which keeps the collector's full passes rare.
+            stale.renewed(
+                record, last_active=now if active else last_active, refresh_at=now + ttl, renew_at=renew_at
+            )
+            if active:
+                self._pending_activity[id_hash] = now
+            return stale
         entry = CachedSession(
             id_hash=id_hash,
             user_id=user.id,
-            subject=Subject(user.username, frozenset(user.groups)),
+            subject=subject,
             level=record.level,
-            headers=build_identity_headers(user, self._header_names),
-            expires_at=min(record.expires_at, cookie_end),
+            headers=headers,
+            expires_at=expires_at,
             remember_me=record.remember_me,
             last_active=now if active else last_active,
             refresh_at=now + ttl,
             record=record,
-            must_enrol=await self.enrolment_check(user, record),
-            renew_at=now + ttl * random.uniform(*RENEW_AFTER),  # noqa: S311
+            must_enrol=must_enrol,
+            renew_at=renew_at,
             cookie_expires_at=cookie_end,
             idle_limit=self._idle_limit(record),
         )

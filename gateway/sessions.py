@@ -116,6 +116,16 @@ class CachedSession:
         self.response_headers = CIMultiDict(self.headers)
         self.usable_until = min(self.refresh_at, self.expires_at)
 
+    def renewed(
+        self, record: SessionRecord, *, last_active: float, refresh_at: float, renew_at: float
+    ) -> None:
+        """Take a fresh read of an unchanged session: the same entry, with its bounds moved on."""
+        self.record = record
+        self.last_active = last_active
+        self.refresh_at = refresh_at
+        self.usable_until = min(refresh_at, self.expires_at)
+        self.renew_at = renew_at
+
 
 def session_end_reason(
     rec: SessionRecord, *, now: float, last_active: float, inactivity: float, grace: float

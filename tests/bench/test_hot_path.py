@@ -85,19 +85,49 @@ async def test_sessions_in_use_are_renewed_in_the_background(client: Any, clock:
     assert (await forward_auth(client, session)).status == 200
     first = svc.sessions.cache.peek(session)
     assert first is not None
+    first_bound = first.refresh_at
 
     clock.advance(ttl * RENEW_AFTER[1])
     before = svc.store.statement_count
     answer = await forward_auth(client, session)
     assert answer.status == 200 and answer.headers["Remote-User"] == "alice"
-    await _until(lambda: svc.sessions.cache.peek(session) is not first)
+    await _until(lambda: svc.sessions.cache.peek(session).refresh_at > first_bound)
     # One read on the read-only connection, done by the renewer, not by the request.
     assert svc.store.statement_count - before == 1
+    # Nothing about the session changed: the same entry, its bounds moved on.
+    assert svc.sessions.cache.peek(session) is first
 
     clock.advance(ttl * 0.5)  # past the first read's hard bound, within the renewed one
     before = svc.store.statement_count
     assert (await forward_auth(client, session)).status == 200
     assert svc.store.statement_count == before
+
+
+@pytest.mark.parametrize(
+    ("change", "header", "expected"),
+    [
+        pytest.param({"groups": ["users", "ops"]}, "Remote-Groups", "users,ops", id="groups"),
+        pytest.param({"email": "alice@new.example"}, "Remote-Email", "alice@new.example", id="e-mail"),
+        pytest.param({"display_name": "Alice New"}, "Remote-Name", "Alice New", id="display name"),
+    ],
+)
+async def test_a_renewal_picks_up_identity_changed_elsewhere(
+    client: Any, clock: Any, change: dict[str, Any], header: str, expected: str
+) -> None:
+    """An entry is kept through a renewal only while nothing it answers with has changed."""
+    user = await add_user(client, "alice")
+    session = await signed_in(client, "alice")
+    svc = services(client)
+    assert (await forward_auth(client, session)).status == 200
+    first = svc.sessions.cache.peek(session)
+
+    await svc.store.update_user(user.id, **change)  # as the CLI or another worker would
+    clock.advance(svc.config.session.cache_ttl * RENEW_AFTER[1])
+    assert (await forward_auth(client, session)).status == 200  # queues the renewal
+    await _until(lambda: svc.sessions.cache.peek(session) is not first)
+
+    answer = await forward_auth(client, session)
+    assert answer.status == 200 and answer.headers[header] == expected
 
 
 async def test_a_renewal_sees_a_revocation_made_elsewhere(client: Any, clock: Any) -> None:
@@ -122,7 +152,7 @@ async def test_sessions_due_together_are_renewed_in_one_query(client: Any, clock
     svc = services(client)
     for session in sessions:
         assert (await forward_auth(client, session)).status == 200
-    firsts = [svc.sessions.cache.peek(session) for session in sessions]
+    first_bounds = [svc.sessions.cache.peek(session).refresh_at for session in sessions]
 
     await svc.store.delete_user_sessions(users[1].id)  # bob's, as another worker would
     clock.advance(svc.config.session.cache_ttl * RENEW_AFTER[1])
@@ -131,7 +161,10 @@ async def test_sessions_due_together_are_renewed_in_one_query(client: Any, clock
         assert (await forward_auth(client, session)).status == 200  # all still within the bound
     await _until(lambda: svc.sessions.cache.peek(sessions[1]) is None)
     await _until(
-        lambda: all(svc.sessions.cache.peek(s) is not f for s, f in zip(sessions, firsts, strict=True))
+        lambda: all(
+            svc.sessions.cache.peek(s).refresh_at > bound
+            for s, bound in zip((sessions[0], sessions[2]), (first_bounds[0], first_bounds[2]), strict=True)
+        )
     )
     # One SELECT … IN (…) for the three (bob's row is already gone: nothing to delete).
     assert svc.store.statement_count - before == 1
