@@ -115,8 +115,9 @@ class AsyncPasswordHasher:
         # has released its slot while its hash finishes in the thread.
         self._semaphore = asyncio.Semaphore(max_concurrent)
         # At a lower priority, a hash running on a busy machine gives way to the event loop
-        # (forward-auth answers) instead of sharing the cores with it evenly: logins take a
-        # little longer under load, forward-auth latency hardly moves.
+        # (forward-auth answers) instead of sharing the cores with it evenly. While the CPU is
+        # saturated a login takes longer (~1 s instead of ~0.3 s in the bench's storm), and
+        # forward-auth keeps about twice the throughput (docs/performance.md).
         self._executor = ThreadPoolExecutor(
             max_workers=max_concurrent,
             thread_name_prefix="argon2",
