@@ -833,7 +833,7 @@ def extras(
         print(f"  storm {storm_run['storm']}", flush=True)
     base_run = sorted(baselines, key=lambda r: r["p99_ms"])[len(baselines) // 2]
     storm_run = sorted(storms, key=lambda r: r["p99_ms"])[len(storms) // 2]
-    storm_run["rounds"] = [
+    storm_run["pairs"] = [
         {"baseline_p99_ms": b["p99_ms"], "storm_p99_ms": s["p99_ms"], "storm": s["storm"]}
         for b, s in zip(baselines, storms, strict=True)
     ]
