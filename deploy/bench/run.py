@@ -889,6 +889,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default=str(ROOT / "bench-results"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary run directory")
     args = parser.parse_args(argv)
+    for flag, value in (("--rounds", args.rounds), ("--storm-rounds", args.storm_rounds)):
+        if value < 1:
+            parser.error(f"{flag} must be 1 or more, not {value}")
     seconds = 2.0 if args.short else args.duration
     warmup = 1.0
     conns = [int(c) for c in args.connections.split(",")]

@@ -98,3 +98,17 @@ def test_app_password_scenario_really_uses_the_token(results: dict) -> None:
     assert probes["GB_with_token"]["status"] == 200
     assert probes["GB_with_token"]["user"] == "user0001"
     assert probes["GB_forged_token"]["status"] == 302
+
+
+@pytest.mark.parametrize("argv", [["--rounds", "0"], ["--storm-rounds", "-1"], ["--rounds", "x"]])
+def test_bad_round_counts_are_refused_before_anything_starts(argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "deploy/bench/run.py"), *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert argv[0] in done.stderr
