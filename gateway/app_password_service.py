@@ -27,6 +27,7 @@ from gateway.logs import log_event
 from gateway.models import Level, Subject
 from gateway.sessions import build_identity_headers
 from gateway.store.sqlite import Store
+from gateway.wire import answer_head
 
 MAX_CACHED = 50_000
 
@@ -42,6 +43,7 @@ class CachedToken:
     subject: Subject
     level: Level
     headers: CIMultiDict[str]  # built once; each response copies it
+    answer_head: bytes  # the whole 200 answer but its Date line (gateway/wire.py)
     domains: tuple[str, ...]
     expires_at: float | None
     refresh_at: float
@@ -112,6 +114,7 @@ class AppPasswordService:
         record, user = app_passwords.check_app_password(
             credentials, found, pepper=self.pepper, host=host, now=now
         )
+        identity = build_identity_headers(user, self._header_names)
         entry = CachedToken(
             token_pk=record.id,
             token_id=record.token_id,
@@ -119,7 +122,8 @@ class AppPasswordService:
             username=user.username,
             subject=Subject(user.username, frozenset(user.groups)),
             level=app_passwords.effective_level(record.level, self.cfg.level),
-            headers=CIMultiDict(build_identity_headers(user, self._header_names)),
+            headers=CIMultiDict(identity),
+            answer_head=answer_head(200, identity),
             domains=record.domains,
             expires_at=record.expires_at,
             refresh_at=now + self.cache_ttl,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 from urllib.parse import quote
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.authz_tokens import answer_with_token
 from gateway.decision import Decision, Verdict
@@ -23,8 +24,10 @@ from gateway.forwarded import parse_auth_request, parse_forward_auth
 from gateway.logs import log_event
 from gateway.memo import BoundedMemo
 from gateway.models import OriginalRequest
+from gateway.prepared import PLAIN_OK_HEAD, answer
 from gateway.services import SERVICES, Services
 from gateway.sessions import CachedSession
+from gateway.wire import answer_head
 
 Parser = Callable[..., OriginalRequest]
 
@@ -56,50 +59,61 @@ def _denied(original: OriginalRequest, session: CachedSession | None, decision: 
     return web.Response(status=403, text="403 forbidden\n")
 
 
-# Location per (page, host, URL): a pure function of them and the app's fixed cookie
+class PortalAnswer(NamedTuple):
+    """Where an unauthenticated request is sent, and nginx's 401 saying so, serialised once."""
+
+    location: str
+    head_401: bytes
+
+
+# The answer per (page, host, URL): a pure function of them and the app's fixed cookie
 # domains (None: the host is under no cookie domain). Keys come from clients, so bounded,
 # and long URLs are never remembered.
-_PORTAL_LOCATIONS = web.AppKey("portal_locations", BoundedMemo[tuple[str, str, str], str | None])
+_PORTAL_ANSWERS = web.AppKey("portal_answers", BoundedMemo[tuple[str, str, str], PortalAnswer | None])
 PORTAL_LOCATION_MEMO_SIZE = 4096
 PORTAL_LOCATION_MAX_KEY = 2048
 _NOT_SEEN = object()
 
 
-def _portal_location(
+def _portal_answer(
     services: Services,
-    memo: BoundedMemo[tuple[str, str, str], str | None],
+    memo: BoundedMemo[tuple[str, str, str], PortalAnswer | None],
     original: OriginalRequest,
     page: str,
-) -> str | None:
+) -> PortalAnswer | None:
     key = (page, original.host, original.url)
-    location = memo.get(key, _NOT_SEEN)
-    if location is not _NOT_SEEN:
-        return location  # type: ignore[return-value]
+    found = memo.get(key, _NOT_SEEN)
+    if found is not _NOT_SEEN:
+        return found  # type: ignore[return-value]
     cookie_domain = match_cookie_domain(original.host, services.config.session.cookies)
-    location = None if cookie_domain is None else portal_url(cookie_domain.portal_url, page, original.url)
+    if cookie_domain is None:
+        found = None
+    else:
+        location = portal_url(cookie_domain.portal_url, page, original.url)
+        found = PortalAnswer(location, answer_head(401, (("Location", location),)))
     if len(original.url) + len(original.host) <= PORTAL_LOCATION_MAX_KEY:
-        memo.put(key, location)
-    return location
+        memo.put(key, found)
+    return found
 
 
 def _to_portal(
     services: Services, request: web.Request, original: OriginalRequest, *, page: str, always_401: bool
-) -> web.Response:
-    location = _portal_location(services, request.app[_PORTAL_LOCATIONS], original, page)
-    if location is None:
+) -> web.StreamResponse:
+    portal = _portal_answer(services, request.app[_PORTAL_ANSWERS], original, page)
+    if portal is None:
         # A session cookie could never reach this host, so a login could not help.
         log_event("access_denied", reason="host outside every session cookie domain", host=original.host)
         return web.Response(status=403, text="403 forbidden: host is not under a session cookie domain\n")
     if always_401:
         # nginx only reads the status and headers of an auth subrequest's answer: no body, so
         # nothing to send and nothing that could make it give up the upstream connection.
-        return web.Response(status=401, headers={"Location": location})
+        return answer(request, 401, portal.head_401, CIMultiDict(Location=portal.location))
     if _wants_redirect(request.headers, original.method):
-        return web.Response(status=302, headers={"Location": location})
-    return web.Response(status=401, headers={"Location": location}, text="401 unauthorized\n")
+        return web.Response(status=302, headers={"Location": portal.location})
+    return web.Response(status=401, headers={"Location": portal.location}, text="401 unauthorized\n")
 
 
-async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> web.Response:
+async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> web.StreamResponse:
     services = request.app[SERVICES]
     headers = request.headers
     try:
@@ -116,7 +130,7 @@ async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> w
         authorization = headers.get("Authorization")
         if authorization:
             # Clients that cannot show the portal (CalDAV, git, scripts) send an app password.
-            answered = await answer_with_token(services, original, authorization)
+            answered = await answer_with_token(services, request, original, authorization)
             if answered is not None:
                 return answered
         decision = services.decisions.for_anonymous(original)
@@ -124,21 +138,21 @@ async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> w
         decision = services.decisions.for_session(original, session)
     if decision.verdict is Verdict.ALLOW:
         if decision.with_identity and session is not None:
-            # Prepared once per session; the response copies it.
-            return web.Response(status=200, headers=session.response_headers)
-        return web.Response(status=200)
+            # Serialised once per session: most answers are one write of prepared bytes.
+            return answer(request, 200, session.answer_head, session.response_headers)
+        return answer(request, 200, PLAIN_OK_HEAD)
     if decision.verdict is Verdict.DENY:
         return _denied(original, session, decision)
     page = "2fa" if decision.verdict is Verdict.STEP_UP else "login"
     return _to_portal(services, request, original, page=page, always_401=always_401)
 
 
-async def forward_auth(request: web.Request) -> web.Response:
+async def forward_auth(request: web.Request) -> web.StreamResponse:
     """Answer Traefik's and Caddy's forward-auth subrequest."""
     return await _answer(request, parse_forward_auth, always_401=False)
 
 
-async def auth_request(request: web.Request) -> web.Response:
+async def auth_request(request: web.Request) -> web.StreamResponse:
     """Answer nginx's auth_request subrequest."""
     return await _answer(request, parse_auth_request, always_401=True)
 
@@ -154,7 +168,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app[_PORTAL_LOCATIONS] = BoundedMemo(PORTAL_LOCATION_MEMO_SIZE)
+    app[_PORTAL_ANSWERS] = BoundedMemo(PORTAL_LOCATION_MEMO_SIZE)
     for path, handler in (
         ("/api/authz/forward-auth", forward_auth),
         ("/api/authz/auth-request", auth_request),

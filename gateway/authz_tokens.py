@@ -23,6 +23,7 @@ from gateway.factors.app_passwords import (
 )
 from gateway.logs import log_event
 from gateway.models import OriginalRequest
+from gateway.prepared import PLAIN_OK_HEAD, answer
 from gateway.regulation import banned_until
 from gateway.services import Services
 
@@ -49,8 +50,8 @@ async def _banned(services: Services, key: str, ip: str) -> bool:
 
 
 async def answer_with_token(
-    services: Services, original: OriginalRequest, authorization: str
-) -> web.Response | None:
+    services: Services, request: web.BaseRequest, original: OriginalRequest, authorization: str
+) -> web.StreamResponse | None:
     """Answer a request that carries Authorization; None when it holds no Basic/Bearer credential."""
     try:
         credentials = parse_authorization(authorization)
@@ -78,8 +79,8 @@ async def answer_with_token(
     decision = decide(services.rules, original, token.subject, token.level)
     if decision.verdict is Verdict.ALLOW:
         if decision.with_identity:
-            return web.Response(status=200, headers=token.headers)
-        return web.Response(status=200)
+            return answer(request, 200, token.answer_head, token.headers)
+        return answer(request, 200, PLAIN_OK_HEAD)
     log_event(
         "access_denied",
         logging.INFO,
