@@ -26,6 +26,7 @@ unit: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gateway portal tests deploy
 	$(VENV)/bin/ruff format --check gateway portal tests deploy
+	$(PY) -m mypy gateway portal
 
 bench: $(STAMP)
 	bash deploy/ensure-test-tools.sh

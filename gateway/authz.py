@@ -14,7 +14,7 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from gateway.authz_tokens import answer_with_token
 from gateway.decision import Decision, Verdict
@@ -107,7 +107,7 @@ def _to_portal(
     if always_401:
         # nginx only reads the status and headers of an auth subrequest's answer: no body, so
         # nothing to send and nothing that could make it give up the upstream connection.
-        return answer(request, 401, portal.head_401, CIMultiDict(Location=portal.location))
+        return answer(request, 401, portal.head_401, {"Location": portal.location})
     if _wants_redirect(request.headers, original.method):
         return web.Response(status=302, headers={"Location": portal.location})
     return web.Response(status=401, headers={"Location": portal.location}, text="401 unauthorized\n")

@@ -129,6 +129,10 @@ def parse_forward_auth(headers: Headers, peer: str | None, trusted: Sequence[Net
     return _memoised(memos, key, _parse_forward_auth, headers, peer, trusted)
 
 
+# The default of a header that is absent: shared, so never mutated (only read below).
+_NO_VALUES: list[str] = []
+
+
 def parse_auth_request(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> OriginalRequest:
     """Rebuild the original request from nginx X-Original-URL/Method (or X-Forwarded-* as fallback)."""
     # Every request nginx sends comes through here: the memo hit is written out inline
@@ -145,9 +149,9 @@ def parse_auth_request(headers: Headers, peer: str | None, trusted: Sequence[Net
         return _parse_auth_request(headers, peer, trusted, memos)
     methods = getall("X-Original-Method", None)
     if methods is None:
-        methods = getall("X-Forwarded-Method", ())
-    xffs = getall("X-Forwarded-For", ())
-    real_ips = getall("X-Real-IP", ()) if not xffs else ()
+        methods = getall("X-Forwarded-Method", _NO_VALUES)
+    xffs = getall("X-Forwarded-For", _NO_VALUES)
+    real_ips = getall("X-Real-IP", _NO_VALUES) if not xffs else _NO_VALUES
     if len(urls) > 1 or len(methods) > 1 or len(xffs) > 1 or len(real_ips) > 1:
         return _parse_auth_request(headers, peer, trusted, memos)  # repeated: rejected there
     url = urls[0]

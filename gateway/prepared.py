@@ -9,9 +9,10 @@ ordinary `web.Response` with the same status and headers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 from aiohttp.http import HttpVersion11
-from multidict import CIMultiDict
 
 from gateway.wire import answer_head, date_line
 
@@ -55,7 +56,7 @@ def prepared_fits(request: web.BaseRequest) -> bool:
 
 
 def answer(
-    request: web.BaseRequest, status: int, head: bytes, headers: CIMultiDict[str] | None = None
+    request: web.BaseRequest, status: int, head: bytes, headers: Mapping[str, str] | None = None
 ) -> web.StreamResponse:
     """The prepared answer when it fits the request, else the same answer built by aiohttp."""
     if prepared_fits(request):
