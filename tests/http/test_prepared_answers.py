@@ -9,7 +9,9 @@ aiohttp's own answer instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -50,17 +52,26 @@ async def _read_answer(
     return lines[0], headers, body
 
 
-async def _session(client: Any) -> tuple[str, int, str]:
+@contextlib.asynccontextmanager
+async def _connection(client: Any) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A raw TCP connection to the test server, closed afterwards."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def _session(client: Any) -> str:
+    """Alice's session cookie value (her identity is IDENTITY)."""
     await add_user(client, "alice", groups=("dev", "ops"), name="Alice Liddell")
-    session = await signed_in(client, "alice")
-    return client.server.host, client.server.port, session
+    return await signed_in(client, "alice")
 
 
 async def test_keep_alive_answers_carry_identity_and_a_current_date(client: Any) -> None:
     """Two requests on one connection: both 200 with the identity, Content-Length 0, a valid Date."""
-    host, port, session = await _session(client)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    session = await _session(client)
+    async with _connection(client) as (reader, writer):
         for _ in range(2):
             writer.write(_request(session))
             status, headers, body = await _read_answer(reader)
@@ -71,15 +82,12 @@ async def test_keep_alive_answers_carry_identity_and_a_current_date(client: Any)
             assert "connection" not in headers  # HTTP/1.1 keeps the connection by default
             parsedate_to_datetime(headers["date"])  # an IMF-fixdate, or this raises
             assert re.fullmatch(r"\w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT", headers["date"])
-    finally:
-        writer.close()
 
 
 async def test_prepared_answer_matches_aiohttps_own(client: Any) -> None:
     """The prepared 200 holds the same headers as aiohttp's answer to the same request (Server aside)."""
-    host, port, session = await _session(client)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    session = await _session(client)
+    async with _connection(client) as (reader, writer):
         writer.write(_request(session))
         _, prepared, _ = await _read_answer(reader)
         # Connection: close takes aiohttp's own path (the prepared head says keep-alive).
@@ -88,8 +96,6 @@ async def test_prepared_answer_matches_aiohttps_own(client: Any) -> None:
         assert status == "HTTP/1.1 200 OK"
         assert built.pop("connection") == "close"
         assert await asyncio.wait_for(reader.read(), 5) == b""  # and the server closed
-    finally:
-        writer.close()
     for headers in (prepared, built):
         headers.pop("date")
     built.pop("server")  # aiohttp's version banner; the prepared answer leaves it out
@@ -98,17 +104,14 @@ async def test_prepared_answer_matches_aiohttps_own(client: Any) -> None:
 
 async def test_pipelined_requests_are_answered_in_order(client: Any) -> None:
     """GET, HEAD, another user's session and GET again, sent at once: four answers, in order."""
-    host, port, session = await _session(client)
+    session = await _session(client)
     await add_user(client, "bob")
     other = await signed_in(client, "bob")
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    async with _connection(client) as (reader, writer):
         writer.write(
             _request(session) + _request(session, method="HEAD") + _request(other) + _request(session)
         )
         answers = [await _read_answer(reader) for _ in range(4)]
-    finally:
-        writer.close()
     assert [status for status, _, _ in answers] == ["HTTP/1.1 200 OK"] * 4
     assert [headers["remote-user"] for _, headers, _ in answers] == ["alice", "alice", "bob", "alice"]
     assert all(body == b"" for _, _, body in answers)
@@ -116,23 +119,19 @@ async def test_pipelined_requests_are_answered_in_order(client: Any) -> None:
 
 async def test_http_1_0_gets_aiohttps_answer(client: Any) -> None:
     """HTTP/1.0 closes after the answer unless asked otherwise: aiohttp's own answer, still with identity."""
-    host, port, session = await _session(client)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    session = await _session(client)
+    async with _connection(client) as (reader, writer):
         writer.write(_request(session, version="1.0"))
         status, headers, _ = await _read_answer(reader)
         assert status == "HTTP/1.0 200 OK"
         assert {k: headers[k] for k in IDENTITY} == IDENTITY
         assert await asyncio.wait_for(reader.read(), 5) == b""
-    finally:
-        writer.close()
 
 
 async def test_other_methods_get_aiohttps_answer(client: Any) -> None:
     """A proxy that forwards the original method (here POST with a body) gets the same identity."""
-    host, port, session = await _session(client)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    session = await _session(client)
+    async with _connection(client) as (reader, writer):
         writer.write(_request(session, method="POST", extra="Content-Length: 5\r\n") + b"hello")
         status, headers, _ = await _read_answer(reader)
         assert status == "HTTP/1.1 200 OK"
@@ -143,13 +142,11 @@ async def test_other_methods_get_aiohttps_answer(client: Any) -> None:
         status, headers, _ = await _read_answer(reader)
         assert status == "HTTP/1.1 200 OK"
         assert headers["remote-user"] == "alice"
-    finally:
-        writer.close()
 
 
 async def test_forward_auth_uses_the_prepared_answer_too(client: Any) -> None:
     """Traefik's and Caddy's endpoint: the aiohttp client sees the identity from the prepared bytes."""
-    _, _, session = await _session(client)
+    session = await _session(client)
     answer = await forward_auth(client, session)
     assert answer.status == 200
     assert answer.headers["Remote-User"] == "alice"
@@ -160,18 +157,14 @@ async def test_forward_auth_uses_the_prepared_answer_too(client: Any) -> None:
 
 async def test_nginx_401_is_prepared_and_matches_aiohttps_own(client: Any) -> None:
     """No session: the prepared 401 names the portal like aiohttp's answer does, with no body."""
-    host, port = client.server.host, client.server.port
     anonymous = _request("").replace(f"Cookie: theme=dark; {SESSION_COOKIE}=\r\n".encode(), b"")
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    async with _connection(client) as (reader, writer):
         answers = []
         for _ in range(2):  # the second one comes from the memo
             writer.write(anonymous)
             answers.append(await _read_answer(reader))
         writer.write(anonymous.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
         status, built, _ = await _read_answer(reader)
-    finally:
-        writer.close()
     for status_line, prepared, body in answers:
         assert status_line == "HTTP/1.1 401 Unauthorized"
         assert body == b""
