@@ -81,6 +81,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
             PasswordHasher(config.password),
             config.password.max_concurrent,
             niceness=config.password.niceness,
+            cpus=config.password.cpus,
         )
         storage_root = load_storage_key(
             data_dir=config.storage.data_dir, configured=config.secrets.storage_key

@@ -11,6 +11,7 @@ import difflib
 import email.utils
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -90,6 +91,7 @@ class Argon2Config:
     parallelism: int = 4
     max_concurrent: int = 2  # argon2 verifies running at once (bounds memory and CPU)
     niceness: int = 10  # how many nice levels below the event loop argon2 threads run (0-19)
+    cpus: tuple[int, ...] = ()  # the CPUs argon2 threads may run on (empty: any)
 
 
 @dataclass(frozen=True)
@@ -774,6 +776,28 @@ def _network(item: str, path: str, problems: Problems) -> Any:
         )
 
 
+def _cpus(value: Any, path: str, problems: Problems) -> Any:
+    """A list of CPU numbers of this machine (0 to cores - 1), each once; absent or [] is none."""
+    count = os.cpu_count() or 1
+    allowed = f"a list of CPU numbers 0-{count - 1}, e.g. [{count - 1}]"
+    if value is None:
+        return ()
+    if isinstance(value, bool) or not isinstance(value, int | list):
+        return _fail(problems, path, f"{_show(value)} is not {allowed}")
+    items = [value] if isinstance(value, int) else value
+    cpus: list[int] = []
+    for index, item in enumerate(items):
+        item_path = path if isinstance(value, int) else f"{path}[{index}]"
+        if isinstance(item, bool) or not isinstance(item, int):
+            return _fail(problems, item_path, f"{_show(item)} is not a CPU number; use {allowed}")
+        if not 0 <= item < count:
+            return _fail(problems, item_path, f"{item} is not a CPU of this machine; use {allowed}")
+        if item in cpus:
+            return _fail(problems, item_path, f"CPU {item} is listed twice")
+        cpus.append(item)
+    return tuple(cpus)
+
+
 def _networks(value: Any, path: str, problems: Problems) -> Any:
     return _each(value, path, _network, problems)
 
@@ -1227,6 +1251,7 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
             "parallelism": _integer(1),
             "max_concurrent": _integer(1),
             "niceness": _integer(0, 19),
+            "cpus": _cpus,
         },
     ),
     "regulation": (

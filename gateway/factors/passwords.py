@@ -8,7 +8,7 @@ import os
 import secrets
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -100,14 +100,40 @@ def lower_thread_priority(steps: int) -> int | None:
     return nice
 
 
+def pin_thread(cpus: Sequence[int]) -> frozenset[int] | None:
+    """Let the calling thread run only on `cpus`; return the CPUs it may use now.
+
+    Linux keeps an affinity per thread and new threads inherit it, so argon2's lane
+    threads stay on these CPUs too. Empty `cpus`: no change. Returns None where that
+    is not possible (other systems, CPUs outside this process's cpuset).
+    """
+    if not cpus:
+        return None
+    try:
+        os.sched_setaffinity(0, cpus)  # 0: the calling thread
+        return frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError) as exc:
+        log_event("password_cpus_unavailable", logging.WARNING, cpus=list(cpus), error=str(exc))
+        return None
+
+
+def _start_hashing_thread(niceness: int, cpus: Sequence[int]) -> None:
+    lower_thread_priority(niceness)
+    pin_thread(cpus)
+
+
 class AsyncPasswordHasher:
     """Run a PasswordHasher in worker threads so hashing never blocks the event loop."""
 
-    def __init__(self, hasher: PasswordHasher, max_concurrent: int, *, niceness: int = 0) -> None:
+    def __init__(
+        self, hasher: PasswordHasher, max_concurrent: int, *, niceness: int = 0, cpus: Sequence[int] = ()
+    ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         if not 0 <= niceness <= 19:
             raise ValueError(f"niceness must be 0-19, got {niceness}")
+        if any(cpu < 0 for cpu in cpus):
+            raise ValueError(f"cpus must be CPU numbers >= 0, got {list(cpus)}")
         self._hasher = hasher
         # argon2 releases the GIL, so threads give real parallelism. Excess logins
         # wait on the semaphore, where they stay cancellable and hold no argon2
@@ -117,12 +143,15 @@ class AsyncPasswordHasher:
         # At a lower priority, a hash running on a busy machine gives way to the event loop
         # (forward-auth answers) instead of sharing the cores with it evenly. While the CPU is
         # saturated a login takes longer (~1 s instead of ~0.3 s in the bench's storm), and
-        # forward-auth keeps about twice the throughput (docs/performance.md).
+        # forward-auth keeps about twice the throughput (docs/performance.md). Kept to `cpus`,
+        # hashes never run on the cores left to forward-auth: the one thing that kept a login
+        # storm from raising forward-auth's p99 in the bench (argon2's memory sweeps slow
+        # everything sharing a core, whatever its priority).
         self._executor = ThreadPoolExecutor(
             max_workers=max_concurrent,
             thread_name_prefix="argon2",
-            initializer=lower_thread_priority,
-            initargs=(niceness,),
+            initializer=_start_hashing_thread,
+            initargs=(niceness, tuple(cpus)),
         )
 
     async def hash(self, password: str) -> str:

@@ -57,6 +57,21 @@ def test_defaults_are_valid_types() -> None:
     assert config.session.cookies == Config().session.cookies
 
 
+def test_password_cpus_accepts_a_list_a_number_or_nothing() -> None:
+    """CPUs for argon2: a list (also from the environment, as YAML), a single number, or none."""
+    assert parse_config({"password": {"cpus": [0]}}).password.cpus == (0,)
+    assert parse_config({"password": {"cpus": 0}}).password.cpus == (0,)
+    assert parse_config({"password": {"cpus": []}}).password.cpus == ()
+    assert parse_config({}, {"AUTHGATE_PASSWORD_CPUS": "[0]"}).password.cpus == (0,)
+    assert Config().password.cpus == ()
+
+
+def test_password_cpus_says_which_cpus_exist() -> None:
+    [(path, message)] = problems({"password": {"cpus": [4096]}})
+    assert path == "password.cpus[0]"
+    assert message.startswith("4096 is not a CPU of this machine; use a list of CPU numbers 0-")
+
+
 def test_load_missing_file_names_it(tmp_path: Path) -> None:
     """A missing configuration file is a ConfigError naming the file."""
     path = str(tmp_path / "nope.yml")
@@ -309,6 +324,12 @@ def test_negative_duration() -> None:
         ({"password": {"max_concurrent": 0}}, "password.max_concurrent"),
         ({"password": {"niceness": -1}}, "password.niceness"),
         ({"password": {"niceness": 20}}, "password.niceness"),
+        ({"password": {"cpus": [-1]}}, "password.cpus[0]"),
+        ({"password": {"cpus": [0, 4096]}}, "password.cpus[1]"),
+        ({"password": {"cpus": [0, 0]}}, "password.cpus[1]"),
+        ({"password": {"cpus": ["0"]}}, "password.cpus[0]"),
+        ({"password": {"cpus": "0-1"}}, "password.cpus"),
+        ({"password": {"cpus": True}}, "password.cpus"),
         # regulation
         ({"regulation": {"max_retries": -1}}, "regulation.max_retries"),
         ({"regulation": {"find_time": "soon"}}, "regulation.find_time"),

@@ -16,6 +16,7 @@ from gateway.factors.passwords import (
     AsyncPasswordHasher,
     PasswordHasher,
     lower_thread_priority,
+    pin_thread,
     validate_new_password,
 )
 
@@ -285,3 +286,76 @@ def test_lower_thread_priority_by_zero_does_nothing() -> None:
 def test_async_rejects_a_niceness_outside_0_to_19(hasher: PasswordHasher, niceness: int) -> None:
     with pytest.raises(ValueError, match="niceness"):
         AsyncPasswordHasher(hasher, max_concurrent=1, niceness=niceness)
+
+
+class CpuRecordingHasher(PasswordHasher):
+    """Records the CPUs the thread of each verify may run on."""
+
+    def __init__(self) -> None:
+        self.cpus: list[frozenset[int]] = []
+
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        self.cpus.append(frozenset(os.sched_getaffinity(0)))
+        return True
+
+
+linux_affinity = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity"), reason="per-thread CPU affinity is a Linux feature"
+)
+
+
+@linux_affinity
+async def test_async_hashes_run_only_on_the_configured_cpus() -> None:
+    """With cpus, hashing threads are kept to them and the event loop keeps every CPU it had."""
+    loop_cpus = frozenset(os.sched_getaffinity(0))
+    chosen = (min(loop_cpus),)
+    recording = CpuRecordingHasher()
+    wrapped = AsyncPasswordHasher(recording, max_concurrent=2, cpus=chosen)
+    try:
+        await asyncio.gather(*(wrapped.verify("h", "pw") for _ in range(4)))
+    finally:
+        wrapped.close()
+
+    assert recording.cpus == [frozenset(chosen)] * 4
+    assert frozenset(os.sched_getaffinity(0)) == loop_cpus
+
+
+@linux_affinity
+async def test_async_without_cpus_leaves_the_affinity_alone() -> None:
+    recording = CpuRecordingHasher()
+    wrapped = AsyncPasswordHasher(recording, max_concurrent=1)
+    try:
+        await wrapped.verify("h", "pw")
+    finally:
+        wrapped.close()
+
+    assert recording.cpus == [frozenset(os.sched_getaffinity(0))]
+
+
+def test_pin_thread_to_nothing_does_nothing() -> None:
+    assert pin_thread(()) is None
+
+
+@linux_affinity
+def test_pin_thread_to_a_cpu_outside_the_machine_warns_and_carries_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A CPU the kernel refuses (here one that does not exist) is logged; hashing still works."""
+    seen: dict[str, object] = {}
+
+    def pin() -> None:
+        seen["returned"] = pin_thread((4095,))
+        seen["cpus"] = frozenset(os.sched_getaffinity(0))
+
+    worker = threading.Thread(target=pin)
+    worker.start()
+    worker.join()
+
+    assert seen["returned"] is None
+    assert seen["cpus"] == frozenset(os.sched_getaffinity(0))
+    assert "password_cpus_unavailable" in caplog.text
+
+
+def test_async_rejects_a_negative_cpu(hasher: PasswordHasher) -> None:
+    with pytest.raises(ValueError, match="cpus"):
+        AsyncPasswordHasher(hasher, max_concurrent=1, cpus=(-1,))
