@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure the tools the end-to-end tests drive are installed: nginx, Chromium, oathtool, wrk.
+# Make sure the tools the end-to-end tests drive are installed: nginx, Chromium, oathtool, wrk,
+# and systemd-analyze (the unit's system call filter is checked against its own groups).
 # As root (CI) they are installed with apt; otherwise we print the command to run.
 set -euo pipefail
 need=()
@@ -7,6 +8,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v oathtool >/dev/null 2>&1 || need+=(oathtool)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]} with apt-get"
