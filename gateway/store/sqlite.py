@@ -197,11 +197,6 @@ WHERE id_hash = ? AND used_at IS NULL AND expires_at > ?
 RETURNING user_id
 """
 
-_INSERT_SECURITY_EVENT = """
-INSERT INTO audit_log (at, event, actor, target, ip, detail)
-SELECT ?, ?, username, username, ?, ? FROM users WHERE id = ?
-"""
-
 _SELECT_SECURITY_EVENTS = """
 SELECT a.id, u.id AS user_id, a.event, a.detail, COALESCE(a.ip, '') AS ip, a.at
 FROM audit_log AS a JOIN users AS u ON u.username = a.target
@@ -948,12 +943,6 @@ class Store:
         return _user_from_row(result.rows[0]) if result.rows else None
 
     # -- security events ----------------------------------------------------
-
-    async def add_security_event(self, user_id: int, event: str, detail: str, ip: str, at: float) -> None:
-        """Record an event the user did on their own account (an audit row targeting them); NotFound."""
-        result = await self._locked(_INSERT_SECURITY_EVENT, (at, event, ip, detail, user_id))
-        if result.rowcount != 1:
-            raise NotFound(f"no user with id {user_id}")
 
     async def list_security_events(self, user_id: int, limit: int = 50) -> list[SecurityEvent]:
         """Return the user's most recent events, newest first."""
