@@ -185,23 +185,6 @@ class SessionService:
         found = await self.store.read_session(id_hash)
         return await self._prepare(cookie_value, id_hash, cookie_end, found, now, generation, active=True)
 
-    async def _renew(self, cookie_value: str) -> None:
-        """Re-read a cached session in the background (the renewer's unit of work)."""
-        stale = self.cache.peek(cookie_value)
-        if stale is None:
-            return
-        generation = self._generation
-        found = await self.store.read_session(stale.id_hash)
-        await self._prepare(
-            cookie_value,
-            stale.id_hash,
-            stale.cookie_expires_at,
-            found,
-            self.clock(),
-            generation,
-            active=False,
-        )
-
     async def _prepare(
         self,
         cookie_value: str,
@@ -365,13 +348,8 @@ class SessionService:
         stale = [(c, e) for c in cookie_values if (e := self.cache.peek(c)) is not None]
         if not stale:
             return
-        read_many = getattr(self.store, "read_sessions", None)
-        if read_many is None:  # a store without batched reads
-            for cookie_value, _entry in stale:
-                await self._renew(cookie_value)
-            return
         generation = self._generation
-        found = await read_many([entry.id_hash for _c, entry in stale])
+        found = await self.store.read_sessions([entry.id_hash for _c, entry in stale])
         now = self.clock()
 
         def ends(item: tuple[str, CachedSession]) -> bool:

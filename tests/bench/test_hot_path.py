@@ -228,6 +228,10 @@ class _SlowStore:
         await self.release.wait()
         return self.found
 
+    async def read_sessions(self, id_hashes: list[str]) -> dict[str, tuple[SessionRecord, User]]:
+        found = await self.read_session(id_hashes[0])
+        return {} if found is None else {id_hashes[0]: found}
+
     async def delete_session(self, id_hash: str) -> bool:
         self.found = None
         return True
@@ -248,7 +252,7 @@ async def test_a_revocation_during_a_read_keeps_that_read_out_of_the_cache() -> 
     assert await service.resolve(cookie) is not None
 
     store.release.clear()
-    renewal = asyncio.create_task(service._renew(cookie))
+    renewal = asyncio.create_task(service._renew_many([cookie]))
     await _until(lambda: store.reads == 2)
     assert await service.revoke(id_hash)
     store.found = (record, user)  # the read in flight still returns the old row
