@@ -13,8 +13,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from multidict import CIMultiDict
-
 from gateway.config import AppPasswordsConfig, IdentityHeadersConfig
 from gateway.factors import app_passwords
 from gateway.factors.app_passwords import (
@@ -42,7 +40,7 @@ class CachedToken:
     username: str
     subject: Subject
     level: Level
-    headers: CIMultiDict[str]  # built once; each response copies it
+    headers: tuple[tuple[str, str], ...]  # identity headers, for answers built by aiohttp
     answer_head: bytes  # the whole 200 answer but its Date line (gateway/wire.py)
     domains: tuple[str, ...]
     expires_at: float | None
@@ -122,7 +120,7 @@ class AppPasswordService:
             username=user.username,
             subject=Subject(user.username, frozenset(user.groups)),
             level=app_passwords.effective_level(record.level, self.cfg.level),
-            headers=CIMultiDict(identity),
+            headers=identity,
             answer_head=answer_head(200, identity),
             domains=record.domains,
             expires_at=record.expires_at,

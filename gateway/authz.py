@@ -107,7 +107,7 @@ def _to_portal(
     if always_401:
         # nginx only reads the status and headers of an auth subrequest's answer: no body, so
         # nothing to send and nothing that could make it give up the upstream connection.
-        return answer(request, 401, portal.head_401, {"Location": portal.location})
+        return answer(request, 401, portal.head_401, (("Location", portal.location),))
     if _wants_redirect(request.headers, original.method):
         return web.Response(status=302, headers={"Location": portal.location})
     return web.Response(status=401, headers={"Location": portal.location}, text="401 unauthorized\n")
@@ -139,7 +139,7 @@ async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> w
     if decision.verdict is Verdict.ALLOW:
         if decision.with_identity and session is not None:
             # Serialised once per session: most answers are one write of prepared bytes.
-            return answer(request, 200, session.answer_head, session.response_headers)
+            return answer(request, 200, session.answer_head, session.headers)
         return answer(request, 200, PLAIN_OK_HEAD)
     if decision.verdict is Verdict.DENY:
         return _denied(original, session, decision)

@@ -9,7 +9,7 @@ ordinary `web.Response` with the same status and headers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
@@ -56,9 +56,9 @@ def prepared_fits(request: web.BaseRequest) -> bool:
 
 
 def answer(
-    request: web.BaseRequest, status: int, head: bytes, headers: Mapping[str, str] | None = None
+    request: web.BaseRequest, status: int, head: bytes, headers: Iterable[tuple[str, str]] = ()
 ) -> web.StreamResponse:
     """The prepared answer when it fits the request, else the same answer built by aiohttp."""
     if prepared_fits(request):
         return PreparedAnswer(status, head)
-    return web.Response(status=status, headers=headers)
+    return web.Response(status=status, headers=tuple(headers))

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
-from multidict import CIMultiDict
 
 from gateway.errors import SessionInvalid
 from gateway.models import Level, SessionRecord, Subject, User
@@ -108,15 +107,12 @@ class CachedSession:
     cookie_expires_at: float = math.inf
     # Seconds without a request after which the session is over (inf: no inactivity limit).
     idle_limit: float = math.inf
-    # The identity headers as the response needs them, built once (copied into each response).
-    response_headers: CIMultiDict[str] = field(init=False, repr=False, compare=False)
     # The whole 200 answer but its Date line, serialised once (gateway/wire.py).
     answer_head: bytes = field(init=False, repr=False, compare=False)
     # min(refresh_at, expires_at): the one time the cache-hit path compares against.
     usable_until: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.response_headers = CIMultiDict(self.headers)
         self.answer_head = answer_head(200, self.headers)
         self.usable_until = min(self.refresh_at, self.expires_at)
 
