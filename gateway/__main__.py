@@ -14,8 +14,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TextIO
 
-from gateway import audit, useragent
-from gateway.accounts import (
+from gateway.accounts import audit, useragent
+from gateway.accounts.validation import (
     parse_groups,
     validate_display_name,
     validate_email,

@@ -9,25 +9,25 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from gateway import authz
-from gateway.app_password_service import AppPasswordService
-from gateway.audit import AuditLog
+from gateway.accounts.app_passwords import AppPasswordService
+from gateway.accounts.audit import AuditLog
+from gateway.accounts.notify import build_notifier
+from gateway.accounts.two_factor import TwoFactorService
+from gateway.accounts.webauthn import WebAuthnService
+from gateway.authz import endpoints as authz
+from gateway.authz.decision import Decisions
+from gateway.authz.rules import CompiledRules
 from gateway.config import Config
-from gateway.decision import Decisions
 from gateway.factors import app_passwords
 from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
 from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox, derive_key, load_storage_key
 from gateway.logs import logger
 from gateway.models import SessionRecord, User
-from gateway.notify import build_notifier
-from gateway.rules import CompiledRules
 from gateway.secret_files import load_or_create_secret_lines
 from gateway.services import SERVICES, Services
-from gateway.session_service import SessionService
-from gateway.sessions import SessionCodec
+from gateway.sessions.codec import SessionCodec
+from gateway.sessions.service import SessionService
 from gateway.store.sqlite import Store
-from gateway.two_factor import TwoFactorService
-from gateway.webauthn_service import WebAuthnService
 from portal import routes as portal_routes
 from portal.web import portal_base_path
 

@@ -155,7 +155,7 @@ class AuditEvent:
 
     id: int
     at: float
-    event: str  # one of the names in gateway.audit
+    event: str  # one of the names in gateway.accounts.audit
     actor: str | None  # username who did it; "cli" for the command line; None when unknown
     target: str | None  # username it was done to, if any
     ip: str | None  # client address; None for the command line

@@ -7,17 +7,17 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.app_password_service import AppPasswordService
-from gateway.audit import AuditLog
+from gateway.accounts.app_passwords import AppPasswordService
+from gateway.accounts.audit import AuditLog
+from gateway.accounts.notify import Notifier
+from gateway.accounts.two_factor import TwoFactorService
+from gateway.accounts.webauthn import WebAuthnService
+from gateway.authz.decision import Decisions
+from gateway.authz.rules import CompiledRules
 from gateway.config import Config
-from gateway.decision import Decisions
 from gateway.factors.passwords import AsyncPasswordHasher
-from gateway.notify import Notifier
-from gateway.rules import CompiledRules
-from gateway.session_service import SessionService
+from gateway.sessions.service import SessionService
 from gateway.store.sqlite import Store
-from gateway.two_factor import TwoFactorService
-from gateway.webauthn_service import WebAuthnService
 
 
 @dataclass

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway.sessions import CachedSession
+from gateway.sessions.codec import CachedSession
 from portal.web import base_of, cookie_domain_of, redirect, services_of
 
 

@@ -14,13 +14,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from itsdangerous import URLSafeTimedSerializer
 from multidict import MultiDictProxy
 
+from gateway.authz.domains import cookie_domain_attribute, match_cookie_domain
+from gateway.authz.forwarded import client_address
+from gateway.authz.redirects import safe_redirect_target
 from gateway.config import Config, CookieDomain
-from gateway.domains import cookie_domain_attribute, match_cookie_domain
-from gateway.forwarded import client_address
 from gateway.models import User
-from gateway.redirects import safe_redirect_target
 from gateway.services import SERVICES, Services
-from gateway.sessions import CachedSession
+from gateway.sessions.codec import CachedSession
 from portal.csrf import CsrfSigner, generate_csrf_secret, is_csrf_secret
 
 CSRF_COOKIE = "authgate_csrf"

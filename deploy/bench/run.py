@@ -249,8 +249,8 @@ async def seed(config_path: Path, cookie_file: Path) -> dict[str, Any]:
     from gateway.app import session_keys
     from gateway.config import load_config
     from gateway.factors.passwords import PasswordHasher
-    from gateway.session_service import SessionService
-    from gateway.sessions import SessionCodec
+    from gateway.sessions.codec import SessionCodec
+    from gateway.sessions.service import SessionService
     from gateway.store.sqlite import Store
 
     config = load_config(str(config_path), {})
@@ -559,12 +559,12 @@ def micro_bench(short: bool) -> dict[str, Any]:
     from dataclasses import replace
     from ipaddress import ip_address, ip_network
 
+    from gateway.authz.decision import decide
+    from gateway.authz.rules import MATCH_MEMO_SIZE, CompiledRules
     from gateway.config import IdentityHeadersConfig
-    from gateway.decision import decide
     from gateway.models import User
-    from gateway.rules import MATCH_MEMO_SIZE, CompiledRules
-    from gateway.session_service import SessionService
-    from gateway.sessions import CachedSession, SessionCodec, build_identity_headers
+    from gateway.sessions.codec import CachedSession, SessionCodec, build_identity_headers
+    from gateway.sessions.service import SessionService
 
     iterations = 20_000 if short else 200_000
     tail = [

@@ -19,8 +19,9 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway import audit, useragent
-from gateway.accounts import (
+from gateway.accounts import audit, useragent
+from gateway.accounts.notify import NotificationFailed
+from gateway.accounts.validation import (
     parse_groups,
     validate_display_name,
     validate_email,
@@ -31,8 +32,7 @@ from gateway.errors import Conflict
 from gateway.factors.passwords import validate_new_password
 from gateway.logs import log_event
 from gateway.models import AppPassword, Level, SessionRecord, User
-from gateway.notify import NotificationFailed
-from gateway.sessions import CachedSession
+from gateway.sessions.codec import CachedSession
 from portal.reauth import require_recent
 from portal.views.password_reset import MAX_PASSWORD_FIELD, issue_link, link_mail
 from portal.web import (

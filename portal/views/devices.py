@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway import audit
+from gateway.accounts import audit
+from gateway.accounts.useragent import describe
 from gateway.models import SessionRecord
-from gateway.useragent import describe
 from portal.web import (
     base_of,
     clear_session_cookie,

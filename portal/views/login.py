@@ -9,10 +9,10 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from gateway import audit
+from gateway.accounts import audit
+from gateway.accounts.regulation import banned_until
 from gateway.logs import log_event
 from gateway.models import Level, User
-from gateway.regulation import banned_until
 from portal.flow import STEP_ENROL, STEP_VERIFY, second_factor_needed
 from portal.flow import start as start_pending
 from portal.pending import set_pending

@@ -13,13 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import audit
+from gateway.accounts import audit
+from gateway.accounts.webauthn import PASSKEY_LOGIN, SECOND_FACTOR
 from gateway.errors import Conflict
 from gateway.factors.passkeys import InvalidWebAuthn
 from gateway.logs import log_event
 from gateway.models import Level, User
 from gateway.store.sqlite import Store
-from gateway.webauthn_service import PASSKEY_LOGIN, SECOND_FACTOR
 from portal.flow import STEP_VERIFY, second_factor_needed
 from portal.flow import start as start_pending
 from portal.pending import set_pending

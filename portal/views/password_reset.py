@@ -15,7 +15,7 @@ from typing import Final
 
 from aiohttp import web
 
-from gateway import audit
+from gateway.accounts import audit
 from gateway.factors.passwords import validate_new_password
 from gateway.models import User
 from portal.web import (

@@ -6,11 +6,11 @@ import logging
 
 from aiohttp import web
 
-from gateway import audit
+from gateway.accounts import audit
+from gateway.accounts.webauthn import REAUTH
 from gateway.factors.passkeys import InvalidWebAuthn
 from gateway.logs import log_event
 from gateway.models import User
-from gateway.webauthn_service import REAUTH
 from portal.reauth import mark_reauthenticated
 from portal.views.login import ban_remaining
 from portal.views.passkeys import _ceremony, _json_body, json_error, json_next

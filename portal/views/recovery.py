@@ -14,10 +14,10 @@ import secrets
 
 from aiohttp import web
 
-from gateway import audit
+from gateway.accounts import audit
+from gateway.accounts.notify import NotificationFailed
 from gateway.logs import log_event
 from gateway.models import User
-from gateway.notify import NotificationFailed
 from portal.views.login import ban_remaining
 from portal.views.second_factor import start_session
 from portal.web import (

@@ -7,10 +7,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway import audit
+from gateway.accounts import audit
+from gateway.accounts.two_factor import RECOVERY, TOTP
 from gateway.models import Level, User
-from gateway.sessions import CachedSession
-from gateway.two_factor import RECOVERY, TOTP
+from gateway.sessions.codec import CachedSession
 from portal.flow import PendingLogin, PendingLoginError, check, default_method
 from portal.pending import attempts_key, attempts_left, clear_pending, load_pending
 from portal.views.login import ban_remaining

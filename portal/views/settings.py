@@ -9,12 +9,12 @@ from urllib.parse import urlencode
 from aiohttp import web
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from gateway import audit
+from gateway.accounts import audit
+from gateway.accounts.two_factor import FEW_RECOVERY_CODES
 from gateway.errors import Conflict, NotFound
 from gateway.models import Level, User
-from gateway.sessions import CachedSession
+from gateway.sessions.codec import CachedSession
 from gateway.store.sqlite import Store
-from gateway.two_factor import FEW_RECOVERY_CODES
 from portal.views.second_factor import finish_login
 from portal.web import (
     base_of,

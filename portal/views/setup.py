@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway.accounts import validate_display_name, validate_email, validate_username
+from gateway.accounts.validation import validate_display_name, validate_email, validate_username
 from gateway.errors import Conflict
 from gateway.factors.passwords import validate_new_password
 from gateway.logs import log_event

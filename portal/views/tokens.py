@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import audit
+from gateway.accounts import audit
 from gateway.errors import Conflict
 from gateway.factors import app_passwords
 from gateway.models import AppPassword, User
-from gateway.sessions import CachedSession
+from gateway.sessions.codec import CachedSession
 from portal.reauth import require_recent
 from portal.web import (
     base_of,

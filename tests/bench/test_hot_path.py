@@ -21,8 +21,8 @@ import pytest
 from gateway.config import IdentityHeadersConfig, SessionConfig
 from gateway.factors.passwords import PasswordHasher
 from gateway.models import Level, SessionRecord, User
-from gateway.session_service import RENEW_AFTER, SessionService
-from gateway.sessions import SessionCodec, generate_session_id, hash_session_id
+from gateway.sessions.codec import SessionCodec, generate_session_id, hash_session_id
+from gateway.sessions.service import RENEW_AFTER, SessionService
 from gateway.store.sqlite import Store
 from tests.http.helpers import (
     PASSWORD,

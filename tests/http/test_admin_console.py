@@ -14,7 +14,7 @@ import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
-from gateway import audit
+from gateway.accounts import audit
 from gateway.factors import app_passwords
 from gateway.models import AuditEvent, Level, User
 from portal.routes import ADMIN_PREFIX, ROUTES

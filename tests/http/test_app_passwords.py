@@ -12,7 +12,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from gateway import audit
+from gateway.accounts import audit
 from gateway.factors import app_passwords
 from gateway.models import AuditEvent
 from portal.web import fmt_time

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import audit
+from gateway.accounts import audit
 from gateway.models import AuditEvent
 from tests.http.helpers import (
     CSRF_COOKIE,

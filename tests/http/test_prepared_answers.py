@@ -1,6 +1,6 @@
 """Prepared forward-auth answers on the wire: what a proxy reads, byte for byte.
 
-Most 200s are written from bytes serialised once per session (gateway/prepared.py).
+Most 200s are written from bytes serialised once per session (gateway/authz/prepared.py).
 These tests talk raw HTTP/1.x over a socket, so they see exactly what nginx, Traefik
 and Caddy see, including keep-alive, pipelining and the requests that must get
 aiohttp's own answer instead.

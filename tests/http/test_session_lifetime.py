@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.models import Level, SessionRecord
-from gateway.sessions import SessionCodec, generate_session_id, hash_session_id
+from gateway.sessions.codec import SessionCodec, generate_session_id, hash_session_id
 from tests.http.helpers import (
     KEY_A,
     KEY_B,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.accounts import (
+from gateway.accounts.validation import (
     parse_groups,
     validate_display_name,
     validate_email,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import audit
-from gateway.audit import AuditLog, iso_time, to_json_line
+from gateway.accounts import audit
+from gateway.accounts.audit import AuditLog, iso_time, to_json_line
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from gateway.logs import logger

@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from gateway.__main__ import main
+from gateway.accounts.two_factor import TwoFactorService
 from gateway.config import load_config
 from gateway.factors.passwords import PasswordHasher
 from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox, derive_key, load_storage_key
 from gateway.store.sqlite import Store
-from gateway.two_factor import TwoFactorService
 
 Run = Callable[..., Awaitable[tuple[int, str, str]]]
 

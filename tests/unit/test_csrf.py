@@ -8,7 +8,7 @@ from typing import Any
 import itsdangerous.timed
 import pytest
 
-from gateway.sessions import SessionCodec
+from gateway.sessions.codec import SessionCodec
 from portal.csrf import CSRF_MAX_AGE, CsrfSigner, generate_csrf_secret, is_csrf_secret
 
 KEY = "k" * 40

@@ -7,10 +7,10 @@ from ipaddress import ip_address
 
 import pytest
 
+from gateway.authz.decision import Decision, Decisions, Verdict, decide
+from gateway.authz.rules import CompiledRules
 from gateway.config import AccessControlConfig, parse_config
-from gateway.decision import Decision, Decisions, Verdict, decide
 from gateway.models import Level, OriginalRequest, Policy, Subject
-from gateway.rules import CompiledRules
 
 RULES = CompiledRules.from_config(
     parse_config(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.authz.domains import cookie_domain_attribute, host_in_domain, match_cookie_domain
 from gateway.config import CookieDomain
-from gateway.domains import cookie_domain_attribute, host_in_domain, match_cookie_domain
 
 COOKIES = (
     CookieDomain(domain="example.com", portal_url="https://auth.example.com"),

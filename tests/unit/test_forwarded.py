@@ -1,4 +1,4 @@
-"""Tests for gateway.forwarded: proxy headers from trusted peers -> OriginalRequest."""
+"""Tests for gateway.authz.forwarded: proxy headers from trusted peers -> OriginalRequest."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from ipaddress import IPv4Address, ip_address, ip_network
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.authz.forwarded import client_address, parse_auth_request, parse_forward_auth
 from gateway.errors import InvalidForwardedHeaders
-from gateway.forwarded import client_address, parse_auth_request, parse_forward_auth
 from gateway.models import OriginalRequest
 
 TRUSTED = (ip_network("127.0.0.0/8"), ip_network("::1/128"), ip_network("10.0.0.0/8"))

@@ -7,14 +7,14 @@ from ipaddress import ip_address, ip_network
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway import forwarded
+from gateway.authz import forwarded
+from gateway.authz.forwarded import parse_auth_request, parse_forward_auth
+from gateway.authz.memo import BoundedMemo
+from gateway.authz.rules import MATCH_MEMO_SIZE, CompiledRules, RuleDecision
 from gateway.config import AccessControlConfig, AccessRule
 from gateway.errors import InvalidForwardedHeaders
-from gateway.forwarded import parse_auth_request, parse_forward_auth
-from gateway.memo import BoundedMemo
 from gateway.models import Level, OriginalRequest, Policy, Subject
-from gateway.rules import MATCH_MEMO_SIZE, CompiledRules, RuleDecision
-from gateway.sessions import CachedSession, SessionRecord
+from gateway.sessions.codec import CachedSession, SessionRecord
 
 TRUSTED = (ip_network("10.0.0.0/8"),)
 PEER = "10.0.0.2"

@@ -15,8 +15,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from gateway.accounts.notify import FileNotifier, NotificationFailed, SmtpNotifier, build_notifier
 from gateway.config import FileNotifierConfig, NotifierConfig, SmtpConfig, parse_config
-from gateway.notify import FileNotifier, NotificationFailed, SmtpNotifier, build_notifier
 
 SECRET = "correct horse battery staple"
 

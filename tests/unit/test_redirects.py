@@ -1,10 +1,10 @@
-"""Tests for gateway.redirects: which return URLs may be redirected to."""
+"""Tests for gateway.authz.redirects: which return URLs may be redirected to."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.redirects import safe_redirect_target
+from gateway.authz.redirects import safe_redirect_target
 
 DOMAINS = ("good.example",)
 

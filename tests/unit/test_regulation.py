@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.accounts.regulation import banned_until
 from gateway.config import RegulationConfig
-from gateway.regulation import banned_until
 
 CFG = RegulationConfig(max_retries=3, find_time=120.0, ban_time=300.0)
 

@@ -1,4 +1,4 @@
-"""Tests for gateway.rules: first-match access rules and their compiled index."""
+"""Tests for gateway.authz.rules: first-match access rules and their compiled index."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
+from gateway.authz.rules import CompiledRules, RuleDecision
 from gateway.config import AccessControlConfig, AccessRule
 from gateway.errors import ConfigError
 from gateway.models import OriginalRequest, Policy, Subject
-from gateway.rules import CompiledRules, RuleDecision
 
 ALICE = Subject("alice", frozenset({"dev"}))
 BOB = Subject("bob", frozenset({"admins", "dev"}))

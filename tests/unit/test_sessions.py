@@ -9,7 +9,7 @@ import pytest
 
 from gateway.errors import SessionInvalid
 from gateway.models import Level, SessionRecord, Subject, User
-from gateway.sessions import (
+from gateway.sessions.codec import (
     CachedSession,
     SessionCache,
     SessionCodec,

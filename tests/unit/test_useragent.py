@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.useragent import MAX_OUTPUT, UNKNOWN, describe
+from gateway.accounts.useragent import MAX_OUTPUT, UNKNOWN, describe
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Prepared forward-auth answers: the bytes (gateway/wire.py) and how they are sent (gateway/prepared.py)."""
+"""Prepared forward-auth answers: the bytes (gateway/authz/wire.py) and how they are sent (prepared.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from gateway.prepared import PreparedAnswer
-from gateway.wire import DateLine, answer_head
+from gateway.authz.prepared import PreparedAnswer
+from gateway.authz.wire import DateLine, answer_head
 
 
 def test_answer_head_holds_status_length_and_headers_in_order() -> None:

@@ -29,7 +29,7 @@ from gateway.config import IdentityHeadersConfig, SessionConfig
 from gateway.errors import SessionInvalid
 from gateway.logs import log_event, logger
 from gateway.models import Level, SessionRecord, Subject, User
-from gateway.sessions import (
+from gateway.sessions.codec import (
     CachedSession,
     SessionCache,
     SessionCodec,

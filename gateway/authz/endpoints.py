@@ -16,18 +16,18 @@ from urllib.parse import quote
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from gateway.authz_tokens import answer_with_token
-from gateway.decision import Decision, Verdict
-from gateway.domains import match_cookie_domain
+from gateway.authz.decision import Decision, Verdict
+from gateway.authz.domains import match_cookie_domain
+from gateway.authz.forwarded import parse_auth_request, parse_forward_auth
+from gateway.authz.memo import BoundedMemo
+from gateway.authz.prepared import PLAIN_OK_HEAD, answer
+from gateway.authz.tokens import answer_with_token
+from gateway.authz.wire import answer_head
 from gateway.errors import InvalidForwardedHeaders
-from gateway.forwarded import parse_auth_request, parse_forward_auth
 from gateway.logs import log_event
-from gateway.memo import BoundedMemo
 from gateway.models import OriginalRequest
-from gateway.prepared import PLAIN_OK_HEAD, answer
 from gateway.services import SERVICES, Services
-from gateway.sessions import CachedSession
-from gateway.wire import answer_head
+from gateway.sessions.codec import CachedSession
 
 Parser = Callable[..., OriginalRequest]
 

@@ -8,7 +8,7 @@ malformed value raises InvalidForwardedHeaders with a reason for the 400 and
 the log.
 
 Parsing is pure, and proxies repeat the same values thousands of times a second,
-so results are memoised (gateway.memo, bounded): a whole OriginalRequest by the
+so results are memoised (gateway.authz.memo, bounded): a whole OriginalRequest by the
 exact header values it was built from, the client address by (peer,
 X-Forwarded-For, X-Real-IP), and the trust verdict by peer. Only successes are
 remembered, and only for an immutable `trusted` (a tuple): a memo belongs to one
@@ -26,9 +26,9 @@ from urllib.parse import unquote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.authz.memo import BoundedMemo
 from gateway.config import Network
 from gateway.errors import InvalidForwardedHeaders
-from gateway.memo import BoundedMemo
 from gateway.models import IPAddress, OriginalRequest
 
 Headers = CIMultiDictProxy[str] | CIMultiDict[str]

@@ -10,7 +10,7 @@ suffix; a request only looks at the rules that could apply to its host.
 Everything but the subject is a pure function of (host, path, method, and the
 client address when a candidate rule tests networks), and proxies ask about the
 same few of those again and again, so the rules that match them are memoised
-in a bounded memo (gateway.memo): a repeated request tests no regex at all.
+in a bounded memo (gateway.authz.memo): a repeated request tests no regex at all.
 Results are prepared once per rule, so deciding allocates nothing.
 """
 
@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 from heapq import merge
 
+from gateway.authz.memo import BoundedMemo
 from gateway.config import AccessControlConfig, AccessRule, Network
 from gateway.errors import ConfigError
-from gateway.memo import BoundedMemo
 from gateway.models import IPAddress, OriginalRequest, Policy, Subject
 
 # Enough for every host a deployment serves; clearing when full keeps memory

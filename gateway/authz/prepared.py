@@ -1,4 +1,4 @@
-"""Send a forward-auth answer whose head was serialised in advance (gateway/wire.py).
+"""Send a forward-auth answer whose head was serialised in advance (gateway/authz/wire.py).
 
 aiohttp calls a handler's response `prepare(request)` and then `write_eof()`; this
 response does both with one write of the prepared bytes. It is used only where those
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from gateway.wire import answer_head, date_line
+from gateway.authz.wire import answer_head, date_line
 
 _BODYLESS_METHODS = frozenset({"GET", "HEAD"})
 # A 200 without identity headers (a bypass rule, or a rule that sends none).

@@ -5,9 +5,9 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple, Protocol
 
-from gateway.memo import BoundedMemo
+from gateway.authz.memo import BoundedMemo
+from gateway.authz.rules import CompiledRules
 from gateway.models import Level, OriginalRequest, Policy, Subject
-from gateway.rules import CompiledRules
 
 
 class Verdict(enum.Enum):
@@ -56,7 +56,7 @@ def decide(
 
 
 class SignedIn(Protocol):
-    """What a decision reads of a session (gateway.sessions.CachedSession)."""
+    """What a decision reads of a session (gateway.sessions.codec.CachedSession)."""
 
     @property
     def subject(self) -> Subject: ...
@@ -78,7 +78,7 @@ class Decisions:
     re-read makes a new entry), so (request, entry) identities stand for every input of
     decide(). Each memo entry holds the objects its key names, so no id() in a key can be
     reused by another object while it is remembered; both memos are bounded in entries,
-    and a request's URL in size (gateway.forwarded's key bound).
+    and a request's URL in size (gateway.authz.forwarded's key bound).
     """
 
     def __init__(self, rules: CompiledRules, size: int = DECISION_MEMO_SIZE) -> None:

@@ -13,8 +13,10 @@ import logging
 
 from aiohttp import web
 
-from gateway import audit
-from gateway.decision import Verdict, decide
+from gateway.accounts import audit
+from gateway.accounts.regulation import banned_until
+from gateway.authz.decision import Verdict, decide
+from gateway.authz.prepared import PLAIN_OK_HEAD, answer
 from gateway.factors.app_passwords import (
     AppPasswordDomainRefused,
     InvalidAppPassword,
@@ -23,8 +25,6 @@ from gateway.factors.app_passwords import (
 )
 from gateway.logs import log_event
 from gateway.models import OriginalRequest
-from gateway.prepared import PLAIN_OK_HEAD, answer
-from gateway.regulation import banned_until
 from gateway.services import Services
 
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="authgate", charset="UTF-8"'}

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.authz.wire import answer_head
 from gateway.config import AppPasswordsConfig, IdentityHeadersConfig
 from gateway.factors import app_passwords
 from gateway.factors.app_passwords import (
@@ -23,9 +24,8 @@ from gateway.factors.app_passwords import (
 )
 from gateway.logs import log_event
 from gateway.models import Level, Subject
-from gateway.sessions import build_identity_headers
+from gateway.sessions.codec import build_identity_headers
 from gateway.store.sqlite import Store
-from gateway.wire import answer_head
 
 MAX_CACHED = 50_000
 
@@ -41,7 +41,7 @@ class CachedToken:
     subject: Subject
     level: Level
     headers: tuple[tuple[str, str], ...]  # identity headers, for answers built by aiohttp
-    answer_head: bytes  # the whole 200 answer but its Date line (gateway/wire.py)
+    answer_head: bytes  # the whole 200 answer but its Date line (gateway/authz/wire.py)
     domains: tuple[str, ...]
     expires_at: float | None
     refresh_at: float

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
 
+from gateway.authz.wire import answer_head
 from gateway.errors import SessionInvalid
 from gateway.models import Level, SessionRecord, Subject, User
-from gateway.wire import answer_head
 
 SESSION_SALT = "authgate.session.v1"
 
@@ -107,7 +107,7 @@ class CachedSession:
     cookie_expires_at: float = math.inf
     # Seconds without a request after which the session is over (inf: no inactivity limit).
     idle_limit: float = math.inf
-    # The whole 200 answer but its Date line, serialised once (gateway/wire.py).
+    # The whole 200 answer but its Date line, serialised once (gateway/authz/wire.py).
     answer_head: bytes = field(init=False, repr=False, compare=False)
     # min(refresh_at, expires_at): the one time the cache-hit path compares against.
     usable_until: float = field(init=False, repr=False, compare=False)
