@@ -1,0 +1,74 @@
+"""The layout's import boundaries: aiohttp only in the HTTP layer, database drivers only in the store."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HTTP_LAYER = {
+    "gateway/app.py",
+    "gateway/server.py",
+    "gateway/services.py",
+    "gateway/metrics_http.py",
+    "gateway/authz/endpoints.py",
+    "gateway/authz/tokens.py",
+    "gateway/authz/prepared.py",
+}
+DRIVERS = {"aiosqlite", "sqlite3", "asyncpg", "psycopg", "psycopg_pool"}
+PURE_PACKAGES = ("gateway/factors/",)
+PURE_MODULES = {
+    "gateway/authz/forwarded.py",
+    "gateway/authz/rules.py",
+    "gateway/authz/decision.py",
+    "gateway/authz/redirects.py",
+    "gateway/authz/domains.py",
+    "gateway/authz/wire.py",
+    "gateway/authz/memo.py",
+    "gateway/sessions/codec.py",
+}
+
+
+def gateway_modules() -> list[str]:
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "gateway").rglob("*.py"))
+
+
+def imported_roots(path: str) -> set[str]:
+    tree = ast.parse((ROOT / path).read_text(), filename=path)
+    roots: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("path", gateway_modules())
+def test_aiohttp_only_in_the_http_layer(path: str) -> None:
+    """Only the HTTP layer imports aiohttp; the rest of gateway/ is testable without a server."""
+    if path in HTTP_LAYER:
+        return
+    assert "aiohttp" not in imported_roots(path), f"{path} imports aiohttp outside the HTTP layer"
+
+
+@pytest.mark.parametrize("path", gateway_modules())
+def test_database_drivers_only_in_the_store(path: str) -> None:
+    """Only gateway/store/ talks to a database driver."""
+    if path.startswith("gateway/store/"):
+        return
+    assert not imported_roots(path) & DRIVERS, f"{path} imports a database driver outside gateway/store/"
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in gateway_modules() if p in PURE_MODULES or p.startswith(PURE_PACKAGES)]
+)
+def test_pure_modules_do_no_io(path: str) -> None:
+    """The pure core imports neither aiohttp nor the store."""
+    roots = imported_roots(path)
+    tree = ast.parse((ROOT / path).read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "aiohttp" not in roots
+    assert not any(m.startswith("gateway.store") for m in modules), f"{path} imports the store"
