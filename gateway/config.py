@@ -117,12 +117,16 @@ class AccessRule:
     methods: tuple[str, ...] = ()  # upper case; empty = any
     networks: tuple[Network, ...] = ()  # client address CIDRs; empty = any
     subjects: tuple[str, ...] = ()  # "user:NAME" / "group:NAME"; empty = anyone
+    path_case: str = "sensitive"  # "insensitive": paths also match in any letter case (/ADMIN)
 
 
 @dataclass(frozen=True)
 class AccessControlConfig:
     default_policy: Policy = Policy.DENY
     rules: tuple[AccessRule, ...] = ()
+    # "refuse": 400 for a path an upstream may read as another (;params, backslash, %2f ...);
+    # "allow": match its canonical path anyway (see docs/access-control.md).
+    ambiguous_paths: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -1054,7 +1058,9 @@ def _rule_subject(item: str, path: str, problems: Problems) -> Any:
     return item
 
 
-_RULE_KEYS = ("domain", "path", "methods", "networks", "subject", "policy")
+_RULE_KEYS = ("domain", "path", "path_case", "methods", "networks", "subject", "policy")
+_PATH_CASES = ("sensitive", "insensitive")
+_AMBIGUOUS_PATHS = ("refuse", "allow")
 
 
 def _rule(item: Any, path: str, problems: Problems) -> Any:
@@ -1071,6 +1077,11 @@ def _rule(item: Any, path: str, problems: Problems) -> Any:
         "methods": _each(item.get("methods"), f"{path}.methods", _rule_method, problems),
         "networks": _each(item.get("networks"), f"{path}.networks", _network, problems),
         "subjects": _each(item.get("subject"), f"{path}.subject", _rule_subject, problems),
+        "path_case": (
+            "sensitive"
+            if item.get("path_case") is None
+            else _choice(_PATH_CASES)(item["path_case"], f"{path}.path_case", problems)
+        ),
     }
     if policy is Policy.BYPASS and isinstance(parsed["subjects"], tuple) and parsed["subjects"]:
         # Authelia's rule: bypass lets requests through unauthenticated, so no subject can be known
@@ -1262,7 +1273,10 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
         IdentityHeadersConfig,
         {"user": _header_name, "email": _header_name, "groups": _header_name, "name": _header_name},
     ),
-    "access_control": (AccessControlConfig, {"default_policy": _policy, "rules": _rules}),
+    "access_control": (
+        AccessControlConfig,
+        {"default_policy": _policy, "rules": _rules, "ambiguous_paths": _choice(_AMBIGUOUS_PATHS)},
+    ),
     "portal": (PortalConfig, {"title": _text, "admin_group": _text}),
     "two_factor": (
         TwoFactorConfig,

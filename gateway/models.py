@@ -46,6 +46,9 @@ class OriginalRequest:
         return f"{self.scheme}://{netloc}{self.raw_path}{query}"
 
     raw_path: str = "/"  # path exactly as sent (still percent-encoded)
+    # Why an upstream may read the path as another one (";" parameter, backslash, encoded
+    # slash ...; gateway.authz.paths), None when it is unambiguous.
+    ambiguity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import multiprocessing
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, InvalidHeader, LineTooLong
 
 from gateway.app import create_app, session_keys
 from gateway.config import Config
@@ -34,9 +36,57 @@ def _install_uvloop() -> str:
     return "uvloop"
 
 
+# The longest header line authgate reads (name and value). nginx.conf.example's subrequest
+# builds X-Original-URL from a request line and a Host header of up to 8 KiB each (nginx's
+# large_client_header_buffers), so up to about 16 KiB; aiohttp's default of 8 KiB would refuse
+# it with a 400, which nginx turns into a 500. Longer lines are still refused (LineTooLong).
+MAX_FIELD_SIZE = 18 * 1024
+
+
+def _protocol_error_reason(exc: HttpProcessingError) -> str:
+    """Say what aiohttp refused without the refused bytes (they may be a cookie)."""
+    if isinstance(exc, LineTooLong):
+        return f"a line over {exc.args[1]} bytes"
+    if isinstance(exc, InvalidHeader):
+        return "an invalid header"
+    first = (exc.message or "").split("\n", 1)[0]
+    return first.split(":", 1)[0].strip()[:120] or "malformed request"
+
+
+class _OneLineProtocolErrors(logging.Filter):
+    """Turn aiohttp's traceback for a request its parser refused into one structured log line.
+
+    aiohttp answers such a request (an overlong line, too many headers, a bad request line)
+    400 itself and logs it on aiohttp.server with the whole traceback: the client's fault,
+    not authgate's, so one line saying what and from where is enough. Every other record
+    (a real failure inside a handler) passes through untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        log_event(
+            "http_bad_request",
+            logging.WARNING,
+            status=exc.code,
+            error=type(exc).__name__,
+            reason=_protocol_error_reason(exc),
+            peer=args[0] if args else None,
+        )
+        return False
+
+
+_PROTOCOL_ERRORS = _OneLineProtocolErrors()
+
+
 async def _run_worker(config: Config, reuse_port: bool) -> None:
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    server_logger = logging.getLogger("aiohttp.server")
+    if _PROTOCOL_ERRORS not in server_logger.filters:
+        server_logger.addFilter(_PROTOCOL_ERRORS)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, max_field_size=MAX_FIELD_SIZE)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=1024)
     await site.start()

@@ -3,7 +3,9 @@
 /api/authz/forward-auth  Traefik and Caddy (X-Forwarded-*); unauthenticated
                          browser navigation gets 302 to the portal, the rest 401.
 /api/authz/auth-request  nginx auth_request (X-Original-URL); always 401 with a
-                         Location header, which nginx turns into a redirect.
+                         Location header, which nginx turns into a redirect; a request
+                         it cannot judge is a 403 marked X-Authgate-Error (never a 400,
+                         which nginx would turn into a 500).
 """
 
 from __future__ import annotations
@@ -42,9 +44,25 @@ def _wants_redirect(headers: CIMultiDictProxy[str], method: str) -> bool:
     return method in ("GET", "HEAD") and "text/html" in headers.get("Accept", "")
 
 
-def _bad_request(request: web.Request, exc: InvalidForwardedHeaders) -> web.Response:
+# nginx's auth_request turns every answer but 2xx, 401 and 403 into a 500 (and logs "auth request
+# unexpected status"): to nginx a request authgate cannot judge is a 403 marked with this header,
+# which nginx.conf.example turns into a 400 for the client (docs/proxies.md).
+BAD_REQUEST_HEADER = "X-Authgate-Error"
+
+
+def _bad_request(request: web.Request, exc: InvalidForwardedHeaders, *, for_nginx: bool) -> web.Response:
     log_event("authz_bad_request", logging.WARNING, reason=exc.reason, peer=request.remote)
-    return web.Response(status=400, text=f"400 bad request: {exc.reason}\n")
+    text = f"bad request: {exc.reason}\n"
+    if for_nginx:
+        return web.Response(status=403, headers={BAD_REQUEST_HEADER: "bad-request"}, text=text)
+    return web.Response(status=400, text=f"400 {text}")
+
+
+def _ambiguous(original: OriginalRequest) -> InvalidForwardedHeaders:
+    return InvalidForwardedHeaders(
+        f"ambiguous path {original.raw_path!r}: {original.ambiguity}, which an upstream may read as "
+        "another path (access_control.ambiguous_paths: refuse)"
+    )
 
 
 def _denied(original: OriginalRequest, session: CachedSession | None, decision: Decision) -> web.Response:
@@ -119,7 +137,9 @@ async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> w
     try:
         original = parse(headers, request.remote, services.config.server.trusted_proxies)
     except InvalidForwardedHeaders as exc:
-        return _bad_request(request, exc)
+        return _bad_request(request, exc, for_nginx=always_401)
+    if original.ambiguity is not None and services.config.access_control.ambiguous_paths == "refuse":
+        return _bad_request(request, _ambiguous(original), for_nginx=always_401)
     # Who is asking: the session named by the Cookie header. Nearly always one this worker
     # has cached, which answers without a coroutine.
     cookie_header = headers.get("Cookie")

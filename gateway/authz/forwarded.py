@@ -22,11 +22,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from urllib.parse import unquote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.authz.memo import BoundedMemo
+from gateway.authz.paths import canonical_path
 from gateway.config import Network
 from gateway.errors import InvalidForwardedHeaders
 from gateway.models import IPAddress, OriginalRequest
@@ -46,7 +46,6 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _ABSOLUTE_URL = re.compile(r"(https?)://([^/?#]*)(.*)", re.IGNORECASE | re.DOTALL)
 # Characters a request target never contains unencoded: controls, space, DEL, "#".
 _BAD_TARGET_CHAR = re.compile(r"[\x00-\x20\x7f#]")
-_BAD_DECODED_CHAR = re.compile(r"[\x00-\x1f\x7f]")
 
 # Memo bounds. Values come from clients (the URL, X-Forwarded-For), so both the
 # number of entries and the size of a memoised key are capped: at most about
@@ -222,7 +221,7 @@ def _parse_auth_request(
     host, port = _parse_host_port(authority, "X-Original-URL")
     if target.startswith("?") or not target:
         target = "/" + target
-    raw_path, path, query = _parse_target(target, "X-Original-URL")
+    raw_path, path, query, ambiguity = _parse_target(target, "X-Original-URL")
     return OriginalRequest(
         method=method,
         scheme=scheme,
@@ -232,6 +231,7 @@ def _parse_auth_request(
         query=query,
         client_ip=_client_ip(headers, peer, trusted, memos),
         raw_path=raw_path,
+        ambiguity=ambiguity,
     )
 
 
@@ -262,7 +262,7 @@ def _from_forwarded_headers(
         if raw_port is not None:
             port = _parse_port(raw_port, "X-Forwarded-Port")
     raw_uri = _single(headers, "X-Forwarded-Uri")
-    raw_path, path, query = _parse_target("/" if raw_uri is None else raw_uri, "X-Forwarded-Uri")
+    raw_path, path, query, ambiguity = _parse_target("/" if raw_uri is None else raw_uri, "X-Forwarded-Uri")
     return OriginalRequest(
         method=method,
         scheme=scheme,
@@ -272,6 +272,7 @@ def _from_forwarded_headers(
         query=query,
         client_ip=_client_ip(headers, peer, trusted, memos),
         raw_path=raw_path,
+        ambiguity=ambiguity,
     )
 
 
@@ -373,38 +374,15 @@ def _parse_port(raw: str, name: str) -> int:
     return int(raw)
 
 
-def _parse_target(target: str, name: str) -> tuple[str, str, str]:
-    """Split a request target into (raw path, normalised path, raw query)."""
+def _parse_target(target: str, name: str) -> tuple[str, str, str, str | None]:
+    """Split a request target into (raw path, canonical path, raw query, what makes the path ambiguous)."""
     if not target.startswith("/"):
         raise InvalidForwardedHeaders(f"malformed {name} {target!r}: must start with '/'")
     if _BAD_TARGET_CHAR.search(target) or not target.isprintable():
         raise InvalidForwardedHeaders(f"malformed {name} {target!r}: whitespace, control character or '#'")
     raw_path, _, query = target.partition("?")
-    try:
-        decoded = unquote(raw_path, errors="strict")
-    except UnicodeDecodeError:
-        raise InvalidForwardedHeaders(f"malformed {name} {target!r}: percent-encoding is not UTF-8") from None
-    # Rules are regexes: a decoded newline would let "$" match early, a NUL cut a path short.
-    if _BAD_DECODED_CHAR.search(decoded):
-        raise InvalidForwardedHeaders(f"malformed {name} {target!r}: encoded control character in path")
-    return raw_path, _normalise_path(decoded), query
-
-
-def _normalise_path(path: str) -> str:
-    """Resolve dot-segments and collapse repeated slashes, never climbing above the root."""
-    segments = path.split("/")[1:]
-    kept: list[str] = []
-    for segment in segments:
-        if segment == "..":
-            if kept:
-                kept.pop()
-        elif segment not in ("", "."):
-            kept.append(segment)
-    normalised = "/" + "/".join(kept)
-    # "/a/" and "/a/b/.." name a directory: keep the trailing slash rules may test for.
-    if kept and segments[-1] in ("", ".", ".."):
-        normalised += "/"
-    return normalised
+    path, ambiguity = canonical_path(raw_path, name)
+    return raw_path, path, query, ambiguity
 
 
 def _client_ip(

@@ -203,9 +203,12 @@ def _merge_unique(buckets: list[tuple[int, ...]]) -> tuple[int, ...]:
 
 def _compile_rule(rule: AccessRule, key: str, problems: list[tuple[str, str]]) -> _CompiledRule:
     paths: list[re.Pattern[str]] = []
+    # An upstream that folds case (IIS, some Windows and Java servers) serves /ADMIN as /admin:
+    # a rule for it must match every spelling. IGNORECASE folds Unicode too (K, the Kelvin sign).
+    flags = re.IGNORECASE if rule.path_case == "insensitive" else 0
     for i, pattern in enumerate(rule.paths):
         try:
-            paths.append(re.compile(pattern))
+            paths.append(re.compile(pattern, flags))
         except re.error as exc:
             problems.append((f"{key}.paths[{i}]", f"invalid regular expression {pattern!r}: {exc}"))
     users: set[str] = set()

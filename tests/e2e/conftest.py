@@ -150,6 +150,7 @@ def _start_caddy(caddy: str, directory: Path, stack: Stack, hosts: Sequence[str]
     env = {
         **os.environ,
         "AUTHGATE_SITE": site,
+        "AUTHGATE_OTHER_HOSTS": f"http://:{stack.port}",
         "AUTHGATE_ADDR": f"127.0.0.1:{stack.authgate_port}",
         "APP_UPSTREAM": f"127.0.0.1:{stack.demo_port}",
         "XDG_DATA_HOME": str(directory / "xdg-data"),

@@ -37,6 +37,7 @@ async def forward_auth(
     *,
     method: str = "GET",
     uri: str = "/some/page",
+    host: str | None = None,
     client_headers: Mapping[str, str] | None = None,
 ) -> tuple[int, Any, str]:
     """Send what Traefik's ForwardAuth would send for a client request to http://localhost:PORT{uri}."""
@@ -44,7 +45,7 @@ async def forward_auth(
         **(client_headers or {}),
         "X-Forwarded-Method": method,
         "X-Forwarded-Proto": "http",
-        "X-Forwarded-Host": f"localhost:{stack.port}",
+        "X-Forwarded-Host": host or f"localhost:{stack.port}",
         "X-Forwarded-Uri": uri,
         "X-Forwarded-For": "127.0.0.1",
         "X-Forwarded-Port": str(stack.port),
@@ -111,3 +112,30 @@ async def test_traefik_denied_path_gets_403(nginx_stack: Stack, http: aiohttp.Cl
     )
 
     assert (anonymous, signed_in) == (403, 403)
+
+
+@pytest.mark.parametrize(
+    ("uri", "host"),
+    [
+        ("/admin%09", None),
+        ("/admin%00", None),
+        ("/admin%23x", None),  # Traefik re-encodes "#" in a request line, as Caddy does
+        ("/admin%FF", None),
+        ("/admin;x", None),
+        ("/admin%3bx", None),
+        ("/admin%20", None),
+        ("/public%5C..%5Cadmin", None),
+        ("/admin%2f", None),
+        ("/x", "localhost:8080:1"),
+        ("/x", "a@b"),
+        ("/x", "h" * 300),
+    ],
+)
+async def test_traefik_gets_a_400_it_passes_through_for_input_authgate_refuses(
+    nginx_stack: Stack, http: aiohttp.ClientSession, uri: str, host: str | None
+) -> None:
+    """What authgate cannot judge is a 400 with the reason; Traefik hands a non-2xx to the client as is."""
+    status, _, text = await forward_auth(http, nginx_stack, uri=uri, host=host, client_headers=HTML)
+
+    assert status == 400
+    assert text.startswith("400 bad request: ")

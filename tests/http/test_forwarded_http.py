@@ -27,13 +27,14 @@ async def test_forwarded_headers_from_untrusted_peer_get_400(make_client: MakeCl
     assert "server.trusted_proxies" in text
 
 
-async def test_auth_request_from_untrusted_peer_gets_400(make_client: MakeClient) -> None:
-    """auth-request refuses X-Original-URL from an untrusted peer too."""
+async def test_auth_request_from_untrusted_peer_gets_marked_403(make_client: MakeClient) -> None:
+    """auth-request refuses X-Original-URL from an untrusted peer too, as the 403 nginx can carry."""
     client = await make_client({"server": {"trusted_proxies": ["10.0.0.0/8"]}})
 
     response = await client.get(AUTH_REQUEST, headers={"X-Original-URL": "http://app.localhost/"})
 
-    assert response.status == 400
+    assert response.status == 403
+    assert response.headers["X-Authgate-Error"] == "bad-request"
     assert "not a trusted proxy" in await response.text()
 
 
@@ -127,19 +128,21 @@ async def test_missing_forwarded_headers_get_400(client: Client, headers: dict[s
         ("http://app..localhost/", "invalid characters in host"),
     ],
 )
-async def test_malformed_original_url_gets_400(client: Client, url: str, reason: str) -> None:
-    """auth-request refuses an X-Original-URL it cannot parse exactly."""
+async def test_malformed_original_url_gets_marked_403(client: Client, url: str, reason: str) -> None:
+    """auth-request refuses an X-Original-URL it cannot parse exactly, as a 403 marked X-Authgate-Error."""
     response = await client.get(AUTH_REQUEST, headers={"X-Original-URL": url, "Accept": BROWSER})
 
-    assert response.status == 400
+    assert response.status == 403
+    assert response.headers["X-Authgate-Error"] == "bad-request"
     assert reason in await response.text()
 
 
-async def test_auth_request_without_any_url_gets_400(client: Client) -> None:
-    """auth-request with neither X-Original-URL nor X-Forwarded-* is a 400."""
+async def test_auth_request_without_any_url_gets_marked_403(client: Client) -> None:
+    """auth-request with neither X-Original-URL nor X-Forwarded-* is refused (403 marked X-Authgate-Error)."""
     response = await client.get(AUTH_REQUEST)
 
-    assert response.status == 400
+    assert response.status == 403
+    assert response.headers["X-Authgate-Error"] == "bad-request"
     assert "missing X-Original-URL" in await response.text()
 
 
@@ -158,3 +161,48 @@ async def test_dot_segments_cannot_escape_a_bypass_path(make_client: MakeClient)
     assert public.status == 200
     assert escaped.status == 302
     assert encoded.status == 302
+
+
+AMBIGUITY_RULES = [
+    {"domain": "app.localhost", "path": "^/admin(/|$)", "path_case": "insensitive", "policy": "deny"},
+    {"domain": "*.localhost", "policy": "bypass"},
+]
+
+
+@pytest.mark.parametrize(
+    "uri", ["/admin;x", "/admin%3bx", "/admin%20", "/public\\..\\admin", "/public/%5c..%5cadmin", "/admin%2f"]
+)
+async def test_ambiguous_path_is_refused_by_default(make_client: MakeClient, uri: str) -> None:
+    """forward-auth answers 400 naming the setting; auth-request the 403 marked for nginx's 400."""
+    client = await make_client({"access_control": {"rules": AMBIGUITY_RULES}})
+
+    forward = await forward_auth(client, uri=uri)
+    nginx = await client.get(AUTH_REQUEST, headers={"X-Original-URL": f"http://app.localhost{uri}"})
+
+    assert forward.status == 400
+    text = await forward.text()
+    assert f"ambiguous path {uri!r}" in text and "access_control.ambiguous_paths" in text
+    assert (nginx.status, nginx.headers.get("X-Authgate-Error")) == (403, "bad-request")
+
+
+async def test_ambiguous_paths_allow_matches_the_canonical_path(make_client: MakeClient) -> None:
+    """With ambiguous_paths: allow, the canonical path is matched as it is (here: not /admin)."""
+    client = await make_client({"access_control": {"rules": AMBIGUITY_RULES, "ambiguous_paths": "allow"}})
+
+    parameter = await forward_auth(client, uri="/admin;x")
+    separator = await forward_auth(client, uri="/admin%2fx")
+
+    assert parameter.status == 200  # "/admin;x" is not "/admin": the bypass rule decides
+    assert separator.status == 403  # "/admin%2fx" decodes to "/admin/x": the admin rule decides
+
+
+@pytest.mark.parametrize(
+    "uri", ["/ADMIN", "/Admin/x", "/%41dmin", "/public/../ADMIN", "/public/%2e%2e/admin"]
+)
+async def test_case_insensitive_rule_covers_every_spelling(make_client: MakeClient, uri: str) -> None:
+    """A path_case: insensitive rule denies /ADMIN, /%41dmin and dot-segment detours alike."""
+    client = await make_client({"access_control": {"rules": AMBIGUITY_RULES}})
+
+    response = await forward_auth(client, uri=uri)
+
+    assert response.status == 403

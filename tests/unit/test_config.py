@@ -358,6 +358,10 @@ def test_negative_duration() -> None:
         (with_rule(subject="user:"), "access_control.rules[0].subject"),
         (with_rule(subject=5), "access_control.rules[0].subject"),
         (with_rule(policy="bypass", subject="group:dev"), "access_control.rules[0].subject"),
+        (with_rule(path_case="ignore"), "access_control.rules[0].path_case"),
+        (with_rule(path_case=True), "access_control.rules[0].path_case"),
+        ({"access_control": {"ambiguous_paths": "block"}}, "access_control.ambiguous_paths"),
+        ({"access_control": {"ambiguous_paths": False}}, "access_control.ambiguous_paths"),
     ],
 )
 def test_each_rule_reports_its_key_path(data: object, path: str) -> None:
@@ -375,6 +379,8 @@ def test_each_rule_reports_its_key_path(data: object, path: str) -> None:
         (with_rule(methods="FETCH"), ['"FETCH"', "PROPFIND"]),
         (with_rule(subject="alice"), ['"alice"', "user:NAME or group:NAME"]),
         (with_rule(policy="bypass", subject="user:bob"), ["bypass"]),
+        (with_rule(path_case="ignore"), ['"ignore"', "sensitive, insensitive"]),
+        ({"access_control": {"ambiguous_paths": "block"}}, ['"block"', "refuse, allow"]),
         ({"session": {"secure": False, "cookies": [COOKIE]}}, ["only for http://localhost", "example.com"]),
     ],
 )
@@ -592,3 +598,26 @@ def test_plain_and_file_variable_both_set(tmp_path: Path) -> None:
 def test_top_level_must_be_a_mapping() -> None:
     """A YAML document that is not a mapping is reported."""
     assert problem_paths(["server"]) == ["(top level)"]
+
+
+def test_path_safety_keys_default_to_the_strict_choice() -> None:
+    """Ambiguous paths are refused and rules match case-sensitively unless the config says otherwise."""
+    strict = parse_config(with_rule(path="^/admin"), {})
+    relaxed = parse_config(
+        {
+            "access_control": {
+                "ambiguous_paths": "allow",
+                "rules": [{"policy": "deny", "path_case": "insensitive"}],
+            }
+        },
+        {},
+    )
+
+    assert (strict.access_control.ambiguous_paths, strict.access_control.rules[0].path_case) == (
+        "refuse",
+        "sensitive",
+    )
+    assert (relaxed.access_control.ambiguous_paths, relaxed.access_control.rules[0].path_case) == (
+        "allow",
+        "insensitive",
+    )

@@ -347,3 +347,25 @@ def test_url_rebuilds_the_raw_target() -> None:
     """OriginalRequest.url keeps the encoded path and non-default port as the proxy sent them."""
     hdrs = headers(CADDY, X_Forwarded_Uri="/%61dmin/x?y=%20")
     assert parse_forward_auth(hdrs, PEER, TRUSTED).url == "https://app.example.com:8443/%61dmin/x?y=%20"
+
+
+@pytest.mark.parametrize(
+    ("uri", "path", "what"),
+    [
+        ("/admin;x", "/admin;x", "';' parameter"),
+        ("/public/%5c..%5cadmin", "/public/\\..\\admin", "backslash"),
+        ("/admin%2f?q=1", "/admin/", "encoded slash"),
+        ("/admin", "/admin", None),
+    ],
+)
+def test_the_request_carries_why_its_path_is_ambiguous(uri: str, path: str, what: str | None) -> None:
+    """Both parsers record the ambiguity on the (memoised) OriginalRequest, for nginx and Traefik/Caddy."""
+    forward = parse_forward_auth(headers(TRAEFIK, X_Forwarded_Uri=uri), PEER, TRUSTED)
+    nginx = parse_auth_request(headers(NGINX, X_Original_URL=f"https://app.example.com{uri}"), PEER, TRUSTED)
+    again = parse_auth_request(headers(NGINX, X_Original_URL=f"https://app.example.com{uri}"), PEER, TRUSTED)
+
+    for request in (forward, nginx):
+        assert request.path == path
+        assert (request.ambiguity is None) == (what is None)
+        assert what is None or what in (request.ambiguity or "")
+    assert again is nginx  # a memo hit: the canonical path and its verdict are not computed again

@@ -21,6 +21,7 @@ DRIVERS = {"aiosqlite", "sqlite3", "asyncpg", "psycopg", "psycopg_pool"}
 PURE_PACKAGES = ("gateway/factors/",)
 PURE_MODULES = {
     "gateway/authz/forwarded.py",
+    "gateway/authz/paths.py",
     "gateway/authz/rules.py",
     "gateway/authz/decision.py",
     "gateway/authz/redirects.py",

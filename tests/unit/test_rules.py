@@ -225,3 +225,41 @@ def test_ten_thousand_rules_for_distinct_domains() -> None:
         assert head.rule_index == (count if i % 3 == 0 else i)
     assert rules.decide(make_request(host="app10000.example.com"), None).rule_index is None
     assert rules.decide(make_request(host="app7.example.net"), None).rule_index is None
+
+
+CASE_RULES = (
+    AccessRule(Policy.DENY, paths=("^/admin(/|$)",), path_case="insensitive"),
+    AccessRule(Policy.DENY, paths=("^/secret(/|$)",)),
+    AccessRule(Policy.BYPASS),
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected_index"),
+    [
+        ("/admin", 0),
+        ("/ADMIN", 0),
+        ("/Admin/users", 0),
+        ("/administrator", 2),
+        ("/secret", 1),
+        ("/SECRET", 2),  # case-sensitive: another path, the next rule decides
+        ("/Secret/x", 2),
+    ],
+)
+def test_path_case_insensitive_rules_match_any_letter_case(path: str, expected_index: int) -> None:
+    """path_case: insensitive matches /ADMIN like /admin; a case-sensitive rule does not."""
+    rules = compile_rules(*CASE_RULES)
+
+    assert rules.decide(make_request(path=path), None).rule_index == expected_index
+
+
+def test_path_case_insensitive_folds_unicode_like_the_regex_engine() -> None:
+    """Case folding covers non-ASCII letters too (an upstream folding /CAFÉ to /café is covered)."""
+    rules = compile_rules(
+        AccessRule(Policy.DENY, paths=("^/caf\u00e9$", "^/kiosk$"), path_case="insensitive"),
+        AccessRule(Policy.BYPASS),
+    )
+
+    assert rules.decide(make_request(path="/CAF\u00c9"), None).rule_index == 0
+    assert rules.decide(make_request(path="/\u212aiosk"), None).rule_index == 0  # KELVIN SIGN folds to k
+    assert rules.decide(make_request(path="/cafe"), None).rule_index == 1
