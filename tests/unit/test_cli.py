@@ -292,3 +292,26 @@ def test_config_check_missing_file(run: Run, tmp_path: Path) -> None:
 
     assert code == 2
     assert "cannot read" in err
+
+
+def test_config_check_names_the_path_matching_keys(run: Run, tmp_path: Path) -> None:
+    """config check refuses an unknown ambiguous_paths or path_case value and names the key."""
+    broken = tmp_path / "paths.yml"
+    broken.write_text(
+        yaml.safe_dump(
+            {
+                "access_control": {
+                    "ambiguous_paths": "block",
+                    "rules": [{"policy": "deny", "path_case": "ignore"}],
+                }
+            }
+        )
+    )
+
+    code, _, err = run("config", "check", str(broken))
+
+    assert code == 2
+    assert 'access_control.ambiguous_paths: "block" is not allowed; use one of refuse, allow' in err
+    assert (
+        'access_control.rules[0].path_case: "ignore" is not allowed; use one of sensitive, insensitive' in err
+    )
