@@ -59,8 +59,9 @@ def canonical_path(raw_path: str, name: str) -> tuple[str, str | None]:
             raise InvalidForwardedHeaders(f"malformed {name} {raw_path!r}: encoded control character in path")
         if ambiguity is None and _DOUBLE_ENCODED.search(decoded):
             ambiguity = "double percent-encoding (%25 followed by two hex digits)"
-    if ambiguity is None and _TRAILING_SPACE.search(decoded):
-        ambiguity = "a path segment ending in whitespace"
+        # Only decoding can produce whitespace: the caller refuses it raw (not printable).
+        if ambiguity is None and _TRAILING_SPACE.search(decoded):
+            ambiguity = "a path segment ending in whitespace"
     return remove_dot_segments(decoded), ambiguity
 
 

@@ -115,6 +115,14 @@ HOSTILE = {
     ),
     "repeated-content-type": build(extra=b"Content-Type: text/plain\r\nContent-Type: text/html\r\n"),
     "invalid-percent-encoding": build(b"/admin%zz"),
+    "host-with-del": build(host=b"local\x7fhost:PORT"),
+    "host-with-backslash": build(host=b"local\\host:PORT"),
+    "host-with-space": build(host=b"local host:PORT"),
+    "host-overlong": build(host=b"h" * 300),
+    "cookie-not-utf8": build(b"/admin", extra=b"Cookie: authgate_session=\xff\xfe\r\n"),
+    "authorization-not-utf8": build(b"/admin", extra=b"Authorization: Basic \xff\xfe\r\n"),
+    "authorization-8k": build(b"/admin", extra=b"Authorization: Bearer " + b"t" * 8_000 + b"\r\n"),
+    "portal-300-headers": build(b"/auth/login", extra=b"".join(b"X-H%d: v\r\n" % i for i in range(300))),
 }
 
 
