@@ -145,7 +145,7 @@ async def test_every_portal_page_passes_axe(
         # A device with a built-in authenticator: the passkey becomes the recommended action.
         cdp = await context.new_cdp_session(page)
         await cdp.send("WebAuthn.enable")
-        await cdp.send("WebAuthn.addVirtualAuthenticator", {"options": AUTHENTICATOR})
+        added = await cdp.send("WebAuthn.addVirtualAuthenticator", {"options": AUTHENTICATOR})
         await page.reload()
         await expect(page.locator("#recommend-passkey")).to_be_visible()
         await expect(page.locator("#recommend-totp")).to_be_hidden()
@@ -213,6 +213,13 @@ async def test_every_portal_page_passes_axe(
         # Second-factor pages: sign out, password, then each method.
         await sign_out(page, stack)
         await axe.check(page, "login (signed out, passkey button)")
+        # A failed passkey ceremony is announced as an alert (progress is only a status).
+        verified = {"authenticatorId": added["authenticatorId"], "isUserVerified": False}
+        await cdp.send("WebAuthn.setUserVerified", verified)
+        await page.click("#passkey-button")
+        await expect(page.locator("#passkey-status")).to_have_text("The request was cancelled or timed out.")
+        await expect(page.locator("#passkey-status")).to_have_attribute("role", "alert")
+        await axe.check(page, "login with a passkey error")
         await page.fill("#username", "root")
         await page.fill("#password", "wrong password")
         await page.click("#password-fallback button[type=submit]")
