@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) deploy/devstack.py
+	$(PY) deploy/devstack.py $(ARGS)
 
 test: $(STAMP)
 	bash deploy/ensure-test-tools.sh

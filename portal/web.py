@@ -18,6 +18,7 @@ from gateway.authz.domains import cookie_domain_attribute, match_cookie_domain
 from gateway.authz.forwarded import client_address
 from gateway.authz.redirects import safe_redirect_target
 from gateway.config import Config, CookieDomain
+from gateway.factors.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from gateway.models import User
 from gateway.services import SERVICES, Services
 from gateway.sessions.codec import CachedSession
@@ -42,6 +43,9 @@ def fmt_time(value: float) -> str:
 
 
 TEMPLATES.filters["fmt_time"] = fmt_time
+# The new-password rules, stated on every form that sets a password before the user types one.
+TEMPLATES.globals["password_min"] = MIN_PASSWORD_LENGTH
+TEMPLATES.globals["password_max"] = MAX_PASSWORD_LENGTH
 
 
 def compile_templates() -> list[str]:

@@ -26,6 +26,7 @@ SECOND_FACTOR_FAILED: Final = "second_factor_failed"
 REAUTH_SUCCEEDED: Final = "reauth_succeeded"
 REAUTH_FAILED: Final = "reauth_failed"
 # -- factors and recovery ----------------------------------------------------
+ACCOUNT_CREATED: Final = "account_created"  # the first account, made on the setup page
 PASSWORD_CHANGED: Final = "password_changed"  # noqa: S105 - an event name
 TOTP_ADDED: Final = "totp_added"
 TOTP_REMOVED: Final = "totp_removed"

@@ -9,10 +9,16 @@
   const supported = typeof window.PublicKeyCredential === "function" &&
     typeof PublicKeyCredential.parseCreationOptionsFromJSON === "function";
 
-  function say(id, message) {
+  // Progress is a polite status; an error is an alert, so screen readers announce it at once.
+  function say(id, message, isError) {
     const el = document.getElementById(id);
-    if (el) { el.textContent = message; el.hidden = !message; }
+    if (!el) { return; }
+    el.setAttribute("role", isError ? "alert" : "status");
+    el.textContent = message;
+    el.hidden = !message;
   }
+
+  function fail(id, error) { say(id, explain(error), true); }
 
   async function post(path, body) {
     const response = await fetch(base + path, {
@@ -46,7 +52,7 @@
       });
       window.location.assign(done.next);
     } catch (error) {
-      say(statusId, explain(error));
+      fail(statusId, error);
     }
   }
 
@@ -76,13 +82,14 @@
       button.hidden = false;
       button.addEventListener("click", () => register(button));
     });
+    recommend();
     document.querySelectorAll("[data-webauthn='second-factor']").forEach((button) => {
       button.hidden = false;
       button.addEventListener("click", () => {
         say(button.dataset.status, "Follow your browser's prompt...");
         const extra = { rd: button.dataset.rd || "" };
         authenticate("/2fa/webauthn/options", "/2fa/webauthn", extra, null, button.dataset.status)
-          .catch((error) => say(button.dataset.status, explain(error)));
+          .catch((error) => fail(button.dataset.status, error));
       });
     });
     document.querySelectorAll("[data-webauthn='reauth']").forEach((button) => {
@@ -91,7 +98,7 @@
         say(button.dataset.status, "Follow your browser's prompt...");
         const extra = { rd: button.dataset.rd || "" };
         authenticate("/reauth/webauthn/options", "/reauth/webauthn", extra, null, button.dataset.status)
-          .catch((error) => say(button.dataset.status, explain(error)));
+          .catch((error) => fail(button.dataset.status, error));
       });
     });
     document.querySelectorAll("[data-webauthn='passkey']").forEach((button) => {
@@ -101,10 +108,27 @@
         say(button.dataset.status, "Follow your browser's prompt...");
         const extra = { rd: button.dataset.rd || "" };
         authenticate("/login/passkey/options", "/login/passkey", extra, null, button.dataset.status)
-          .catch((error) => say(button.dataset.status, explain(error)));
+          .catch((error) => fail(button.dataset.status, error));
       });
       startConditional(button);
     });
+  }
+
+  // The welcome step recommends a passkey only where this device can keep one (Touch ID, Windows
+  // Hello, an Android screen lock); otherwise the authenticator app stays the recommended action.
+  async function recommend() {
+    const passkey = document.getElementById("recommend-passkey");
+    const app = document.getElementById("recommend-totp");
+    if (!passkey || !app) { return; }
+    const check = PublicKeyCredential.isUserVerifyingPlatformAuthenticatorAvailable;
+    let available = false;
+    try { available = typeof check === "function" && (await check.call(PublicKeyCredential)); } catch (e) {
+      available = false;
+    }
+    if (available) {
+      passkey.hidden = false;
+      app.hidden = true;
+    }
   }
 
   // Autofill: offer passkeys in the username field's suggestions where the browser can.
@@ -115,7 +139,7 @@
     const extra = { rd: button.dataset.rd || "" };
     authenticate("/login/passkey/options", "/login/passkey", extra, "conditional", button.dataset.status,
       conditional.signal).catch((error) => {
-      if (error && error.name !== "AbortError") { say(button.dataset.status, explain(error)); }
+      if (error && error.name !== "AbortError") { fail(button.dataset.status, error); }
     });
   }
 

@@ -49,7 +49,7 @@ def _last_login_signer(request: web.Request) -> URLSafeTimedSerializer:
 def remember_last_login(request: web.Request, response: web.StreamResponse, user: User) -> None:
     """Remember in this browser which account signed in last and whether it may use a password.
 
-    The login page uses it to offer "Sign in using login & password" only where the
+    The login page uses it to offer the password form (under an "or") only where the
     account allows it, without asking the server about accounts (no user enumeration).
     """
     value = _last_login_signer(request).dumps({"u": user.username, "pw": user.password_login})

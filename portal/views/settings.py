@@ -131,7 +131,6 @@ def _notice(done: str) -> str | None:
         "added": "Authenticator app added.",
         "password_on": "Password sign-in is on again.",
         "password_off": "Password sign-in is off: sign in with a security key or passkey.",
-        "welcome": "Your account is ready. Protect it with a passkey or an authenticator app now.",
         "recovered": "Welcome back. Every other session has ended: register a new device below.",
     }.get(done)
 

@@ -6,10 +6,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from gateway.accounts import audit
 from gateway.accounts.validation import validate_display_name, validate_email, validate_username
 from gateway.errors import Conflict
 from gateway.factors.passwords import validate_new_password
-from gateway.logs import log_event
 from gateway.models import Level
 from portal.web import (
     base_of,
@@ -17,6 +17,7 @@ from portal.web import (
     csrf_ok,
     form_text,
     read_form,
+    record_own_event,
     redirect,
     render,
     safe_target,
@@ -80,7 +81,8 @@ async def setup_submit(request: web.Request) -> web.Response:
     if user is None:  # someone else finished setup first
         return redirect(f"{base_of(request)}/login")
     ip = client_ip(request)
-    log_event("first_user_created", user=user.username, client_ip=ip)
+    # An audit row (not only a log line): the new owner sees it in "Recent security activity".
+    await record_own_event(request, user, audit.ACCOUNT_CREATED, "first account, administrator")
     cookie = await services.sessions.create(
         user, Level.ONE_FACTOR, remember_me=False, ip=ip, user_agent=request.headers.get("User-Agent", "")
     )

@@ -162,7 +162,10 @@ def _start_caddy(caddy: str, directory: Path, stack: Stack, hosts: Sequence[str]
 
 @pytest.fixture(scope="session")
 def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
-    """Return a function that starts authgate, the demo app and one proxy; all stop at session end."""
+    """Return a function that starts authgate, the demo app and one proxy; all stop at session end.
+
+    The stack's authgate data folder (database, mail) is `stack.authgate_log.parent / "data"`.
+    """
     stacks: list[Stack] = []
 
     def start(
@@ -172,13 +175,15 @@ def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
         rules: list[dict[str, str]] = ACCESS_RULES,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         hosts: Sequence[str] = (),
+        users: bool = True,
     ) -> Stack:
         directory = tmp_path_factory.mktemp(kind)
         proxy_port, authgate_port, demo_port = free_ports(3)
         stack = Stack(kind, proxy_port, authgate_port, demo_port, directory / "authgate.log")
         stacks.append(stack)
         config = _authgate_config(directory, authgate_port, proxy_port, rules, overrides)
-        _add_users(config)
+        if users:  # without: no account exists, so the portal opens first-run setup
+            _add_users(config)
         authgate = Service.start(
             "authgate",
             [sys.executable, "-m", "gateway", "--config", str(config), "serve"],
@@ -302,3 +307,27 @@ def tokens_stack(request: pytest.FixtureRequest) -> Stack:
     """Each real proxy in turn, configured for app passwords."""
     stack: Stack = request.getfixturevalue(f"{request.param}_tokens_stack")
     return stack
+
+
+# axe-core, pinned in deploy/test-tools/package-lock.json; deploy/ensure-test-tools.sh installs it.
+TEST_TOOLS = ROOT / "deploy" / "test-tools"
+AXE_SCRIPT = TEST_TOOLS / "node_modules" / "axe-core" / "axe.min.js"
+
+
+@pytest.fixture(scope="session")
+def axe_script() -> Path:
+    """Return axe.min.js, installing the locked version with `npm ci` the first time."""
+    if not AXE_SCRIPT.is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            _missing("npm", INSTALL_HINT.format(tool="nodejs and npm") + " or `sudo apt-get install npm`")
+        done = subprocess.run(  # noqa: S603 - fixed tool and arguments
+            [npm, "ci", "--prefix", str(TEST_TOOLS), "--no-audit", "--no-fund", "--loglevel=error"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0 or not AXE_SCRIPT.is_file():
+            _missing("axe-core", f"`npm ci --prefix {TEST_TOOLS}` failed:\n{done.stdout}{done.stderr}")
+    return AXE_SCRIPT

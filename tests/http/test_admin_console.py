@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.accounts import audit
 from gateway.factors import app_passwords
+from gateway.factors.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from gateway.models import AuditEvent, Level, User
 from portal.routes import ADMIN_PREFIX, ROUTES
 from portal.views import recovery
@@ -464,6 +465,19 @@ async def test_reset_link_checks_the_new_password(client: Client) -> None:
 
     assert (short.status, differ.status) == (400, 400)
     assert (await portal_get(client, path)).status == 200
+
+
+async def test_password_forms_state_the_rules_before_the_field(client: Client) -> None:
+    """The reset page and the new-user form write the password rules above the password field."""
+    admin = await admin_session(client)
+    await add_user(client)
+    path = await send_link(client, admin)
+    rules = f"At least {MIN_PASSWORD_LENGTH} and at most {MAX_PASSWORD_LENGTH} characters, not only spaces."
+
+    for page in (path, "/auth/admin/users/new"):
+        html = await (await portal_get(client, page, session=admin)).text()
+        assert rules in html, page
+        assert html.index(rules) < html.index('<input id="password"'), page
 
 
 async def test_reset_link_expires(client: Client, clock: Clock) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.accounts import audit
+from gateway.factors.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from tests.http.helpers import CSRF_COOKIE, SESSION_COOKIE, cookie_header, csrf_pair, forward_auth, services
 
 Client = TestClient[Any, Any]
@@ -68,8 +71,48 @@ async def test_setup_offers_a_second_factor_then_the_original_url(client: Client
     html = await page.text()
     assert page.status == 200
     assert 'data-webauthn="register"' in html
-    assert "/auth/settings/totp/new" in html
-    assert f'id="welcome-continue"><a href="{target}"' in html
+    assert f"/auth/settings/totp/new?rd={quote(target)}" in html
+    assert f'id="welcome-continue"><a class="skip" href="{target}"' in html
+
+
+async def test_welcome_step_has_one_recommended_action_and_a_quiet_skip(client: Client) -> None:
+    """Without JavaScript the welcome step shows one primary action (the app), the passkey one hidden."""
+    response = await _submit_setup(client, GOOD)
+    cookie = cookie_header(**{SESSION_COOKIE: response.cookies[SESSION_COOKIE].value})
+
+    html = await (await client.get(response.headers["Location"], headers=cookie)).text()
+
+    # webauthn.js swaps the two blocks when the device has a platform authenticator.
+    assert '<div id="recommend-passkey" hidden>' in html
+    assert '<div id="recommend-totp">' in html
+    shown = html.split('<div id="recommend-totp">')[1].split("</div>")[0]
+    assert shown.count('class="button primary') == 1
+    assert 'class="skip"' in html and "Skip for now and continue" in html
+    # Only the step: the full settings page (with its other primary buttons) waits for later.
+    assert "Recent security activity" not in html
+
+
+async def test_setup_page_states_the_password_rules_before_the_field(client: Client) -> None:
+    """The rules validate_new_password applies are written above the password field."""
+    html = await (await client.get("/auth/setup")).text()
+
+    rules = f"At least {MIN_PASSWORD_LENGTH} and at most {MAX_PASSWORD_LENGTH} characters, not only spaces."
+    assert rules in html
+    assert html.index(rules) < html.index('<input id="password"')
+    assert 'aria-describedby="password-rules"' in html
+
+
+async def test_account_created_shows_in_recent_security_activity(client: Client) -> None:
+    """Setup writes an account_created audit row, which the settings page lists."""
+    response = await _submit_setup(client, GOOD)
+    cookie = cookie_header(**{SESSION_COOKIE: response.cookies[SESSION_COOKIE].value})
+
+    html = await (await client.get("/auth/settings", headers=cookie)).text()
+
+    events = html.split('id="security-events"')[1]
+    assert '<span class="event">account created</span>: first account, administrator' in events
+    rows = await services(client).store.list_audit(event=audit.ACCOUNT_CREATED)
+    assert [(r.actor, r.target) for r in rows] == [("root", "root")]
 
 
 async def test_setup_closes_once_a_user_exists(client: Client) -> None:

@@ -15,7 +15,9 @@ from tests.http.helpers import (
     cookie_header,
     login,
     passkey_login,
+    portal_get,
     portal_post,
+    recovery_codes_in,
     registered_session,
     services,
     signed_in,
@@ -126,3 +128,61 @@ async def test_revoking_the_last_device_is_refused_while_password_is_off(client:
     assert [k.name for k in await services(client).store.list_webauthn_credentials(user.id)] == [
         "Security key"
     ]
+
+
+async def test_passkey_account_without_an_app_is_offered_recovery_codes(client: Client) -> None:
+    """With a passkey and no authenticator app, settings offers to create recovery codes and the mail link."""
+    await add_user(client)
+    session = await registered_session(client, await signed_in(client), SoftAuthenticator())
+
+    html = await (await portal_get(client, "/auth/settings", session=session)).text()
+
+    assert "Recovery codes are created when you add your first authenticator app" not in html
+    assert 'id="recovery-none"' in html
+    assert '<button type="submit" class="primary" id="recovery-create">Create recovery codes</button>' in html
+    assert 'id="recovery-link-hint"' in html and "alice@example.com" in html
+
+
+async def test_passkey_account_creates_recovery_codes_on_their_own(client: Client) -> None:
+    """A passkey alone is enough to create codes: shown once, stored hashed, single-use, audited."""
+    user = await add_user(client)
+    session = await registered_session(client, await signed_in(client), SoftAuthenticator())
+    assert await services(client).store.list_totp_devices(user.id) == []
+
+    response = await portal_post(client, "/auth/settings/recovery", {"password": PASSWORD}, session=session)
+
+    codes = recovery_codes_in(await response.text())
+    assert response.status == 200
+    assert len(codes) == services(client).config.two_factor.recovery_codes
+    stored = [h for _, h in await services(client).store.unused_recovery_hashes(user.id)]
+    assert len(stored) == len(codes) and not set(codes) & set(stored)
+    assert await services(client).two_factor.verify_recovery(user.id, codes[0]) is True
+    assert await services(client).two_factor.verify_recovery(user.id, codes[0]) is False
+    events = await services(client).store.list_audit(target="alice", event="recovery_codes_generated")
+    assert len(events) == 1
+    again = await (await portal_get(client, "/auth/settings", session=session)).text()
+    assert recovery_codes_in(again) == []  # shown once: the settings page only counts them
+    assert f'<p id="recovery-left">{len(codes) - 1} unused recovery code(s).</p>' in again
+
+
+async def test_account_without_a_factor_is_told_what_recovery_codes_need(client: Client) -> None:
+    """A password-only account sees why it has no codes yet, and the server refuses to create any."""
+    await add_user(client)
+    session = await signed_in(client)
+
+    html = await (await portal_get(client, "/auth/settings", session=session)).text()
+    response = await portal_post(client, "/auth/settings/recovery", {"password": PASSWORD}, session=session)
+
+    assert 'id="recovery-needs-factor"' in html
+    assert response.status == 400
+    assert recovery_codes_in(await response.text()) == []
+
+
+async def test_passwordless_account_is_told_its_recovery_path(client: Client) -> None:
+    """With password sign-in off, settings says codes need the password and points to the mail link."""
+    _user, _authenticator, session, _ = await passwordless_alice(client)
+
+    html = await (await portal_get(client, "/auth/settings", session=session)).text()
+
+    assert 'id="recovery-codes-need-password"' in html
+    assert 'id="recovery-link-hint"' in html
