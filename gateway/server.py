@@ -60,7 +60,7 @@ async def _run_worker(config: Config, reuse_port: bool) -> None:
 
 async def _prepare_database(config: Config) -> None:
     # Migrate once here so that workers never race to migrate the same file.
-    store = await Store.open(config.storage.database_path)
+    store = await Store.open(config.storage.database_path, busy_timeout=config.storage.busy_timeout)
     await store.close()
 
 
