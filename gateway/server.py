@@ -34,9 +34,14 @@ def _install_uvloop() -> str:
     return "uvloop"
 
 
+# On SIGTERM a worker stops accepting, lets requests in flight finish for up to this long,
+# and only then closes the database (systemd's default TimeoutStopSec is 90 s).
+SHUTDOWN_GRACE = 30.0
+
+
 async def _run_worker(config: Config, reuse_port: bool) -> None:
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=1024)
     await site.start()
@@ -53,7 +58,10 @@ async def _run_worker(config: Config, reuse_port: bool) -> None:
     log_event("worker_started", pid=os.getpid(), host=config.server.host, port=config.server.port)
     try:
         await stop.wait()
+        log_event("worker_stopping", pid=os.getpid(), grace=SHUTDOWN_GRACE)
     finally:
+        # Closes the listening socket first, then waits for the handlers still running
+        # (their answers go out whole), then runs cleanup (flushes, closes the store).
         await runner.cleanup()
         log_event("worker_stopped", pid=os.getpid())
 

@@ -1312,16 +1312,15 @@ class Store:
         Without this bound, requests queued behind a statement stuck on a locked database
         would each wait their own busy timeout in turn: the tenth would hang for ten of them.
         """
-        if self._lock.locked():
-            try:
-                async with asyncio.timeout(self._busy_timeout):
-                    await self._lock.acquire()
-            except TimeoutError:
-                raise StoreUnavailable(
-                    f"database busy: no turn on the connection within {self._busy_timeout:g}s"
-                ) from None
-        else:
-            await self._lock.acquire()  # free: returns at once, no timer needed
+        # Always timed: an unlocked lock may still have waiters queued (woken, not yet
+        # running), and acquire() then queues behind them too.
+        try:
+            async with asyncio.timeout(self._busy_timeout):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"database busy: no turn on the connection within {self._busy_timeout:g}s"
+            ) from None
         try:
             yield
         finally:
