@@ -774,7 +774,11 @@ class Store:
             raise NotFound(f"user {user_id} has no TOTP device {device_id}")
 
     async def use_totp_step(self, device_id: int, step: int, at: float) -> bool:
-        """Record `step` as used if it is newer than the last used one; False if it is not (replay)."""
+        """Record `step` as used if it is newer than the last used one; False if it is not (replay).
+
+        Atomic contract: one conditional UPDATE (last_step < step) decides, so of concurrent
+        callers with the same code (two sessions, two workers) exactly one gets True.
+        """
         result = await self._locked(_USE_TOTP_STEP, (step, at, device_id, step))
         return result.rowcount == 1
 
@@ -802,7 +806,11 @@ class Store:
         return [(int(row[0]), str(row[1])) for row in result.rows]
 
     async def use_recovery_code(self, code_id: int, at: float) -> bool:
-        """Mark a recovery code used; False when it was already used or no longer exists."""
+        """Mark a recovery code used; False when it was already used or no longer exists.
+
+        Atomic contract: one conditional UPDATE (used_at IS NULL) decides, so of concurrent
+        callers with the same code exactly one gets True.
+        """
         result = await self._locked(
             "UPDATE recovery_codes SET used_at = ? WHERE id = ? AND used_at IS NULL", (at, code_id)
         )
@@ -1003,7 +1011,11 @@ class Store:
             raise Conflict("a recovery token with this id already exists") from exc
 
     async def use_recovery_token(self, id_hash: str, *, now: float) -> int | None:
-        """Mark a recovery token used and return its user id; None when unknown, used or expired."""
+        """Mark a recovery token used and return its user id; None when unknown, used or expired.
+
+        Atomic contract: one conditional UPDATE ... RETURNING (used_at IS NULL) decides, so of
+        concurrent callers with the same link exactly one gets the user id.
+        """
         result = await self._locked(_CONSUME_RECOVERY_LINK, (now, id_hash, now))
         return int(result.rows[0][0]) if result.rows else None
 
@@ -1061,7 +1073,11 @@ class Store:
         """Store a new app password's hash and return its id.
 
         AppPasswordLimit when the user already has `max_per_user` live ones; Conflict when the name
-        (any case) or the token id is taken; NotFound (user). The count and insert are one transaction.
+        (any case) or the token id is taken; NotFound (user).
+
+        Atomic contract: the count and the insert are one write transaction (BEGIN IMMEDIATE),
+        so a burst of concurrent creations on any number of workers never exceeds
+        `max_per_user` (PostgreSQL: lock the user's row, SELECT ... FOR UPDATE, before counting).
         """
         if isinstance(domains, str):
             raise TypeError("domains must be a sequence of host names, not a string")
