@@ -672,9 +672,11 @@ class Store:
 
         `ban_end` is given the failure times (as failures_since returns them, after `since`)
         of the username and then of the ip, each on its own, and returns when that ban ends,
-        or None; None for `ban_end` means no regulation. Refused: AttemptSlot(None, latest
-        end), nothing recorded. Else the failure row's id: the caller checks the credential
-        and then calls mark_attempt_succeeded or withdraw_attempt (or nothing: it failed).
+        or None; None for `ban_end` means no regulation. An empty `ip` (a counter row that
+        belongs to no address, like a pending login's wrong codes) is not checked.
+        Refused: AttemptSlot(None, latest end), nothing recorded. Else the failure row's id:
+        the caller checks the credential and then calls mark_attempt_succeeded or
+        withdraw_attempt (or nothing: it failed).
 
         Atomic contract: the two reads and the insert are one write transaction (BEGIN
         IMMEDIATE), so concurrent callers on every worker and process are serialised and each
@@ -689,6 +691,8 @@ class Store:
             if ban_end is not None:
                 ends = []
                 for column, value in (("username", key), ("ip", ip)):
+                    if not value:
+                        continue
                     result = await self._sql(_FAILURES_SINCE[column], (value, since, value))
                     ends.append(ban_end([float(row[0]) for row in result.rows]))
                 active = [end for end in ends if end is not None]

@@ -122,6 +122,23 @@ async def _submit_codes(
     return await asyncio.gather(*(submit(cookie) for cookie in pending))
 
 
+async def _submit_codes_any_status(
+    client: ProxyClient, pending: list[str], method: str, code: str
+) -> list[int]:
+    """Post one code from each pending cookie at once; return the statuses."""
+    secret, token = await client.csrf("/auth/login")
+
+    async def submit(cookie: str) -> int:
+        reply = await client.post(
+            "/auth/2fa",
+            cookies={PENDING_COOKIE: cookie, CSRF_COOKIE: secret},
+            data={"csrf_token": token, "method": method, "code": code},
+        )
+        return reply.status
+
+    return list(await asyncio.gather(*(submit(cookie) for cookie in pending)))
+
+
 async def test_one_recovery_code_sent_twenty_times_at_once_works_once(
     races: Gateway, bob_factors: tuple[str, float, list[str]], http: aiohttp.ClientSession
 ) -> None:
@@ -305,3 +322,26 @@ async def test_thirty_wrong_passwords_at_once_check_at_most_three(
     assert regulated.query("SELECT COUNT(*), SUM(success) FROM login_attempts") == [(3, 0)]
     # The right password is refused too while the ban lasts: no fourth check.
     assert (await password_login(client, "alice")).status == 429
+
+
+async def test_thirty_wrong_codes_at_once_on_one_pending_login_check_at_most_its_attempts(
+    races: Gateway,
+    bob_factors: tuple[str, float, list[str]],
+    http: aiohttp.ClientSession,
+    oathtool_bin: str,
+) -> None:
+    """One pending login (5 attempts) posting 30 wrong codes at once gets 5 checks; the rest start over."""
+    client = races.client(http)
+    (pending,) = await _pending_logins(client, "bob", 1)
+    before = len(races.log_events("second_factor_failed"))
+    now = time.time()
+    valid = {oathtool_code(oathtool_bin, bob_factors[0], now + offset) for offset in (-60, -30, 0, 30, 60)}
+    wrong = next(code for code in ("000000", "111111", "222222") if code not in valid)
+
+    results = await _submit_codes_any_status(client, [pending] * 30, "totp", wrong)
+
+    checked = [status for status in results if status == 401]
+    # The fifth failure itself already sends the user back to the password (303 to /login).
+    assert len(races.log_events("second_factor_failed")) - before == 5
+    assert len(checked) + results.count(303) == 30 and len(checked) <= 5
+    assert all(status in (303, 401) for status in results)

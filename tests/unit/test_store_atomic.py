@@ -192,3 +192,12 @@ async def test_a_full_database_raises_store_unavailable_and_writes_again_when_sp
     assert caught.value.reason == "database or disk is full"
     await store._locked("PRAGMA max_page_count = 1073741823")
     assert await store.add_audit(at=1000.0, event="after", actor=None, target=None, ip=None) > 0
+
+
+async def test_an_empty_address_is_not_a_regulation_key(workers: tuple[Store, Store]) -> None:
+    """Counter rows without an address (a pending login's wrong codes) never ban each other by ip."""
+    store = workers[0]
+    for nonce in range(3):
+        await store.reserve_attempt(f"2fa:{nonce}", "", at=1000.0, since=0.0, ban_end=three_strikes)
+    slot = await store.reserve_attempt("2fa:other", "", at=1000.0, since=0.0, ban_end=three_strikes)
+    assert slot.attempt_id is not None
