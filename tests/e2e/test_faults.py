@@ -255,8 +255,10 @@ async def test_a_full_disk_fails_writes_cleanly_and_recovers_without_restart(
     for _ in range(6):
         assert await _forward_auth(client, gateway.port, session=session) == 200
 
+    # One line per refused request (the two 503s above), each naming the cause.
     lines = gateway.log_events("store_unavailable")
-    assert lines and all(line["reason"] == "database or disk is full" for line in lines)
+    assert len(lines) == statuses.count(503) + 1
+    assert all(line["reason"] == "database or disk is full" for line in lines)
     assert _tracebacks(gateway) == 0
 
     filler.unlink()
