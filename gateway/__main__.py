@@ -84,7 +84,7 @@ def _user_dict(user: User) -> dict[str, Any]:
 
 
 async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]]) -> int:
-    store = await Store.open(config.storage.database_path)
+    store = await Store.open(config.storage.database_path, busy_timeout=config.storage.busy_timeout)
     try:
         return await action(store)
     finally:

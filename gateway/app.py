@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -18,10 +19,11 @@ from gateway.authz import endpoints as authz
 from gateway.authz.decision import Decisions
 from gateway.authz.rules import CompiledRules
 from gateway.config import Config
+from gateway.errors import StoreUnavailable
 from gateway.factors import app_passwords
 from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
 from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox, derive_key, load_storage_key
-from gateway.logs import logger
+from gateway.logs import log_event, logger
 from gateway.models import SessionRecord, User
 from gateway.secret_files import load_or_create_secret_lines
 from gateway.services import SERVICES, Services
@@ -56,6 +58,8 @@ async def _housekeeping(store: Store, clock: Callable[[], float], audit_retentio
             await store.prune_attempts(now - ATTEMPT_RETENTION)
             if audit_retention > 0:
                 await store.prune_audit(now - audit_retention)
+        except StoreUnavailable as exc:  # locked or full: one line, and try again next round
+            log_event("housekeeping_failed", logging.WARNING, reason=exc.reason)
         except Exception:  # a busy database must not end housekeeping for good
             logger.exception("housekeeping failed")
 
@@ -76,7 +80,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
     rules = CompiledRules.from_config(config.access_control)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        store = await Store.open(config.storage.database_path)
+        store = await Store.open(config.storage.database_path, busy_timeout=config.storage.busy_timeout)
         hasher = AsyncPasswordHasher(
             PasswordHasher(config.password),
             config.password.max_concurrent,

@@ -48,6 +48,9 @@ class LogConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     data_dir: str = "./data"  # SQLite database and generated secrets live here
+    # Longest a request waits for a database another writer holds (SQLite's busy timeout, and
+    # the wait for this process's own connection); then it fails with a 503, never hangs.
+    busy_timeout: float = 5.0
 
     @property
     def database_path(self) -> str:
@@ -277,6 +280,7 @@ _TOTP_ALGORITHMS = ("SHA1", "SHA256", "SHA512")
 _MAX_ISSUER_LENGTH = 64
 _MAX_PENDING_TTL = 3600.0
 _MAX_CACHE_TTL = 60.0
+_MAX_BUSY_TIMEOUT = 60.0  # seconds: a request should fail, not wait longer than this for the database
 _MAX_REAUTH_AFTER = 86400.0
 _MIN_AUDIT_RETENTION = 86400.0  # shorter would erase the trail of an attack before anyone looks
 _TOKEN_LEVELS = {"one_factor": Level.ONE_FACTOR, "two_factor": Level.TWO_FACTOR}
@@ -1239,7 +1243,10 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
         {"host": _text, "port": _integer(1, 65535), "workers": _integer(0), "trusted_proxies": _networks},
     ),
     "log": (LogConfig, {"level": _choice(_LOG_LEVELS), "format": _choice(_LOG_FORMATS)}),
-    "storage": (StorageConfig, {"data_dir": _text}),
+    "storage": (
+        StorageConfig,
+        {"data_dir": _text, "busy_timeout": _duration(positive=True, maximum=_MAX_BUSY_TIMEOUT)},
+    ),
     "secrets": (SecretsConfig, {"session_keys": _session_keys, "storage_key": _storage_key}),
     "session": (
         SessionConfig,

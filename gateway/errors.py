@@ -5,7 +5,8 @@ AuthgateError
 ├── InvalidForwardedHeaders a proxy header is missing, duplicated, malformed or from an untrusted peer
 ├── StorageError           the store could not do what was asked
 │   ├── NotFound           no such user / session
-│   └── Conflict           unique value already taken (username, e-mail)
+│   ├── Conflict           unique value already taken (username, e-mail)
+│   └── StoreUnavailable   the database is locked, full or failing: retry later (HTTP 503)
 └── AuthFailed             a credential was present but wrong, expired or tampered
     └── SessionInvalid     the session cookie does not verify or its session is gone
 """
@@ -44,6 +45,18 @@ class NotFound(StorageError):
 
 class Conflict(StorageError):
     """A unique value is already taken."""
+
+
+class StoreUnavailable(StorageError):
+    """The database cannot take the request now (held by another writer, disk full, I/O error).
+
+    Raised by the store adapter in place of the driver's own error; `reason` is short text
+    for the log and the 503 page. Nothing was written by the statement that failed.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"database unavailable: {reason}")
 
 
 class AuthFailed(AuthgateError):

@@ -163,3 +163,11 @@ class AuditEvent:
     target: str | None  # username it was done to, if any
     ip: str | None  # client address; None for the command line
     detail: str  # short human text, never a secret
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSlot:
+    """What the store's reserve_attempt decided: a recorded failure row to settle later, or a ban."""
+
+    attempt_id: int | None  # the failure row recorded for this attempt; None when refused
+    banned_until: float | None  # when refused: when the longer of the two bans ends

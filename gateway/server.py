@@ -81,12 +81,23 @@ class _OneLineProtocolErrors(logging.Filter):
 _PROTOCOL_ERRORS = _OneLineProtocolErrors()
 
 
+# On SIGTERM a worker stops accepting, lets requests in flight finish for up to this long,
+# and only then closes the database (systemd's default TimeoutStopSec is 90 s).
+SHUTDOWN_GRACE = 30.0
+
+
 async def _run_worker(config: Config, reuse_port: bool) -> None:
     app = create_app(config)
     server_logger = logging.getLogger("aiohttp.server")
     if _PROTOCOL_ERRORS not in server_logger.filters:
         server_logger.addFilter(_PROTOCOL_ERRORS)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, max_field_size=MAX_FIELD_SIZE)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        max_field_size=MAX_FIELD_SIZE,
+        shutdown_timeout=SHUTDOWN_GRACE,
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=1024)
     await site.start()
@@ -103,14 +114,17 @@ async def _run_worker(config: Config, reuse_port: bool) -> None:
     log_event("worker_started", pid=os.getpid(), host=config.server.host, port=config.server.port)
     try:
         await stop.wait()
+        log_event("worker_stopping", pid=os.getpid(), grace=SHUTDOWN_GRACE)
     finally:
+        # Closes the listening socket first, then waits for the handlers still running
+        # (their answers go out whole), then runs cleanup (flushes, closes the store).
         await runner.cleanup()
         log_event("worker_stopped", pid=os.getpid())
 
 
 async def _prepare_database(config: Config) -> None:
     # Migrate once here so that workers never race to migrate the same file.
-    store = await Store.open(config.storage.database_path)
+    store = await Store.open(config.storage.database_path, busy_timeout=config.storage.busy_timeout)
     await store.close()
 
 

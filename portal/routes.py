@@ -20,6 +20,7 @@ from portal.views import (
     setup,
     tokens,
 )
+from portal.web import store_guard
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC_DIR = Path(__file__).parent / "static"
@@ -86,8 +87,10 @@ ADMIN_PREFIX = "/admin/"
 
 
 def add_routes(app: web.Application, base: str) -> None:
+    # Each handler is wrapped here, not by an app-wide middleware: forward-auth keeps its
+    # own (cheaper) catch and pays nothing for the portal's.
     for method, path, handler in ROUTES:
-        app.router.add_route(method, f"{base}{path}", handler)
+        app.router.add_route(method, f"{base}{path}", store_guard(handler))
     if base:
-        app.router.add_get(base, login.home)
+        app.router.add_get(base, store_guard(login.home))
     app.router.add_static(f"{base}/static", STATIC_DIR, append_version=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +20,9 @@ from gateway.authz.domains import cookie_domain_attribute, match_cookie_domain
 from gateway.authz.forwarded import client_address
 from gateway.authz.redirects import safe_redirect_target
 from gateway.config import Config, CookieDomain
+from gateway.errors import StoreUnavailable
 from gateway.factors.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from gateway.logs import log_event
 from gateway.models import User
 from gateway.services import SERVICES, Services
 from gateway.sessions.codec import CachedSession
@@ -196,6 +200,37 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
             samesite="Strict",
         )
     return response
+
+
+RETRY_AFTER = "5"  # seconds a client is asked to wait when the database cannot take a request
+
+
+def unavailable(request: web.Request, exc: StoreUnavailable) -> web.Response:
+    """Answer a request the store could not serve: one log line, a 503 page (or JSON), no traceback."""
+    log_event("store_unavailable", logging.ERROR, method=request.method, path=request.path, reason=exc.reason)
+    headers = {**SECURITY_HEADERS, "Retry-After": RETRY_AFTER}
+    message = "The sign-in service cannot reach its database right now. Please try again in a moment."
+    if "application/json" in request.headers.get("Accept", "") or request.content_type == "application/json":
+        return web.json_response({"error": message}, status=503, headers=headers)
+    response = render(request, "message.html", status=503, heading="Temporarily unavailable", message=message)
+    response.headers["Retry-After"] = RETRY_AFTER
+    return response
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def store_guard(handler: Handler) -> Handler:
+    """Wrap a portal handler so a busy, full or failing database gives a clean 503, never a 500."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except StoreUnavailable as exc:
+            return unavailable(request, exc)
+
+    return guarded
 
 
 def redirect(location: str) -> web.Response:

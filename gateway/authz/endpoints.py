@@ -25,7 +25,7 @@ from gateway.authz.memo import BoundedMemo
 from gateway.authz.prepared import PLAIN_OK_HEAD, answer
 from gateway.authz.tokens import answer_with_token
 from gateway.authz.wire import answer_head
-from gateway.errors import InvalidForwardedHeaders
+from gateway.errors import InvalidForwardedHeaders, StoreUnavailable
 from gateway.logs import log_event
 from gateway.models import OriginalRequest
 from gateway.services import SERVICES, Services
@@ -167,14 +167,31 @@ async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> w
     return _to_portal(services, request, original, page=page, always_401=always_401)
 
 
+def _unavailable(request: web.Request, exc: StoreUnavailable) -> web.Response:
+    # Fail closed, clearly: the proxy refuses the request, the log says why in one line.
+    # Sessions and app passwords this worker has cached still answer without the store.
+    log_event("store_unavailable", logging.ERROR, method=request.method, path=request.path, reason=exc.reason)
+    return web.Response(
+        status=503,
+        headers={"Retry-After": "5"},
+        text=f"503 service unavailable: {exc.reason}; try again shortly\n",
+    )
+
+
 async def forward_auth(request: web.Request) -> web.StreamResponse:
     """Answer Traefik's and Caddy's forward-auth subrequest."""
-    return await _answer(request, parse_forward_auth, always_401=False)
+    try:
+        return await _answer(request, parse_forward_auth, always_401=False)
+    except StoreUnavailable as exc:
+        return _unavailable(request, exc)
 
 
 async def auth_request(request: web.Request) -> web.StreamResponse:
     """Answer nginx's auth_request subrequest."""
-    return await _answer(request, parse_auth_request, always_401=True)
+    try:
+        return await _answer(request, parse_auth_request, always_401=True)
+    except StoreUnavailable as exc:
+        return _unavailable(request, exc)
 
 
 async def health(request: web.Request) -> web.Response:

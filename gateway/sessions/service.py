@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
 
 from gateway.config import IdentityHeadersConfig, SessionConfig
-from gateway.errors import SessionInvalid
+from gateway.errors import SessionInvalid, StoreUnavailable
 from gateway.logs import log_event, logger
 from gateway.models import Level, SessionRecord, Subject, User
 from gateway.sessions.codec import (
@@ -337,6 +338,8 @@ class SessionService:
                 batch.append(self._renewals.get_nowait())
             try:
                 await self._renew_many(batch)
+            except StoreUnavailable as exc:  # the entries stay until their bound
+                log_event("session_renewal_failed", logging.WARNING, reason=exc.reason)
             except Exception:  # the entries stay until their bound; requests then read them
                 logger.exception("session renewal failed")
             finally:
@@ -376,5 +379,7 @@ class SessionService:
             try:
                 await self.flush_activity()
                 await self.store.delete_expired_sessions(self.clock())
+            except StoreUnavailable as exc:  # locked or full: one line, and try again next time
+                log_event("activity_flush_failed", logging.WARNING, reason=exc.reason)
             except Exception:  # keep flushing after a transient database error
                 logger.exception("activity flush failed")

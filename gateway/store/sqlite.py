@@ -16,9 +16,10 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.errors import Conflict, NotFound, StorageError
+from gateway.errors import Conflict, NotFound, StorageError, StoreUnavailable
 from gateway.models import (
     AppPassword,
+    AttemptSlot,
     AuditEvent,
     Level,
     SecurityEvent,
@@ -276,6 +277,23 @@ SELECT u.id,
 FROM users AS u
 """
 
+_INSERT_ATTEMPT = """
+INSERT INTO login_attempts (username, ip, success, at) VALUES (?, ?, ?, ?)
+RETURNING id
+"""
+
+# SQLite's primary result codes (extended codes carry them in the low byte) that mean "the
+# database cannot take this now", not "this request is wrong": another writer holds it,
+# the disk is full, the file cannot be read or written.
+_UNAVAILABLE_CODES = {
+    5: "database is locked by another writer",  # SQLITE_BUSY
+    6: "database table is locked",  # SQLITE_LOCKED
+    10: "disk I/O error",  # SQLITE_IOERR
+    13: "database or disk is full",  # SQLITE_FULL
+    14: "cannot open the database file",  # SQLITE_CANTOPEN
+    15: "database lock protocol error",  # SQLITE_PROTOCOL
+}
+
 _CONSUME_RESET_LINK = """
 UPDATE password_reset_tokens SET used_at = ?
 WHERE id_hash = ? AND used_at IS NULL AND expires_at > ?
@@ -307,17 +325,31 @@ class Store:
     uncommitted rows, and a second BEGIN would fail.
     """
 
-    def __init__(self, db: aiosqlite.Connection, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, clock: Callable[[], float], *, busy_timeout: float = 5.0
+    ) -> None:
         self._db = db
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._busy_timeout = busy_timeout
         self.statement_count: int = 0
         # A second, read-only connection for the forward-auth session reads (see read_session).
         self._reader: aiosqlite.Connection | None = None
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> Store:
-        """Open (creating if needed) the database at `path` and migrate it to the current schema."""
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
+    ) -> Store:
+        """Open (creating if needed) the database at `path` and migrate it to the current schema.
+
+        `busy_timeout` (seconds) bounds every wait: for a database another process holds
+        (SQLite's busy timeout) and for this store's own connection. Past it a call raises
+        StoreUnavailable, as it does for a full disk or an I/O error.
+        """
         target = os.fspath(path)
         if target != ":memory:":
             _create_private_file(Path(target))
@@ -326,12 +358,13 @@ class Store:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open database {target!r}: {exc}") from exc
         db.row_factory = sqlite3.Row
-        store = cls(db, clock)
+        store = cls(db, clock, busy_timeout=busy_timeout)
         try:
             # journal_mode and foreign_keys are no-ops inside a transaction, so set them first.
             await store._sql("PRAGMA journal_mode = WAL")
             await store._sql("PRAGMA foreign_keys = ON")
-            await store._sql("PRAGMA busy_timeout = 5000")
+            # PRAGMA takes no parameters; the value is an int we computed.
+            await store._sql(f"PRAGMA busy_timeout = {store._busy_timeout_ms:d}")
             await store._migrate()
             if target != ":memory:":
                 store._reader = await store._open_reader(target)
@@ -347,13 +380,17 @@ class Store:
             raise StorageError(f"cannot open database {target!r}: {exc}") from exc
         reader.row_factory = sqlite3.Row
         try:
-            for pragma in ("PRAGMA query_only = ON", "PRAGMA busy_timeout = 5000"):
+            for pragma in ("PRAGMA query_only = ON", f"PRAGMA busy_timeout = {self._busy_timeout_ms:d}"):
                 self.statement_count += 1
                 await reader.execute_fetchall(pragma)
         except BaseException:
             await reader.close()
             raise
         return reader
+
+    @property
+    def _busy_timeout_ms(self) -> int:
+        return max(1, round(self._busy_timeout * 1000))
 
     async def close(self) -> None:
         """Close the connection; the store cannot be used afterwards."""
@@ -377,7 +414,7 @@ class Store:
         password_hash: str | None,
     ) -> User:
         """Insert a user; Conflict when the username or e-mail is taken (case-insensitively)."""
-        async with self._lock:
+        async with self._turn():
             return await self._insert_user(username, email, display_name, groups, password_hash)
 
     async def create_first_user(
@@ -442,7 +479,7 @@ class Store:
             None if groups is None else _groups_json(groups),
             user_id,
         )
-        async with self._lock:
+        async with self._turn():
             try:
                 result = await self._sql(_UPDATE_USER, params)
             except sqlite3.IntegrityError as exc:
@@ -542,7 +579,7 @@ class Store:
             # One round trip to the connection's thread (execute + fetch + close in one).
             rows = list(await self._reader.execute_fetchall(_SELECT_SESSION_WITH_USER, (id_hash,)))
         except sqlite3.Error as exc:
-            raise StorageError(f"database error: {exc}") from exc
+            raise _storage_error(exc) from exc
         if not rows:
             return None
         return _session_from_row(rows[0]), _user_from_row(rows[0], prefix="u_")
@@ -569,7 +606,7 @@ class Store:
         try:
             rows = await self._reader.execute_fetchall(query, hashes)
         except sqlite3.Error as exc:
-            raise StorageError(f"database error: {exc}") from exc
+            raise _storage_error(exc) from exc
         return {row["id_hash"]: (_session_from_row(row), _user_from_row(row, prefix="u_")) for row in rows}
 
     async def delete_session(self, id_hash: str) -> bool:
@@ -621,6 +658,57 @@ class Store:
             "INSERT INTO login_attempts (username, ip, success, at) VALUES (?, ?, ?, ?)",
             (username.lower(), ip, int(success), at),
         )
+
+    async def reserve_attempt(
+        self,
+        username: str,
+        ip: str,
+        *,
+        at: float,
+        since: float,
+        ban_end: Callable[[Sequence[float]], float | None] | None,
+    ) -> AttemptSlot:
+        """Record a failed attempt now, before the credential is checked, unless a ban refuses it.
+
+        `ban_end` is given the failure times (as failures_since returns them, after `since`)
+        of the username and then of the ip, each on its own, and returns when that ban ends,
+        or None; None for `ban_end` means no regulation. An empty `ip` (a counter row that
+        belongs to no address, like a pending login's wrong codes) is not checked.
+        Refused: AttemptSlot(None, latest end), nothing recorded. Else the failure row's id:
+        the caller checks the credential and then calls mark_attempt_succeeded or
+        withdraw_attempt (or nothing: it failed).
+
+        Atomic contract: the two reads and the insert are one write transaction (BEGIN
+        IMMEDIATE), so concurrent callers on every worker and process are serialised and each
+        sees the rows the earlier ones reserved. With max_retries r, at most r attempts of
+        one burst are let through to the (slow) password check, however many arrive at once.
+        Another store must give the same guarantee (PostgreSQL: take
+        pg_advisory_xact_lock on the username and the ip key, in a fixed order, before the
+        reads, in the same transaction as the insert).
+        """
+        key = username.lower()
+        async with self._transaction(immediate=True):
+            if ban_end is not None:
+                ends = []
+                for column, value in (("username", key), ("ip", ip)):
+                    if not value:
+                        continue
+                    result = await self._sql(_FAILURES_SINCE[column], (value, since, value))
+                    ends.append(ban_end([float(row[0]) for row in result.rows]))
+                active = [end for end in ends if end is not None]
+                if active:
+                    return AttemptSlot(attempt_id=None, banned_until=max(active))
+            result = await self._sql(_INSERT_ATTEMPT, (key, ip, 0, at))
+        return AttemptSlot(attempt_id=int(result.rows[0][0]), banned_until=None)
+
+    async def mark_attempt_succeeded(self, attempt_id: int) -> None:
+        """Turn a reserved attempt into a success (which wipes the failure slate, as before)."""
+        # The row keeps its reservation time: failures reserved while this check ran still count.
+        await self._locked("UPDATE login_attempts SET success = 1 WHERE id = ?", (attempt_id,))
+
+    async def withdraw_attempt(self, attempt_id: int) -> None:
+        """Delete a reserved attempt that turned out neither a failure nor a finished login."""
+        await self._locked("DELETE FROM login_attempts WHERE id = ? AND success = 0", (attempt_id,))
 
     async def failures_since(
         self, *, username: str | None = None, ip: str | None = None, since: float
@@ -690,7 +778,11 @@ class Store:
             raise NotFound(f"user {user_id} has no TOTP device {device_id}")
 
     async def use_totp_step(self, device_id: int, step: int, at: float) -> bool:
-        """Record `step` as used if it is newer than the last used one; False if it is not (replay)."""
+        """Record `step` as used if it is newer than the last used one; False if it is not (replay).
+
+        Atomic contract: one conditional UPDATE (last_step < step) decides, so of concurrent
+        callers with the same code (two sessions, two workers) exactly one gets True.
+        """
         result = await self._locked(_USE_TOTP_STEP, (step, at, device_id, step))
         return result.rowcount == 1
 
@@ -718,7 +810,11 @@ class Store:
         return [(int(row[0]), str(row[1])) for row in result.rows]
 
     async def use_recovery_code(self, code_id: int, at: float) -> bool:
-        """Mark a recovery code used; False when it was already used or no longer exists."""
+        """Mark a recovery code used; False when it was already used or no longer exists.
+
+        Atomic contract: one conditional UPDATE (used_at IS NULL) decides, so of concurrent
+        callers with the same code exactly one gets True.
+        """
         result = await self._locked(
             "UPDATE recovery_codes SET used_at = ? WHERE id = ? AND used_at IS NULL", (at, code_id)
         )
@@ -919,7 +1015,11 @@ class Store:
             raise Conflict("a recovery token with this id already exists") from exc
 
     async def use_recovery_token(self, id_hash: str, *, now: float) -> int | None:
-        """Mark a recovery token used and return its user id; None when unknown, used or expired."""
+        """Mark a recovery token used and return its user id; None when unknown, used or expired.
+
+        Atomic contract: one conditional UPDATE ... RETURNING (used_at IS NULL) decides, so of
+        concurrent callers with the same link exactly one gets the user id.
+        """
         result = await self._locked(_CONSUME_RECOVERY_LINK, (now, id_hash, now))
         return int(result.rows[0][0]) if result.rows else None
 
@@ -977,7 +1077,11 @@ class Store:
         """Store a new app password's hash and return its id.
 
         AppPasswordLimit when the user already has `max_per_user` live ones; Conflict when the name
-        (any case) or the token id is taken; NotFound (user). The count and insert are one transaction.
+        (any case) or the token id is taken; NotFound (user).
+
+        Atomic contract: the count and the insert are one write transaction (BEGIN IMMEDIATE),
+        so a burst of concurrent creations on any number of workers never exceeds
+        `max_per_user` (PostgreSQL: lock the user's row, SELECT ... FOR UPDATE, before counting).
         """
         if isinstance(domains, str):
             raise TypeError("domains must be a sequence of host names, not a string")
@@ -1021,7 +1125,7 @@ class Store:
         try:
             rows = list(await self._reader.execute_fetchall(_SELECT_APP_PW_WITH_USER, (token_id,)))
         except sqlite3.Error as exc:
-            raise StorageError(f"database error: {exc}") from exc
+            raise _storage_error(exc) from exc
         if not rows:
             return None
         row = rows[0]
@@ -1155,8 +1259,17 @@ class Store:
         )
         return int(result.rows[0][0]) if result.rows else None
 
-    async def use_password_reset_token(self, id_hash: str, *, now: float) -> int | None:
-        """Use up a reset token (and every other unused one of its user); return the user id, or None."""
+    async def use_password_reset_token(
+        self, id_hash: str, *, now: float, password_hash: str | None = None
+    ) -> int | None:
+        """Use up a reset token (and every other unused one of its user); return the user id, or None.
+
+        With `password_hash`, also set it as the user's password. Atomic contract: the
+        conditional UPDATE ... RETURNING decides which of concurrent callers gets the link
+        (one does; the others get None), and the link's use and the new password are one
+        write transaction: a link is never used up without its password being set, nor a
+        password set by a caller that lost the link.
+        """
         async with self._transaction(immediate=True):
             result = await self._sql(_CONSUME_RESET_LINK, (now, id_hash, now))
             if not result.rows:
@@ -1167,6 +1280,8 @@ class Store:
                 "UPDATE password_reset_tokens SET used_at = ? WHERE user_id = ? AND used_at IS NULL",
                 (now, user_id),
             )
+            if password_hash is not None:
+                await self._sql("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
         return user_id
 
     async def prune_password_reset_tokens(self, before: float) -> int:
@@ -1193,7 +1308,7 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _transaction(self, *, immediate: bool = False) -> AsyncIterator[None]:
-        async with self._lock:
+        async with self._turn():
             await self._sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
             try:
                 yield
@@ -1207,8 +1322,29 @@ class Store:
                 raise
 
     async def _locked(self, sql: str, params: Sequence[Any] = ()) -> _Result:
-        async with self._lock:
+        async with self._turn():
             return await self._sql(sql, params)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """Hold the connection's lock; StoreUnavailable after waiting busy_timeout for it.
+
+        Without this bound, requests queued behind a statement stuck on a locked database
+        would each wait their own busy timeout in turn: the tenth would hang for ten of them.
+        """
+        # Always timed: an unlocked lock may still have waiters queued (woken, not yet
+        # running), and acquire() then queues behind them too.
+        try:
+            async with asyncio.timeout(self._busy_timeout):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"database busy: no turn on the connection within {self._busy_timeout:g}s"
+            ) from None
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     async def _sql(
         self, sql: str, params: Sequence[Any] = (), *, many: Iterable[Sequence[Any]] | None = None
@@ -1228,8 +1364,16 @@ class Store:
             # Callers know which unique value was meant and turn this into Conflict/NotFound.
             raise
         except sqlite3.Error as exc:
-            raise StorageError(f"database error: {exc}") from exc
+            raise _storage_error(exc) from exc
         return _Result(rows=rows, rowcount=cursor.rowcount)
+
+
+def _storage_error(exc: sqlite3.Error) -> StorageError:
+    """Translate a driver error: StoreUnavailable for lock, full disk and I/O, else StorageError."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
+        return StoreUnavailable(_UNAVAILABLE_CODES[code & 0xFF])
+    return StorageError(f"database error: {exc}")
 
 
 def _create_private_file(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -12,7 +13,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from gateway.accounts import audit
 from gateway.accounts.regulation import banned_until
 from gateway.logs import log_event
-from gateway.models import Level, User
+from gateway.models import AttemptSlot, Level, User
 from portal.flow import STEP_ENROL, STEP_VERIFY, second_factor_needed
 from portal.flow import start as start_pending
 from portal.pending import set_pending
@@ -138,6 +139,34 @@ async def ban_remaining(request: web.Request, login: str, ip: str) -> float | No
     return max(active) - now if active else None
 
 
+async def reserve_attempt(request: web.Request, login: str, ip: str) -> AttemptSlot:
+    """Record this attempt as a failure before checking it, unless the login or address is banned.
+
+    Reserving first (one write transaction in the store) is what bounds a burst: 30 wrong
+    passwords sent at once with max_retries 3 get 3 password checks, not 30, because each
+    request sees the failures the ones before it reserved while their argon2 still runs.
+    """
+    services = services_of(request)
+    cfg = services.config.regulation
+    now = services.clock()
+
+    def ban_end(failures: Sequence[float]) -> float | None:
+        return banned_until(failures, now=now, cfg=cfg)
+
+    return await services.store.reserve_attempt(
+        login,
+        ip,
+        at=now,
+        since=now - cfg.find_time - cfg.ban_time,
+        ban_end=ban_end if cfg.max_retries > 0 else None,
+    )
+
+
+def ban_message(slot: AttemptSlot, now: float) -> str:
+    minutes = max(1, round(((slot.banned_until or now) - now) / 60))
+    return f"Too many failed sign-in attempts. Try again in about {minutes} minute(s)."
+
+
 async def login_submit(request: web.Request) -> web.Response:
     """Check username (or e-mail) and password, then start a session."""
     services = services_of(request)
@@ -155,23 +184,21 @@ async def login_submit(request: web.Request) -> web.Response:
     user, password_hash = found if found else (None, None)
     # Count attempts per account, whether it was named by username or e-mail.
     account = user.username if user else login
-    remaining = await ban_remaining(request, account, ip)
-    if remaining is not None:
+    slot = await reserve_attempt(request, account, ip)
+    if slot.attempt_id is None:
         await services.audit.record(audit.LOGIN_BANNED, actor=None, target=account, ip=ip)
-        minutes = max(1, round(remaining / 60))
-        message = f"Too many failed sign-in attempts. Try again in about {minutes} minute(s)."
+        message = ban_message(slot, services.clock())
         return _login_page(request, status=429, error=message, rd=rd, login=login)
 
+    # From here the attempt counts as a failure unless it is settled otherwise below.
     # Unknown users are verified against a dummy hash, so both cases cost the same time.
     ok = await services.passwords.verify(password_hash, password)
     if not ok or user is None or user.disabled:
-        await services.store.record_attempt(account, ip, False, services.clock())
         await services.audit.record(audit.LOGIN_FAILED, actor=None, target=account, ip=ip)
         return _login_page(request, status=401, error=GENERIC_FAILURE, rd=rd, login=login)
 
     if not user.password_login:
         # The password was right, so saying why leaks nothing the caller does not know.
-        await services.store.record_attempt(account, ip, False, services.clock())
         log_event(
             "login_failed", logging.WARNING, login=account, client_ip=ip, reason="password login disabled"
         )
@@ -184,6 +211,7 @@ async def login_submit(request: web.Request) -> web.Response:
     )
     if step == STEP_VERIFY:
         # No success is recorded yet: it would reset the failure count that caps code guessing.
+        await services.store.withdraw_attempt(slot.attempt_id)
         pending = start_pending(
             user.id,
             rd=safe_target(request, rd) or "",
@@ -197,7 +225,7 @@ async def login_submit(request: web.Request) -> web.Response:
         set_pending(request, response, pending)
         remember_last_login(request, response, user)
         return response
-    await services.store.record_attempt(account, ip, True, services.clock())
+    await services.store.mark_attempt_succeeded(slot.attempt_id)
     old = await current_session(request)
     if old is not None:
         # A new session id at every login: never keep one an attacker may have planted.

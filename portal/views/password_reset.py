@@ -90,6 +90,18 @@ def _invalid(request: web.Request) -> web.Response:
     )
 
 
+def _already_used(request: web.Request) -> web.Response:
+    # Seen by the loser when the same link is submitted twice at once (two tabs, a double click).
+    return render(
+        request,
+        "message.html",
+        status=410,
+        heading="This link was already used",
+        message="A password link works once, and this one has just been used to set a password. "
+        "If that was not you, ask your administrator for a new link.",
+    )
+
+
 def _form(request: web.Request, user: User, *, error: str | None = None, status: int = 200) -> web.Response:
     return render(request, "password_reset.html", status=status, user=user, error=error)
 
@@ -119,10 +131,13 @@ async def reset_submit(request: web.Request) -> web.Response:
     if problem is not None:
         return _form(request, user, error=problem, status=400)
     password_hash = await services.passwords.hash(password)
-    # The atomic use decides: two tabs submitting the same link cannot both set a password.
-    if await services.store.use_password_reset_token(reset_token_key(token), now=services.clock()) != user.id:
-        return _invalid(request)
-    await services.store.set_password_hash(user.id, password_hash)
+    # One transaction uses the link up and sets the password: of two tabs submitting the same
+    # link at once, the one whose use wins sets its password, the other changes nothing.
+    used_by = await services.store.use_password_reset_token(
+        reset_token_key(token), now=services.clock(), password_hash=password_hash
+    )
+    if used_by != user.id:
+        return _already_used(request)
     ended = await services.sessions.revoke_user(user.id)
     await services.audit.record(
         audit.PASSWORD_CHANGED,

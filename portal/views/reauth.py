@@ -12,7 +12,7 @@ from gateway.factors.passkeys import InvalidWebAuthn
 from gateway.logs import log_event
 from gateway.models import User
 from portal.reauth import mark_reauthenticated
-from portal.views.login import ban_remaining
+from portal.views.login import reserve_attempt
 from portal.views.passkeys import _ceremony, _json_body, json_error, json_next
 from portal.web import (
     base_of,
@@ -68,12 +68,14 @@ async def reauth_submit(request: web.Request) -> web.Response:
     if not user.password_login:
         return await _page(request, user, rd, error="Use your security key or passkey.", status=400)
     ip = client_ip(request)
-    if await ban_remaining(request, user.username, ip) is not None:
+    slot = await reserve_attempt(request, user.username, ip)
+    if slot.attempt_id is None:
         return await _page(request, user, rd, error="Too many failed attempts. Try again later.", status=429)
     stored = await services.store.find_login(user.username)
     ok = await services.passwords.verify(stored[1] if stored else None, form_text(form, "password"))
-    await services.store.record_attempt(user.username, ip, ok, services.clock())
-    if not ok:
+    if ok:
+        await services.store.mark_attempt_succeeded(slot.attempt_id)
+    else:
         await services.audit.record(audit.REAUTH_FAILED, actor=user.username, target=user.username, ip=ip)
         return await _page(request, user, rd, error="Your password is not correct.", status=401)
     await mark_reauthenticated(request, session)

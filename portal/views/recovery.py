@@ -18,7 +18,7 @@ from gateway.accounts import audit
 from gateway.accounts.notify import NotificationFailed
 from gateway.logs import log_event
 from gateway.models import User
-from portal.views.login import ban_remaining
+from portal.views.login import ban_remaining, reserve_attempt
 from portal.views.second_factor import start_session
 from portal.web import (
     base_of,
@@ -135,6 +135,18 @@ def _invalid(request: web.Request) -> web.Response:
     )
 
 
+def _already_used(request: web.Request) -> web.Response:
+    # Seen by the loser when the same link is submitted twice at once (two tabs, a double click).
+    return render(
+        request,
+        "message.html",
+        status=410,
+        heading="This link was already used",
+        message="A recovery link works once, and this one has just been used. "
+        "If that was not you, ask for a new link on the sign-in page.",
+    )
+
+
 async def link_page(request: web.Request) -> web.Response:
     """Show what following the link will do; nothing is used up by just opening it."""
     found = await _token_user(request)
@@ -160,7 +172,8 @@ async def link_submit(request: web.Request) -> web.Response:
         )
     ip = client_ip(request)
     if user.password_login:
-        if await ban_remaining(request, user.username, ip) is not None:
+        slot = await reserve_attempt(request, user.username, ip)
+        if slot.attempt_id is None:
             return render(
                 request,
                 "recover_link.html",
@@ -173,8 +186,9 @@ async def link_submit(request: web.Request) -> web.Response:
         ok = await services.passwords.verify(
             found_login[1] if found_login else None, form_text(form, "password")
         )
-        await services.store.record_attempt(user.username, ip, ok, services.clock())
-        if not ok:
+        if ok:
+            await services.store.mark_attempt_succeeded(slot.attempt_id)
+        else:
             return render(
                 request,
                 "recover_link.html",
@@ -185,7 +199,7 @@ async def link_submit(request: web.Request) -> web.Response:
             )
     # The atomic use decides: two tabs submitting the same link cannot both get in.
     if await services.store.use_recovery_token(_token_key(token), now=services.clock()) != user.id:
-        return _invalid(request)
+        return _already_used(request)
     ended = await services.sessions.revoke_user(user.id)
     revoked = 0
     if form_text(form, "revoke_devices") == "on":

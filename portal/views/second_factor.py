@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -9,11 +11,11 @@ from aiohttp import web
 
 from gateway.accounts import audit
 from gateway.accounts.two_factor import RECOVERY, TOTP
-from gateway.models import Level, User
+from gateway.models import AttemptSlot, Level, User
 from gateway.sessions.codec import CachedSession
 from portal.flow import PendingLogin, PendingLoginError, check, default_method
 from portal.pending import attempts_key, attempts_left, clear_pending, load_pending
-from portal.views.login import ban_remaining
+from portal.views.login import ban_message, reserve_attempt
 from portal.web import (
     after_login_target,
     base_of,
@@ -182,22 +184,29 @@ async def second_factor_submit(request: web.Request) -> web.Response:
     if not csrf_ok(request, form):
         return _page(request, ctx, kinds, method, error="The form expired. Please try again.", status=403)
     ip = client_ip(request)
-    remaining = await ban_remaining(request, ctx.user.username, ip)
-    if remaining is not None:
-        minutes = max(1, round(remaining / 60))
-        error = f"Too many failed sign-in attempts. Try again in about {minutes} minute(s)."
-        return _page(request, ctx, kinds, method, error=error, status=429)
+    # Both counts are reserved before the code is checked (see reserve_attempt): parallel
+    # guesses on one pending login get at most its attempts, and the user's regulation holds.
+    slot = await reserve_attempt(request, ctx.user.username, ip)
+    if slot.attempt_id is None:
+        return _page(request, ctx, kinds, method, error=ban_message(slot, services.clock()), status=429)
+    pending_slot = None
+    if ctx.pending is not None:
+        pending_slot = await _reserve_pending_attempt(request, ctx.pending)
+        if pending_slot.attempt_id is None:
+            await services.store.withdraw_attempt(slot.attempt_id)
+            return start_over(request, ctx)
 
     code = form_text(form, "code", limit=64)
     if method == TOTP:
         ok = await services.two_factor.verify_totp(ctx.user.id, code) is not None
     else:
         ok = await services.two_factor.verify_recovery(ctx.user.id, code)
-    now = services.clock()
     if not ok:
         return await _wrong_code(request, ctx, kinds, method, ip)
 
-    await services.store.record_attempt(ctx.user.username, ip, True, now)
+    await services.store.mark_attempt_succeeded(slot.attempt_id)
+    if pending_slot is not None and pending_slot.attempt_id is not None:
+        await services.store.withdraw_attempt(pending_slot.attempt_id)
     await services.store.set_last_method(ctx.user.id, method)
     if method == RECOVERY:
         left = await services.store.count_unused_recovery_codes(ctx.user.id)
@@ -207,6 +216,20 @@ async def second_factor_submit(request: web.Request) -> web.Response:
     remember = ctx.pending.remember_me if ctx.pending else bool(ctx.session and ctx.session.remember_me)
     return await finish_login(
         request, ctx.user, remember=remember, old=ctx.session, target=after_login_target(request, ctx.rd)
+    )
+
+
+async def _reserve_pending_attempt(request: web.Request, pending: PendingLogin) -> AttemptSlot:
+    """Reserve one of a pending login's wrong-code attempts; refused once they are used up."""
+    services = services_of(request)
+    limit = services.config.two_factor.pending_max_attempts
+
+    def used_up(failures: Sequence[float]) -> float | None:
+        return math.inf if len(failures) >= limit else None
+
+    # No address on this counter row: the user's row already counts toward the IP's regulation.
+    return await services.store.reserve_attempt(
+        attempts_key(pending), "", at=services.clock(), since=0.0, ban_end=used_up
     )
 
 
@@ -243,7 +266,12 @@ def login_retry_url(request: web.Request, ctx: FactorContext) -> str:
 async def _wrong_code(
     request: web.Request, ctx: FactorContext, kinds: tuple[str, ...], method: str, ip: str
 ) -> web.Response:
-    left = await record_wrong_code(request, ctx, method, ip)
+    # Both failure rows were reserved before the check: only the audit row is left to write.
+    services = services_of(request)
+    await services.audit.record(
+        audit.SECOND_FACTOR_FAILED, actor=None, target=ctx.user.username, ip=ip, detail=method
+    )
+    left = None if ctx.pending is None else await attempts_left(request, ctx.pending)
     if left is None:
         return _page(request, ctx, kinds, method, error="That code is not valid.", status=401)
     if left <= 0:
