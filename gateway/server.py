@@ -14,13 +14,16 @@ import multiprocessing
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from gateway import metrics_http
 from gateway.app import create_app, session_keys
-from gateway.config import Config
+from gateway.config import Config, split_listen
 from gateway.logs import configure_logging, log_event
+from gateway.metrics import prepare_directory
 from gateway.store.sqlite import Store
 from portal.web import compile_templates
 
@@ -34,12 +37,24 @@ def _install_uvloop() -> str:
     return "uvloop"
 
 
-async def _run_worker(config: Config, reuse_port: bool) -> None:
-    app = create_app(config)
+async def _start_metrics_listener(config: Config, app: web.Application, reuse_port: bool) -> web.AppRunner:
+    runner = web.AppRunner(metrics_http.listener_app(app), access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = split_listen(config.metrics.listen)
+    # Every worker listens (SO_REUSEPORT): whichever answers a scrape adds up all of them.
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+    return runner
+
+
+async def _run_worker(config: Config, reuse_port: bool, metrics_dir: str | None = None) -> None:
+    app = create_app(config, metrics_dir=metrics_dir)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=1024)
     await site.start()
+    runners = [runner]
+    if config.metrics.enabled and config.metrics.listen:
+        runners.insert(0, await _start_metrics_listener(config, app, reuse_port))
     compile_templates()
     # Everything built so far (modules, compiled templates, config, compiled rules) lives as
     # long as the worker: move it out of the collector's sight, so a full collection under load
@@ -54,7 +69,8 @@ async def _run_worker(config: Config, reuse_port: bool) -> None:
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        for each in runners:
+            await each.cleanup()
         log_event("worker_stopped", pid=os.getpid())
 
 
@@ -64,11 +80,16 @@ async def _prepare_database(config: Config) -> None:
     await store.close()
 
 
-def worker_main(config: Config, reuse_port: bool) -> None:
+def worker_main(config: Config, reuse_port: bool, metrics_dir: str | None = None) -> None:
     """Entry point of one worker process."""
     configure_logging(config.log.level, config.log.format)
     _install_uvloop()
-    asyncio.run(_run_worker(config, reuse_port))
+    asyncio.run(_run_worker(config, reuse_port, metrics_dir))
+
+
+def metrics_directory(config: Config) -> Path:
+    """Where the workers publish their metric totals (emptied at every start)."""
+    return Path(config.storage.data_dir) / "metrics"
 
 
 def resolve_workers(config: Config, override: int | None) -> int:
@@ -88,9 +109,10 @@ def serve(config: Config, *, workers: int | None = None) -> None:
     if count == 1:
         asyncio.run(_run_worker(config, reuse_port=False))
         return
+    metrics_dir = str(prepare_directory(metrics_directory(config))) if config.metrics.enabled else None
     context = multiprocessing.get_context("spawn")
     processes: list[Any] = [
-        context.Process(target=worker_main, args=(config, True), name=f"authgate-worker-{i}")
+        context.Process(target=worker_main, args=(config, True, metrics_dir), name=f"authgate-worker-{i}")
         for i in range(count)
     ]
     for process in processes:

@@ -135,7 +135,11 @@ async def ban_remaining(request: web.Request, login: str, ip: str) -> float | No
         banned_until(await services.store.failures_since(ip=ip, since=since), now=now, cfg=cfg),
     ]
     active = [end for end in ends if end is not None]
-    return max(active) - now if active else None
+    if not active:
+        return None
+    # Every caller refuses the attempt when a ban is found: count it once, here.
+    services.metrics.refused_by_regulation()
+    return max(active) - now
 
 
 async def login_submit(request: web.Request) -> web.Response:
