@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -22,7 +23,7 @@ from gateway.config import Config
 from gateway.factors import app_passwords
 from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
 from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox, derive_key, load_storage_key
-from gateway.logs import logger
+from gateway.logs import log_event, logger
 from gateway.metrics import PUBLISH_INTERVAL, Metrics, SnapshotFiles
 from gateway.models import SessionRecord, User
 from gateway.secret_files import load_or_create_secret_lines
@@ -69,7 +70,7 @@ async def _publish_metrics(metrics: Metrics, files: SnapshotFiles) -> None:
         try:
             files.publish(metrics.snapshot())
         except OSError as exc:  # a full disk must not end publishing for good
-            logger.warning("metrics_publish_failed", extra={"fields": {"error": str(exc)}})
+            log_event("metrics_publish_failed", logging.WARNING, error=str(exc))
 
 
 async def _flush_token_use(tokens: AppPasswordService, interval: float) -> None:

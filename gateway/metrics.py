@@ -129,6 +129,10 @@ class Metrics:
         if login is not None:
             self.logins[login] += 1
 
+    def first_factor_accepted(self, factor: str) -> None:
+        """Count a first factor that passed while a second one is still owed (no audit event yet)."""
+        self.logins[factor, "success"] += 1
+
     def app_password_used(self) -> None:
         """Count a forward-auth request authenticated by a valid app password."""
         self.logins["app_password", "success"] += 1

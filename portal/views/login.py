@@ -197,6 +197,7 @@ async def login_submit(request: web.Request) -> web.Response:
             max_attempts=services.config.two_factor.pending_max_attempts,
         )
         log_event("password_accepted", user=user.username, client_ip=ip, next="second_factor")
+        services.metrics.first_factor_accepted("password")
         response = redirect(f"{base_of(request)}/2fa")
         set_pending(request, response, pending)
         remember_last_login(request, response, user)

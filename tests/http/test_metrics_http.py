@@ -16,11 +16,19 @@ from tests.http.helpers import (
     auth_request,
     basic_auth,
     create_token,
+    enrol_totp,
     forward_auth,
     login,
+    passkey_login,
+    password_step,
+    registered_session,
     services,
     signed_in,
+    submit_code,
+    totp_code,
+    wrong_code,
 )
+from tests.webauthn_authenticator import SoftAuthenticator
 
 TOKEN = "metrics-token-0123456789abcdef"
 ON_MAIN = {"metrics": {"enabled": True, "listen": "", "token": TOKEN}}
@@ -186,3 +194,33 @@ async def test_a_store_failure_leaves_the_counters_served(make_client: MakeClien
     assert ("authgate_sessions_active", ()) not in found
     assert found["authgate_store_errors_total", (("kind", "other"),)] == 1
     assert ("authgate_logins_total", (("factor", "password"), ("result", "success"))) in found
+
+
+async def test_metrics_count_second_factors_and_passkeys(make_client: MakeClient, clock: Clock) -> None:
+    """TOTP and recovery codes, right and wrong, and a passwordless passkey login count under their factor."""
+    client = await make_client(ON_MAIN)
+    await add_user(client, "alice")
+    _, secret, codes = await enrol_totp(client, await signed_in(client, "alice"), clock)
+    clock.advance(30)
+    pending = await password_step(client)
+    assert (await submit_code(client, wrong_code(secret, clock()), pending=pending)).status == 401
+    assert (await submit_code(client, totp_code(secret, clock()), pending=pending)).status == 303
+    pending = await password_step(client)
+    assert (await submit_code(client, codes[0], pending=pending, method="recovery")).status == 303
+
+    await add_user(client, "bob")
+    authenticator = SoftAuthenticator()
+    await registered_session(client, await signed_in(client, "bob"), authenticator)
+    assert (await passkey_login(client, authenticator)).status == 200
+
+    found = await scrape(client)
+
+    def logins(factor: str, result: str) -> float:
+        return found["authgate_logins_total", (("factor", factor), ("result", result))]
+
+    assert logins("totp", "success") == 1
+    assert logins("totp", "failure") == 1
+    assert logins("recovery", "success") == 1
+    assert logins("passkey", "success") == 1
+    # alice's first sign-in and her two password steps before a second factor, bob's sign-in
+    assert logins("password", "success") == 4
