@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway import metrics_http
 from gateway.accounts.app_passwords import AppPasswordService
 from gateway.accounts.audit import AuditLog
 from gateway.accounts.notify import build_notifier
@@ -24,6 +25,7 @@ from gateway.factors import app_passwords
 from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
 from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox, derive_key, load_storage_key
 from gateway.logs import log_event, logger
+from gateway.metrics import PUBLISH_INTERVAL, Metrics, SnapshotFiles
 from gateway.models import SessionRecord, User
 from gateway.secret_files import load_or_create_secret_lines
 from gateway.services import SERVICES, Services
@@ -64,6 +66,16 @@ async def _housekeeping(store: Store, clock: Callable[[], float], audit_retentio
             logger.exception("housekeeping failed")
 
 
+async def _publish_metrics(metrics: Metrics, files: SnapshotFiles) -> None:
+    """Publish this worker's totals for the others to add to their scrapes; runs until cancelled."""
+    while True:
+        await asyncio.sleep(PUBLISH_INTERVAL)
+        try:
+            files.publish(metrics.snapshot())
+        except OSError as exc:  # a full disk must not end publishing for good
+            log_event("metrics_publish_failed", logging.WARNING, error=str(exc))
+
+
 async def _flush_token_use(tokens: AppPasswordService, interval: float) -> None:
     """Write app-password last-use times in batches; runs until cancelled."""
     while True:
@@ -71,16 +83,25 @@ async def _flush_token_use(tokens: AppPasswordService, interval: float) -> None:
         await tokens.flush_use()
 
 
-def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
-    """Build the aiohttp application for a validated configuration."""
+def create_app(
+    config: Config, *, clock: Callable[[], float] = time.time, metrics_dir: str | None = None
+) -> web.Application:
+    """Build the aiohttp application for a validated configuration.
+
+    `metrics_dir`: where the workers of `serve --workers N` publish their metric totals
+    (gateway/metrics.py); None for a single process.
+    """
     app = web.Application(client_max_size=64 * 1024)
     keys = session_keys(config)
     cfg = config.session
     codec = SessionCodec(keys, max_age=max(cfg.expiration, cfg.remember_me))
     rules = CompiledRules.from_config(config.access_control)
+    metrics = Metrics(len(rules))
+    snapshot_files = SnapshotFiles(metrics_dir) if metrics_dir is not None else None
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         store = await Store.open(config.storage.database_path, busy_timeout=config.storage.busy_timeout)
+        metrics.store_errors = store.error_counts
         hasher = AsyncPasswordHasher(
             PasswordHasher(config.password),
             config.password.max_concurrent,
@@ -120,16 +141,19 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
             two_factor=two_factor,
             webauthn=WebAuthnService(store, config.webauthn, clock),
             notifier=build_notifier(config.notifier),
-            audit=AuditLog(store, clock=clock),
+            audit=AuditLog(store, clock=clock, counter=metrics),
             app_passwords=tokens,
             clock=clock,
             csrf_keys=keys,
+            metrics=metrics,
         )
         tasks = [
             asyncio.create_task(sessions.run_flusher()),
             asyncio.create_task(_housekeeping(store, clock, config.audit.retention)),
             asyncio.create_task(_flush_token_use(tokens, cfg.activity_flush_interval)),
         ]
+        if snapshot_files is not None:
+            tasks.append(asyncio.create_task(_publish_metrics(metrics, snapshot_files)))
         yield
         for task in tasks:
             task.cancel()
@@ -137,10 +161,16 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web
                 await task
         await sessions.flush_activity()
         await tokens.flush_use()
+        if snapshot_files is not None:
+            with contextlib.suppress(OSError):
+                snapshot_files.publish(metrics.snapshot())
         hasher.close()
         await store.close()
 
     app.cleanup_ctx.append(lifetime)
+    app[metrics_http.SNAPSHOT_FILES] = snapshot_files
     authz.add_routes(app)
+    if config.metrics.enabled and not config.metrics.listen:
+        metrics_http.add_main_route(app)
     portal_routes.add_routes(app, portal_base_path(config))
     return app

@@ -228,6 +228,15 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = False  # Prometheus metrics (docs/operations.md); off unless asked for
+    # host:port of a separate listener serving /metrics; "" = /api/metrics on the main listener
+    listen: str = "127.0.0.1:9959"
+    # Bearer token a scrape must send; AUTHGATE_METRICS_TOKEN_FILE reads it from a file.
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -246,6 +255,7 @@ class Config:
     app_passwords: AppPasswordsConfig = field(default_factory=AppPasswordsConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # --- Loading -----------------------------------------------------------------------------------------
@@ -342,6 +352,7 @@ def parse_config(data: object, environ: Mapping[str, str] = _NO_ENVIRONMENT) -> 
     config = Config(**sections)
     _check_across_keys(config, failed, problems)
     config = _resolve_defaults(config, data, overrides, failed, problems)
+    _check_metrics(config, failed, problems)
     if problems:
         raise ConfigError(problems)
     return config
@@ -568,6 +579,53 @@ def _resolve_defaults(
     if "notifier.type" not in failed and "notifier.smtp" not in failed and notifier.type == "smtp":
         _check_smtp(notifier.smtp, problems)
     return dataclasses.replace(config, webauthn=webauthn, notifier=notifier)
+
+
+def _check_metrics(config: Config, failed: set[str], problems: Problems) -> None:
+    """Refuse metrics that anyone could scrape."""
+    metrics = config.metrics
+    if "metrics.token" in failed:
+        return
+    if not metrics.enabled or failed & {"metrics.enabled", "metrics.listen"}:
+        return
+    if not metrics.listen:
+        if not metrics.token:
+            problems.append(
+                (
+                    "metrics.token",
+                    "required when metrics.listen is empty (metrics on the main listener at /api/metrics); "
+                    "set a token, or a separate listener such as metrics.listen: 127.0.0.1:9959",
+                )
+            )
+        return
+    host, port = split_listen(metrics.listen)
+    if not metrics.token and not _is_loopback_host(host):
+        problems.append(
+            (
+                "metrics.listen",
+                f"{_show(metrics.listen)} can be reached from other hosts; set metrics.token "
+                "(or AUTHGATE_METRICS_TOKEN_FILE) too, or listen on 127.0.0.1",
+            )
+        )
+    if "server.port" not in failed and port == config.server.port:
+        problems.append(
+            ("metrics.listen", f"port {port} is server.port; give the metrics listener a port of its own")
+        )
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_network(host).network_address.is_loopback
+    except ValueError:
+        return False
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """Split a checked listen value into host and port ([::1]:9959 -> ::1, 9959)."""
+    host, _, port = text.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def _resolve_webauthn(
@@ -994,6 +1052,55 @@ def _smtp(value: Any, path: str, problems: Problems) -> Any:
     return dataclasses.replace(smtp, password=password)
 
 
+_LISTEN_HELP = 'use host:port, e.g. 127.0.0.1:9959 or [::1]:9959 ("" = the main listener)'
+_MIN_METRICS_TOKEN_LENGTH = 16
+
+
+def _listen(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, str):
+        return _fail(problems, path, f"{_show(value)} is not a string; {_LISTEN_HELP}")
+    if value == "":
+        return value
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return _fail(problems, path, f"{_show(value)} is not host:port with a port 1-65535; {_LISTEN_HELP}")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return _fail(problems, path, f"{_show(value)}: an IPv6 address goes in brackets; {_LISTEN_HELP}")
+        host = host[1:-1]
+        try:
+            ip_network(host)
+        except ValueError:
+            return _fail(problems, path, f"{_show(value)}: {host!r} is not an IPv6 address; {_LISTEN_HELP}")
+        return value
+    if "/" in host:
+        reason = _hostname_problem(host.lower())
+        return _fail(problems, path, f"{_show(value)}: the host {reason}; {_LISTEN_HELP}")
+    if ":" in host:
+        return _fail(problems, path, f"{_show(value)}: an IPv6 address goes in brackets; {_LISTEN_HELP}")
+    try:
+        ip_network(host)
+    except ValueError:
+        reason = _hostname_problem(host.lower())
+        if reason is not None:
+            return _fail(problems, path, f"{_show(value)}: the host {reason}; {_LISTEN_HELP}")
+    return value
+
+
+def _metrics_token(value: Any, path: str, problems: Problems) -> Any:
+    # never echo the token: problems end up in logs
+    if not isinstance(value, str):
+        return _fail(problems, path, "this value is not a string")
+    if value and (len(value) < _MIN_METRICS_TOKEN_LENGTH or not value.isprintable() or " " in value):
+        return _fail(
+            problems,
+            path,
+            f"use at least {_MIN_METRICS_TOKEN_LENGTH} printable characters without spaces, "
+            "e.g. from: openssl rand -hex 32",
+        )
+    return value
+
+
 def _token_level(value: Any, path: str, problems: Problems) -> Any:
     if not isinstance(value, str) or value.lower() not in _TOKEN_LEVELS:
         return _fail(problems, path, f"{_show(value)} is not allowed; use one of {', '.join(_TOKEN_LEVELS)}")
@@ -1326,6 +1433,10 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
     ),
     "admin": (AdminConfig, {"reauth_after": _duration(positive=True, maximum=_MAX_REAUTH_AFTER)}),
     "audit": (AuditConfig, {"retention": _audit_retention}),
+    "metrics": (
+        MetricsConfig,
+        {"enabled": _flag, "listen": _listen, "token": _metrics_token},
+    ),
 }
 
 # Keys typed `str` in the dataclasses take environment values verbatim instead of through YAML.

@@ -15,14 +15,17 @@ import multiprocessing
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, InvalidHeader, LineTooLong
 
+from gateway import metrics_http
 from gateway.app import create_app, session_keys
-from gateway.config import Config
+from gateway.config import Config, split_listen
 from gateway.logs import configure_logging, log_event
+from gateway.metrics import prepare_directory
 from gateway.store.sqlite import Store
 from portal.web import compile_templates
 
@@ -86,8 +89,17 @@ _PROTOCOL_ERRORS = _OneLineProtocolErrors()
 SHUTDOWN_GRACE = 30.0
 
 
-async def _run_worker(config: Config, reuse_port: bool) -> None:
-    app = create_app(config)
+async def _start_metrics_listener(config: Config, app: web.Application, reuse_port: bool) -> web.AppRunner:
+    runner = web.AppRunner(metrics_http.listener_app(app), access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = split_listen(config.metrics.listen)
+    # Every worker listens (SO_REUSEPORT): whichever answers a scrape adds up all of them.
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+    return runner
+
+
+async def _run_worker(config: Config, reuse_port: bool, metrics_dir: str | None = None) -> None:
+    app = create_app(config, metrics_dir=metrics_dir)
     server_logger = logging.getLogger("aiohttp.server")
     if _PROTOCOL_ERRORS not in server_logger.filters:
         server_logger.addFilter(_PROTOCOL_ERRORS)
@@ -101,6 +113,9 @@ async def _run_worker(config: Config, reuse_port: bool) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_port=reuse_port, backlog=1024)
     await site.start()
+    runners = [runner]
+    if config.metrics.enabled and config.metrics.listen:
+        runners.insert(0, await _start_metrics_listener(config, app, reuse_port))
     compile_templates()
     # Everything built so far (modules, compiled templates, config, compiled rules) lives as
     # long as the worker: move it out of the collector's sight, so a full collection under load
@@ -116,9 +131,10 @@ async def _run_worker(config: Config, reuse_port: bool) -> None:
         await stop.wait()
         log_event("worker_stopping", pid=os.getpid(), grace=SHUTDOWN_GRACE)
     finally:
-        # Closes the listening socket first, then waits for the handlers still running
-        # (their answers go out whole), then runs cleanup (flushes, closes the store).
-        await runner.cleanup()
+        # Each runner closes its listening socket first, then waits for the handlers still
+        # running (their answers go out whole), then runs cleanup (flushes, closes the store).
+        for each in runners:
+            await each.cleanup()
         log_event("worker_stopped", pid=os.getpid())
 
 
@@ -128,11 +144,16 @@ async def _prepare_database(config: Config) -> None:
     await store.close()
 
 
-def worker_main(config: Config, reuse_port: bool) -> None:
+def worker_main(config: Config, reuse_port: bool, metrics_dir: str | None = None) -> None:
     """Entry point of one worker process."""
     configure_logging(config.log.level, config.log.format)
     _install_uvloop()
-    asyncio.run(_run_worker(config, reuse_port))
+    asyncio.run(_run_worker(config, reuse_port, metrics_dir))
+
+
+def metrics_directory(config: Config) -> Path:
+    """Where the workers publish their metric totals (emptied at every start)."""
+    return Path(config.storage.data_dir) / "metrics"
 
 
 def resolve_workers(config: Config, override: int | None) -> int:
@@ -152,9 +173,10 @@ def serve(config: Config, *, workers: int | None = None) -> None:
     if count == 1:
         asyncio.run(_run_worker(config, reuse_port=False))
         return
+    metrics_dir = str(prepare_directory(metrics_directory(config))) if config.metrics.enabled else None
     context = multiprocessing.get_context("spawn")
     processes: list[Any] = [
-        context.Process(target=worker_main, args=(config, True), name=f"authgate-worker-{i}")
+        context.Process(target=worker_main, args=(config, True, metrics_dir), name=f"authgate-worker-{i}")
         for i in range(count)
     ]
     for process in processes:

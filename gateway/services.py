@@ -16,6 +16,7 @@ from gateway.authz.decision import Decisions
 from gateway.authz.rules import CompiledRules
 from gateway.config import Config
 from gateway.factors.passwords import AsyncPasswordHasher
+from gateway.metrics import Metrics
 from gateway.sessions.service import SessionService
 from gateway.store.sqlite import Store
 
@@ -35,6 +36,7 @@ class Services:
     app_passwords: AppPasswordService
     clock: Callable[[], float]
     csrf_keys: tuple[str, ...]
+    metrics: Metrics  # this worker's counts (gateway/metrics.py)
 
 
 SERVICES = web.AppKey("services", Services)

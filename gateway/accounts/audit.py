@@ -95,12 +95,24 @@ class AuditStore(Protocol):
     ) -> int: ...
 
 
-class AuditLog:
-    """Record security events in the audit table and the structured log."""
+class EventCounter(Protocol):
+    def audit_event(self, event: str, detail: str) -> None: ...
 
-    def __init__(self, store: AuditStore, *, clock: Callable[[], float] = time.time) -> None:
+
+class AuditLog:
+    """Record security events in the audit table and the structured log (and count them)."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        counter: EventCounter | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
+        # Every sign-in step is recorded here, so this is where the metrics count them.
+        self.counter = counter
 
     async def record(
         self,
@@ -114,6 +126,9 @@ class AuditLog:
     ) -> AuditEvent:
         """Write one audit row and the same as a log line; return the row."""
         when = self.clock() if at is None else at
+        if self.counter is not None:
+            # Before the write: a sign-in step counts even when the database refuses its row.
+            self.counter.audit_event(event, detail)
         # Bounded and single-line, so a caller passing user input cannot flood the table or forge lines.
         detail = " ".join(detail.split())[:MAX_DETAIL_LENGTH]
         row_id = await self.store.add_audit(

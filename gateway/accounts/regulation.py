@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway.config import RegulationConfig
 
@@ -26,3 +26,8 @@ def banned_until(failure_times: Sequence[float], *, now: float, cfg: RegulationC
     if now >= until:
         return None
     return until
+
+
+def count_banned(failures_by_key: Mapping[str, Sequence[float]], *, now: float, cfg: RegulationConfig) -> int:
+    """Count the keys (accounts or addresses) whose failures ban them at `now`."""
+    return sum(1 for times in failures_by_key.values() if banned_until(times, now=now, cfg=cfg) is not None)

@@ -133,12 +133,16 @@ def _to_portal(
 
 async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> web.StreamResponse:
     services = request.app[SERVICES]
+    metrics = services.metrics
+    started = metrics.tick()  # 0, or the start time of a request chosen for timing
     headers = request.headers
     try:
         original = parse(headers, request.remote, services.config.server.trusted_proxies)
     except InvalidForwardedHeaders as exc:
+        metrics.reject("bad_request")
         return _bad_request(request, exc, for_nginx=always_401)
     if original.ambiguity is not None and services.config.access_control.ambiguous_paths == "refuse":
+        metrics.reject("ambiguous_path")
         return _bad_request(request, _ambiguous(original), for_nginx=always_401)
     # Who is asking: the session named by the Cookie header. Nearly always one this worker
     # has cached, which answers without a coroutine.
@@ -152,10 +156,13 @@ async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> w
             # Clients that cannot show the portal (CalDAV, git, scripts) send an app password.
             answered = await answer_with_token(services, request, original, authorization)
             if answered is not None:
+                if started:
+                    metrics.timed(started)
                 return answered
         decision = services.decisions.for_anonymous(original)
     else:
         decision = services.decisions.for_session(original, session)
+    metrics.decided(decision, started)
     if decision.verdict is Verdict.ALLOW:
         if decision.with_identity and session is not None:
             # Serialised once per session: most answers are one write of prepared bytes.

@@ -63,13 +63,17 @@ async def answer_with_token(
     key = (credentials.username or "").lower() or f"token@{ip}"
     tokens = services.app_passwords
     if tokens.is_suspect(ip) and await _banned(services, key, ip):
+        services.metrics.refused_by_regulation()
+        services.metrics.reject("app_password_banned")
         return _unauthorized("too many failed attempts; try again later")
     try:
         token = await tokens.resolve(authorization, credentials, host=original.host, ip=ip)
     except AppPasswordDomainRefused:
+        services.metrics.reject("app_password_domain")
         log_event("access_denied", reason="app password not valid for this domain", host=original.host)
         return web.Response(status=403, text="403 forbidden: this app password is not valid here\n")
     except InvalidAppPassword as exc:
+        services.metrics.reject("invalid_app_password")
         tokens.mark_suspect(ip)
         await services.store.record_attempt(key, ip, False, services.clock())
         await services.audit.record(
@@ -77,6 +81,8 @@ async def answer_with_token(
         )
         return _unauthorized("invalid credentials")
     decision = decide(services.rules, original, token.subject, token.level)
+    services.metrics.app_password_used()
+    services.metrics.decided(decision, 0)  # timed, when chosen, by the caller
     if decision.verdict is Verdict.ALLOW:
         if decision.with_identity:
             return answer(request, 200, token.answer_head, token.headers)

@@ -125,6 +125,36 @@ ORDER BY at
 """,
 }
 
+# The same for every key at once (the metrics' count of current bans).
+_FAILURES_BY_KEY = {
+    "username": """
+SELECT a.username, a.at FROM login_attempts AS a
+WHERE a.success = 0 AND a.at > ?
+  AND a.at > COALESCE(
+      (SELECT MAX(b.at) FROM login_attempts AS b WHERE b.username = a.username AND b.success = 1), -1e308)
+""",
+    "ip": """
+SELECT a.ip, a.at FROM login_attempts AS a
+WHERE a.success = 0 AND a.at > ? AND a.ip != ''
+  AND a.at > COALESCE(
+      (SELECT MAX(b.at) FROM login_attempts AS b WHERE b.ip = a.ip AND b.success = 1), -1e308)
+""",
+}
+
+# SQLite's primary result codes (the low byte of an extended code) as error kinds; the
+# names match gateway.metrics.STORE_ERROR_KINDS.
+_ERROR_KINDS = {
+    5: "busy",  # SQLITE_BUSY
+    6: "busy",  # SQLITE_LOCKED
+    13: "full",  # SQLITE_FULL
+    10: "io",  # SQLITE_IOERR
+    14: "io",  # SQLITE_CANTOPEN
+    8: "readonly",  # SQLITE_READONLY
+    11: "corrupt",  # SQLITE_CORRUPT
+    26: "corrupt",  # SQLITE_NOTADB
+}
+_ERROR_KIND_NAMES = ("busy", "full", "io", "readonly", "corrupt", "other")
+
 
 _INSERT_TOTP_DEVICE = """
 INSERT INTO totp_devices (user_id, name, secret_sealed, digits, period, algorithm, last_step, created_at)
@@ -333,6 +363,8 @@ class Store:
         self._lock = asyncio.Lock()
         self._busy_timeout = busy_timeout
         self.statement_count: int = 0
+        # Database errors by kind (gateway.metrics.STORE_ERROR_KINDS), read by the metrics.
+        self.error_counts: dict[str, int] = dict.fromkeys(_ERROR_KIND_NAMES, 0)
         # A second, read-only connection for the forward-auth session reads (see read_session).
         self._reader: aiosqlite.Connection | None = None
 
@@ -579,7 +611,7 @@ class Store:
             # One round trip to the connection's thread (execute + fetch + close in one).
             rows = list(await self._reader.execute_fetchall(_SELECT_SESSION_WITH_USER, (id_hash,)))
         except sqlite3.Error as exc:
-            raise _storage_error(exc) from exc
+            raise self._storage_error(exc) from exc
         if not rows:
             return None
         return _session_from_row(rows[0]), _user_from_row(rows[0], prefix="u_")
@@ -606,7 +638,7 @@ class Store:
         try:
             rows = await self._reader.execute_fetchall(query, hashes)
         except sqlite3.Error as exc:
-            raise _storage_error(exc) from exc
+            raise self._storage_error(exc) from exc
         return {row["id_hash"]: (_session_from_row(row), _user_from_row(row, prefix="u_")) for row in rows}
 
     async def delete_session(self, id_hash: str) -> bool:
@@ -644,6 +676,15 @@ class Store:
                 "UPDATE sessions SET last_active = MAX(last_active, ?) WHERE id_hash = ?",
                 many=[(at, id_hash) for id_hash, at in last_active.items()],
             )
+
+    async def count_active_sessions(self, now: float, *, idle_since: float | None) -> int:
+        """Count sessions not expired and, unless remember-me, active after `idle_since` (None: any)."""
+        cutoff = -1e308 if idle_since is None else idle_since
+        result = await self._locked(
+            "SELECT COUNT(*) FROM sessions WHERE expires_at > ? AND (remember_me = 1 OR last_active > ?)",
+            (now, cutoff),
+        )
+        return int(result.rows[0][0])
 
     async def delete_expired_sessions(self, now: float) -> int:
         """Delete sessions whose absolute end has passed; return how many."""
@@ -719,6 +760,14 @@ class Store:
         column, key = ("username", username.lower()) if username is not None else ("ip", ip)
         result = await self._locked(_FAILURES_SINCE[column], (key, since, key))
         return [float(row[0]) for row in result.rows]
+
+    async def failures_by_key(self, column: str, *, since: float) -> dict[str, list[float]]:
+        """Failure times after `since` and after each key's latest success, by "username" or "ip"."""
+        result = await self._locked(_FAILURES_BY_KEY[column], (since,))
+        found: dict[str, list[float]] = {}
+        for key, at in result.rows:
+            found.setdefault(str(key), []).append(float(at))
+        return found
 
     async def prune_attempts(self, before: float) -> int:
         """Delete attempts older than `before`; return how many."""
@@ -1125,7 +1174,7 @@ class Store:
         try:
             rows = list(await self._reader.execute_fetchall(_SELECT_APP_PW_WITH_USER, (token_id,)))
         except sqlite3.Error as exc:
-            raise _storage_error(exc) from exc
+            raise self._storage_error(exc) from exc
         if not rows:
             return None
         row = rows[0]
@@ -1321,6 +1370,11 @@ class Store:
                     await asyncio.shield(self._sql("ROLLBACK"))
                 raise
 
+    def _storage_error(self, exc: sqlite3.Error) -> StorageError:
+        kind = _ERROR_KINDS.get(getattr(exc, "sqlite_errorcode", -1) & 0xFF, "other")
+        self.error_counts[kind] += 1
+        return _storage_error(exc)
+
     async def _locked(self, sql: str, params: Sequence[Any] = ()) -> _Result:
         async with self._turn():
             return await self._sql(sql, params)
@@ -1364,7 +1418,7 @@ class Store:
             # Callers know which unique value was meant and turn this into Conflict/NotFound.
             raise
         except sqlite3.Error as exc:
-            raise _storage_error(exc) from exc
+            raise self._storage_error(exc) from exc
         return _Result(rows=rows, rowcount=cursor.rowcount)
 
 

@@ -136,7 +136,11 @@ async def ban_remaining(request: web.Request, login: str, ip: str) -> float | No
         banned_until(await services.store.failures_since(ip=ip, since=since), now=now, cfg=cfg),
     ]
     active = [end for end in ends if end is not None]
-    return max(active) - now if active else None
+    if not active:
+        return None
+    # Every caller refuses the attempt when a ban is found: count it once, here.
+    services.metrics.refused_by_regulation()
+    return max(active) - now
 
 
 async def reserve_attempt(request: web.Request, login: str, ip: str) -> AttemptSlot:
@@ -221,6 +225,7 @@ async def login_submit(request: web.Request) -> web.Response:
             max_attempts=services.config.two_factor.pending_max_attempts,
         )
         log_event("password_accepted", user=user.username, client_ip=ip, next="second_factor")
+        services.metrics.first_factor_accepted("password")
         response = redirect(f"{base_of(request)}/2fa")
         set_pending(request, response, pending)
         remember_last_login(request, response, user)

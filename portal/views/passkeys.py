@@ -307,6 +307,7 @@ async def _passkey_signed_in(
                 max_attempts=services.config.two_factor.pending_max_attempts,
                 first_factor=WEBAUTHN,
             )
+            services.metrics.first_factor_accepted("passkey")
             response = json_next(f"{base_of(request)}/2fa")
             set_pending(request, response, pending)
             return response

@@ -34,7 +34,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
         pytest.skip(f"missing {', '.join(TOOLS_MISSING)}")
     out = tmp_path_factory.mktemp("bench")
     done = subprocess.run(
-        [sys.executable, str(ROOT / "deploy/bench/run.py"), "--short", "--out-dir", str(out)],
+        # --metrics: authgate runs with metrics on, as an operator would, and is scraped at the end.
+        [sys.executable, str(ROOT / "deploy/bench/run.py"), "--short", "--metrics", "--out-dir", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -80,6 +81,21 @@ def test_every_scenario_produced_numbers(results: dict) -> None:
     assert set(micro["decide_ns"]) == {"10", "10000", "10_unseen_paths", "10000_unseen_paths"}
     assert all(v > 0 for v in micro["decide_ns"].values())
     assert set(micro["resolve_hit_ns"]) == {"1", "100000", "100000_1000_active"}
+    assert set(micro["metrics_ns"]) == {"empty", "tick_decided", "timed_every_request"}
+
+
+def test_metrics_counted_every_decision_of_every_worker(results: dict) -> None:
+    """The scrape after the main runs sums all workers and holds at least every answered G/G401/GB request."""
+    scrape = results["metrics_scrape"]
+    assert scrape["ok"], scrape
+    assert scrape["workers"] == results["workers"]
+    answered = sum(
+        run["requests"]
+        for name, run in results["scenarios"].items()
+        if name.split()[0] in ("G", "G401", "GB") and "storm" not in name and "workers=1" not in name
+    )
+    assert scrape["decisions"] >= answered > 0
+    assert scrape["timed"] > 0
 
 
 def test_protected_location_really_consults_authgate(results: dict) -> None:

@@ -7,7 +7,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from gateway.authz.decision import Decision, Decisions, Verdict, decide
+from gateway.authz.decision import Decision, Decisions, Verdict, decide, make_decision
 from gateway.authz.rules import CompiledRules
 from gateway.config import AccessControlConfig, parse_config
 from gateway.models import Level, OriginalRequest, Policy, Subject
@@ -51,70 +51,70 @@ def request(host: str) -> OriginalRequest:
             "public.example.com",
             None,
             Level.ANONYMOUS,
-            Decision(Verdict.ALLOW, Policy.BYPASS, 0),
+            make_decision(Verdict.ALLOW, Policy.BYPASS, 0),
             id="bypass anon",
         ),
         pytest.param(
             "public.example.com",
             ALICE,
             Level.ONE_FACTOR,
-            Decision(Verdict.ALLOW, Policy.BYPASS, 0),
+            make_decision(Verdict.ALLOW, Policy.BYPASS, 0),
             id="bypass sends no identity",
         ),
         pytest.param(
             "app.example.com",
             None,
             Level.ANONYMOUS,
-            Decision(Verdict.LOGIN, Policy.ONE_FACTOR, 3),
+            make_decision(Verdict.LOGIN, Policy.ONE_FACTOR, 3),
             id="anon login",
         ),
         pytest.param(
             "app.example.com",
             ALICE,
             Level.ONE_FACTOR,
-            Decision(Verdict.ALLOW, Policy.ONE_FACTOR, 3, with_identity=True),
+            make_decision(Verdict.ALLOW, Policy.ONE_FACTOR, 3, with_identity=True),
             id="signed in",
         ),
         pytest.param(
             "app.example.com",
             ALICE,
             Level.ANONYMOUS,
-            Decision(Verdict.STEP_UP, Policy.ONE_FACTOR, 3),
+            make_decision(Verdict.STEP_UP, Policy.ONE_FACTOR, 3),
             id="subject without a factor steps up",
         ),
         pytest.param(
             "admin.example.com",
             None,
             Level.ANONYMOUS,
-            Decision(Verdict.LOGIN, Policy.ONE_FACTOR, 1),
+            make_decision(Verdict.LOGIN, Policy.ONE_FACTOR, 1),
             id="subject rule asks anon to log in",
         ),
         pytest.param(
             "admin.example.com",
             ROOT,
             Level.ONE_FACTOR,
-            Decision(Verdict.ALLOW, Policy.ONE_FACTOR, 1, with_identity=True),
+            make_decision(Verdict.ALLOW, Policy.ONE_FACTOR, 1, with_identity=True),
             id="group member allowed",
         ),
         pytest.param(
             "admin.example.com",
             ALICE,
             Level.ONE_FACTOR,
-            Decision(Verdict.DENY, Policy.DENY, 2),
+            make_decision(Verdict.DENY, Policy.DENY, 2),
             id="non-member denied",
         ),
         pytest.param(
             "other.test",
             None,
             Level.ANONYMOUS,
-            Decision(Verdict.DENY, Policy.DENY, None),
+            make_decision(Verdict.DENY, Policy.DENY, None),
             id="default deny anon",
         ),
         pytest.param(
             "other.test",
             ROOT,
             Level.ONE_FACTOR,
-            Decision(Verdict.DENY, Policy.DENY, None),
+            make_decision(Verdict.DENY, Policy.DENY, None),
             id="default deny user",
         ),
     ],
@@ -190,7 +190,7 @@ def test_memoised_decisions_never_answer_for_a_reused_id() -> None:
         if id(other) == old_id:
             break
     assert decisions.for_session(other, alice) == decide(RULES, other, ALICE, Level.ONE_FACTOR)
-    assert decisions.for_anonymous(other) == Decision(Verdict.DENY, Policy.DENY, None)
+    assert decisions.for_anonymous(other) == make_decision(Verdict.DENY, Policy.DENY, None)
 
 
 def test_memoised_decisions_are_bounded() -> None:
