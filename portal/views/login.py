@@ -157,13 +157,16 @@ async def reserve_attempt(request: web.Request, login: str, ip: str) -> AttemptS
     def ban_end(failures: Sequence[float]) -> float | None:
         return banned_until(failures, now=now, cfg=cfg)
 
-    return await services.store.reserve_attempt(
+    slot = await services.store.reserve_attempt(
         login,
         ip,
         at=now,
         since=now - cfg.find_time - cfg.ban_time,
         ban_end=ban_end if cfg.max_retries > 0 else None,
     )
+    if slot.attempt_id is None:  # every caller refuses a banned attempt: count it once, here
+        services.metrics.refused_by_regulation()
+    return slot
 
 
 def ban_message(slot: AttemptSlot, now: float) -> str:

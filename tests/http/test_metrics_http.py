@@ -99,7 +99,8 @@ async def test_metrics_count_decisions_by_verdict_and_rule(make_client: MakeClie
     assert (await forward_auth(client, None, host="public.localhost")).status == 200  # rule 0 bypass
     assert (await forward_auth(client, session, host="elsewhere.example")).status == 403  # default
     missing = await client.get("/api/authz/auth-request")  # no X-Original-URL
-    assert missing.status == 400
+    assert missing.status == 403  # nginx's marked refusal, which it turns into a 400
+    assert missing.headers["X-Authgate-Error"] == "bad-request"
 
     found = await scrape(client)
     assert decisions(found, "allow", "3") == 5
