@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the tools the end-to-end tests drive are installed: nginx, Chromium, oathtool, wrk,
-# and systemd-analyze (the unit's system call filter is checked against its own groups).
+# systemd-analyze (the unit's system call filter is checked against its own groups), and buildah +
+# mmdebstrap (tests/e2e/test_container.py bootstraps a Debian base and builds deploy/Containerfile).
 # As root (CI) they are installed with apt; otherwise we print the command to run.
 set -euo pipefail
 need=()
@@ -9,6 +10,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v oathtool >/dev/null 2>&1 || need+=(oathtool)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]} with apt-get"
