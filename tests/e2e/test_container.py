@@ -364,8 +364,9 @@ def _status(pid: int) -> dict[str, str]:
     return fields
 
 
-def _get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - a fixed local URL
+def _get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=dict(headers or {}))  # noqa: S310 - a fixed local URL
+    with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - a fixed local URL
         return answer.status, answer.read().decode()
 
 
@@ -415,6 +416,7 @@ def test_image_starts_authgate_and_answers_health(
         secret.chmod(0o400)
         assert any(value == f"/run/secrets/{name}" for value in environ.values()), name
 
+    domain = yaml.safe_load(environ["AUTHGATE_SESSION_COOKIES"])[0]["domain"]
     (port,) = free_ports(1)
     env = dict(item.split("=", 1) for item in config["Env"])
     env.update(HOME=home, HOSTNAME="authgate-test", **environ)
@@ -440,6 +442,12 @@ def test_image_starts_authgate_and_answers_health(
                 pytest.fail(f"no /api/health answer within {START_TIMEOUT}s:\n{log_tail(log)}")
             time.sleep(0.2)
         assert _get(f"http://127.0.0.1:{port}/api/health") == (200, '{"status": "ok"}')
+
+        # The wheel carries the portal's templates and static files: the first-run page renders.
+        page = _get(f"http://127.0.0.1:{port}/auth/login", {"Host": domain, "Accept": "text/html"})
+        assert page[0] == 200 and "<form" in page[1], page
+        css = _get(f"http://127.0.0.1:{port}/auth/static/style.css", {"Host": domain})
+        assert css == (200, (ROOT / "portal/static/style.css").read_text())
 
         pid = container.main_pid()
         assert pid is not None
