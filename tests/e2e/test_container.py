@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -32,7 +33,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -55,6 +56,12 @@ BOOTSTRAP_TIMEOUT = 900.0  # seconds: mmdebstrap on a loaded machine, from cold
 BUILD_TIMEOUT = 1200.0  # seconds: the whole image build, from cold
 START_TIMEOUT = 60.0  # seconds for authgate to answer /api/health inside the root filesystem
 STOP_TIMEOUT = 20.0
+
+# podman runs containers here only with runc (crun refuses this host's hybrid cgroup layout), the
+# cgroupfs manager (no systemd), and no journald or systemd timers; and runc may not raise
+# resource limits here, so containers get explicit ones below the host's hard limits.
+PODMAN_HOST_OPTIONS = ("--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file")
+CONTAINER_LIMITS = {"nofile": resource.RLIMIT_NOFILE, "nproc": resource.RLIMIT_NPROC}
 
 # What Debian's official -slim images leave out (debuerreotype's --slim): docs, man pages, locales.
 SLIM_DPKG_OPTIONS = (
@@ -143,28 +150,47 @@ def _ca_bundle() -> str | None:
 
 
 @dataclass(frozen=True)
-class Buildah:
-    """buildah on a private storage root, so the machine's own images are never touched."""
+class Store:
+    """buildah and podman on a private storage root, so the machine's own images are never touched."""
 
     root: Path
     runroot: Path
 
-    def command(self, *args: str) -> list[str]:
+    def _run(self, argv: list[str], timeout: float, check: bool) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if check and done.returncode != 0:
+            pytest.fail(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        return done
+
+    def buildah_command(self, *args: str) -> list[str]:
         base = ["buildah", "--root", str(self.root), "--runroot", str(self.runroot)]
         return [*base, "--storage-driver", "overlay", *args]
 
     def run(self, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(self.command(*args), capture_output=True, text=True, timeout=timeout)
-        if check and done.returncode != 0:
-            pytest.fail(f"buildah {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-        return done
+        """Run buildah."""
+        return self._run(self.buildah_command(*args), timeout, check)
+
+    def podman(
+        self, *args: str, timeout: float = 120.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run podman the way it works here (see PODMAN_HOST_OPTIONS)."""
+        base = ["podman", "--root", str(self.root), "--runroot", str(self.runroot)]
+        base += ["--tmpdir", str(self.runroot.parent / "libpod"), "--storage-driver", "overlay"]
+        return self._run([*base, *PODMAN_HOST_OPTIONS, *args], timeout, check)
 
     def inspect_image(self, image: str) -> dict[str, Any] | None:
         done = self.run("inspect", "--type", "image", image, check=False)
         return json.loads(done.stdout) if done.returncode == 0 else None
 
-    def wipe(self) -> None:
+    def remove_containers(self) -> None:
+        """Remove working and runtime containers (and volumes) a killed run may have left behind."""
         self.run("rm", "--all", check=False)
+        if shutil.which("podman"):
+            self.podman("rm", "--all", "--force", check=False)
+            self.podman("volume", "prune", "--force", check=False)
+
+    def wipe(self) -> None:
+        self.remove_containers()
         self.run("rmi", "--all", "--force", check=False, timeout=600)
 
     @contextlib.contextmanager
@@ -202,11 +228,11 @@ def _storage_bytes(path: Path) -> int:
     return int(done.stdout.split()[0]) if done.returncode == 0 and done.stdout else 0
 
 
-def _ensure_base(buildah: Buildah, cache: Path, base: str) -> None:
+def _ensure_base(store: Store, cache: Path, base: str) -> None:
     """Tag a Debian root filesystem bootstrapped from Debian's packages as `base`, reusing the cache."""
     recipe = _bootstrap_recipe(base)
     key = hashlib.sha256(json.dumps([base, recipe]).encode()).hexdigest()[:16]
-    found = buildah.inspect_image(_qualified(base))
+    found = store.inspect_image(_qualified(base))
     if found and found.get("Docker", {}).get("config", {}).get("Labels", {}).get("authgate.test.base") == key:
         return
     tarball = cache / f"base-{key}.tar"
@@ -224,17 +250,17 @@ def _ensure_base(buildah: Buildah, cache: Path, base: str) -> None:
             if old != tarball:
                 old.unlink()
     name = f"authgate-test-base-{os.getpid()}"
-    buildah.run("rm", name, check=False)
-    buildah.run("from", "--name", name, "scratch")
+    store.run("rm", name, check=False)
+    store.run("from", "--name", name, "scratch")
     try:
-        mount = buildah.run("mount", name).stdout.strip()
+        mount = store.run("mount", name).stdout.strip()
         try:
             # /dev stays empty as in Debian's images: the runtime provides the devices.
             extract = ["tar", "-xpf", str(tarball), "-C", mount, "--numeric-owner", "--exclude=./dev/*"]
             subprocess.run(extract, check=True, timeout=300)
         finally:
-            buildah.run("umount", name)
-        buildah.run(
+            store.run("umount", name)
+        store.run(
             "config",
             "--env",
             f"PATH={BASE_PATH}",
@@ -244,13 +270,13 @@ def _ensure_base(buildah: Buildah, cache: Path, base: str) -> None:
             f"authgate.test.base={key}",
             name,
         )
-        buildah.run("commit", "--quiet", "--format", "docker", name, _qualified(base), timeout=600)
+        store.run("commit", "--quiet", "--format", "docker", name, _qualified(base), timeout=600)
     finally:
-        buildah.run("rm", name, check=False)
+        store.run("rm", name, check=False)
 
 
 @pytest.fixture(scope="module")
-def buildah() -> Iterator[Buildah]:
+def store() -> Iterator[Store]:
     """A private buildah store under the test cache, held under a lock (runs on this machine share it)."""
     if os.geteuid() != 0:
         _missing("the container test needs root (mmdebstrap --mode=root, buildah, chroot)")
@@ -261,35 +287,35 @@ def buildah() -> Iterator[Buildah]:
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        store = Buildah(cache / "storage", RUNROOT)
-        # Working containers left by a killed run would hold mounts and layers forever.
-        store.run("rm", "--all", check=False)
+        store = Store(cache / "storage", RUNROOT)
+        # Containers left by a killed run would hold mounts and layers forever.
+        store.remove_containers()
         if store.root.exists() and _storage_bytes(store.root) > STORAGE_LIMIT:
             store.wipe()
         yield store
-        store.run("rm", "--all", check=False)
+        store.remove_containers()
 
 
 @pytest.fixture(scope="module")
-def image(buildah: Buildah) -> dict[str, Any]:
+def image(store: Store) -> dict[str, Any]:
     """Build deploy/Containerfile on a locally bootstrapped base; return `buildah inspect` of the result."""
-    _ensure_base(buildah, _cache_dir(), base_image())
+    _ensure_base(store, _cache_dir(), base_image())
     command = ["build", "--pull=never", "--isolation", "chroot", "--format", "docker", "--layers"]
     ca = _ca_bundle()
     if ca:
         command += ["--secret", f"id=build_ca,src={ca}"]
     command += ["-f", str(CONTAINERFILE), "-t", IMAGE, str(ROOT)]
-    done = buildah.run(*command, timeout=BUILD_TIMEOUT, check=False)
+    done = store.run(*command, timeout=BUILD_TIMEOUT, check=False)
     if done.returncode != 0:
         pytest.fail(f"buildah build failed ({done.returncode}):\n{done.stdout[-6000:]}{done.stderr[-4000:]}")
-    found = buildah.inspect_image(IMAGE)
+    found = store.inspect_image(IMAGE)
     assert found is not None
     return found
 
 
 @pytest.fixture
-def rootfs(buildah: Buildah, image: dict[str, Any]) -> Iterator[Path]:
-    with buildah.mounted(IMAGE) as path:
+def rootfs(store: Store, image: dict[str, Any]) -> Iterator[Path]:
+    with store.mounted(IMAGE) as path:
         yield path
 
 
@@ -310,6 +336,29 @@ def _interpolate(value: str, environ: Mapping[str, str]) -> str:
 def _compose() -> dict[str, Any]:
     compose: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     return compose
+
+
+def _compose_authgate(secrets_dir: Path, uid: int, gid: int) -> tuple[dict[str, str], dict[str, Path]]:
+    """Return compose.yml's authgate environment, and its secrets written as files into `secrets_dir`.
+
+    The files are owned by the image's user, mode 0400, as docs/container.md tells people to make
+    them; the returned mapping names each one's path inside the container.
+    """
+    compose = _compose()
+    service = compose["services"]["authgate"]
+    environ = {name: _interpolate(str(value), {}) for name, value in service["environment"].items()}
+    secrets_dir.mkdir(parents=True)
+    files = {}
+    for name in service["secrets"]:
+        assert compose["secrets"][name]["file"] == f"./secrets/{name}"
+        inside = f"/run/secrets/{name}"
+        assert inside in environ.values(), f"compose.yml mounts the secret {name} but no _FILE names it"
+        secret = secrets_dir / name
+        secret.write_text(secrets.token_hex(32) + "\n")
+        os.chown(secret, uid, gid)
+        secret.chmod(0o400)
+        files[inside] = secret
+    return environ, files
 
 
 def _user_ids(rootfs: Path, user: str) -> tuple[int, int, str]:
@@ -403,19 +452,7 @@ def test_image_starts_authgate_and_answers_health(
     os.chown(data, uid, gid)
     data.chmod(0o700)
 
-    # compose.yml's authgate service: its environment, and its secrets as compose mounts them.
-    compose = _compose()
-    service = compose["services"]["authgate"]
-    environ = {name: _interpolate(str(value), {}) for name, value in service["environment"].items()}
-    (run / "secrets").mkdir(parents=True)
-    for name in service["secrets"]:
-        assert compose["secrets"][name]["file"] == f"./secrets/{name}"
-        secret = run / "secrets" / name
-        secret.write_text(secrets.token_hex(32) + "\n")
-        os.chown(secret, uid, gid)
-        secret.chmod(0o400)
-        assert any(value == f"/run/secrets/{name}" for value in environ.values()), name
-
+    environ, _ = _compose_authgate(run / "secrets", uid, gid)
     domain = yaml.safe_load(environ["AUTHGATE_SESSION_COOKIES"])[0]["domain"]
     (port,) = free_ports(1)
     env = dict(item.split("=", 1) for item in config["Env"])
@@ -434,13 +471,7 @@ def test_image_starts_authgate_and_answers_health(
         )
     container = Container(process, log)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not http_ok(f"http://127.0.0.1:{port}/api/health"):
-            if process.poll() is not None:
-                pytest.fail(f"the entrypoint exited with {process.returncode}:\n{log_tail(log)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /api/health answer within {START_TIMEOUT}s:\n{log_tail(log)}")
-            time.sleep(0.2)
+        _wait_for_health(port, lambda: process.poll() is None, lambda: log_tail(log))
         assert _get(f"http://127.0.0.1:{port}/api/health") == (200, '{"status": "ok"}')
 
         # The wheel carries the portal's templates and static files: the first-run page renders.
@@ -479,3 +510,75 @@ def test_image_starts_authgate_and_answers_health(
         if process.poll() is None:
             process.kill()  # --kill-child takes authgate with it
             process.wait(timeout=STOP_TIMEOUT)
+
+
+def _wait_for_health(port: int, running: Callable[[], bool], logs: Callable[[], str]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not http_ok(f"http://127.0.0.1:{port}/api/health"):
+        if not running():
+            pytest.fail(f"authgate stopped before answering /api/health:\n{logs()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no /api/health answer within {START_TIMEOUT}s:\n{logs()}")
+        time.sleep(0.2)
+
+
+def test_image_runs_under_podman(store: Store, image: dict[str, Any], rootfs: Path, tmp_path: Path) -> None:
+    """Under podman + runc with compose.yml's settings the image serves, is healthy and stops on SIGTERM."""
+    if shutil.which("podman") is None or shutil.which("runc") is None:
+        _missing("podman and runc not found")
+    uid, gid, _ = _user_ids(rootfs, _config(image)["User"])
+    environ, secret_files = _compose_authgate(tmp_path / "secrets", uid, gid)
+    (port,) = free_ports(1)
+    name = f"authgate-test-{os.getpid()}-{secrets.token_hex(4)}"
+    volume = f"{name}-data"
+    # What compose.yml asks for: a named volume at /data, secrets bind-mounted under /run/secrets
+    # (compose mounts file secrets that way), read-only root, tmpfs /tmp, no capabilities,
+    # no-new-privileges. The host network stands in for compose's network: all on 127.0.0.1.
+    options = ["--name", name, "--pull", "never", "--network", "host", "-v", f"{volume}:/data"]
+    options += ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    for inside, path in secret_files.items():
+        options += ["-v", f"{path}:{inside}:ro"]
+    for limit, which in CONTAINER_LIMITS.items():
+        value = min(resource.getrlimit(which)[1], 4096)
+        options += ["--ulimit", f"{limit}={value}:{value}"]
+    for variable, value in {
+        **environ,
+        "AUTHGATE_SERVER_HOST": "127.0.0.1",
+        "AUTHGATE_SERVER_PORT": str(port),
+    }.items():
+        options += ["-e", f"{variable}={value}"]
+
+    def state() -> dict[str, Any]:
+        found: list[dict[str, Any]] = json.loads(store.podman("inspect", "--type", "container", name).stdout)
+        return found[0]
+
+    def logs() -> str:
+        done = store.podman("logs", name, check=False)
+        return (done.stdout + done.stderr)[-4000:]
+
+    try:
+        store.podman("run", "--detach", *options, IMAGE)  # no command: the image's entrypoint + cmd
+        _wait_for_health(port, lambda: bool(state()["State"]["Running"]), logs)
+        # The runtime runs the image's HEALTHCHECK (its timers need systemd, absent here, so ask now).
+        checked = store.podman("healthcheck", "run", name, check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert state()["State"]["Health"]["Status"] == "healthy"
+
+        status = _status(int(state()["State"]["Pid"]))
+        assert status["Uid"].split() == [str(uid)] * 4 and status["Gid"].split() == [str(gid)] * 4
+        assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"] == "1"
+        # The volume took the image's /data (owner, mode) and holds the database, no generated secret.
+        mountpoint = Path(
+            store.podman("volume", "inspect", volume, "--format", "{{.Mountpoint}}").stdout.strip()
+        )
+        assert (mountpoint.stat().st_uid, mountpoint.stat().st_mode & 0o777) == (uid, 0o700)
+        assert (mountpoint / "authgate.sqlite3").stat().st_uid == uid
+        assert not (mountpoint / "secrets").exists()
+
+        # `podman stop` sends SIGTERM to the entrypoint (PID 1), which must exit cleanly in time.
+        store.podman("stop", "--time", str(int(STOP_TIMEOUT)), name, timeout=STOP_TIMEOUT + 30)
+        stopped = state()["State"]
+        assert (stopped["ExitCode"], stopped["Status"]) == (0, "exited"), logs()
+    finally:
+        store.podman("rm", "--force", name, check=False)
+        store.podman("volume", "rm", "--force", volume, check=False)
