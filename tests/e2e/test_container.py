@@ -1,20 +1,22 @@
 """The container image: deploy/Containerfile builds, and the built image starts authgate as its user.
 
-No container registry is reachable here and no container runtime can run (buildah's and podman's
-OCI runtimes fail on this host's cgroups), so the test does what a registry and a runtime would:
+No container registry is reachable here, and of the OCI runtimes only runc works (crun refuses the
+host's hybrid cgroup layout), so the test does what a registry would and runs the image twice:
 
 1. The base image named in the Containerfile's FROM lines (debian:<suite>-slim) is bootstrapped from
    Debian's packages with mmdebstrap, slimmed the way Debian's official -slim images are, and
-   committed with buildah under that name, in a private buildah storage under the test cache
-   (never the machine's own image store). The tarball and the storage are kept between runs.
+   committed with buildah under that name, in a private storage under the test cache (never the
+   machine's own image store). The tarball and the storage are kept between runs.
 2. `buildah build --isolation chroot` builds the Containerfile on it (RUN steps in a chroot, with
    the host's network; pip reaches PyPI, apt reaches Debian's mirror).
-3. The built image is mounted, and its entrypoint + command run in its root filesystem with the
-   image's user, environment and working directory read from `buildah inspect`: in new mount and
-   PID namespaces, root file system read-only, /data a host folder (the volume), the compose
-   file's secrets under /run/secrets, listening on a free 127.0.0.1 port.
+3. podman + runc runs the image as compose.yml's authgate service would (volume, file secrets,
+   read-only root, no capabilities) and runs its HEALTHCHECK.
+4. Without any runtime, the image is mounted and its entrypoint + command run in its root
+   filesystem with the image's user, environment and working directory read from `buildah
+   inspect`: in new mount and PID namespaces, root file system read-only, /data a host folder,
+   the compose file's secrets under /run/secrets.
 
-docs/container.md says what this proves and what it does not.
+Everything listens on a free 127.0.0.1 port. docs/container.md says what this proves and what not.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -582,3 +585,37 @@ def test_image_runs_under_podman(store: Store, image: dict[str, Any], rootfs: Pa
     finally:
         store.podman("rm", "--force", name, check=False)
         store.podman("volume", "rm", "--force", volume, check=False)
+
+
+def test_compose_trusts_only_caddy() -> None:
+    """compose.yml trusts only Caddy's fixed address, inside its network; authgate publishes no port."""
+    compose = _compose()
+    authgate, caddy = compose["services"]["authgate"], compose["services"]["caddy"]
+    trusted = yaml.safe_load(authgate["environment"]["AUTHGATE_SERVER_TRUSTED_PROXIES"])
+    address = caddy["networks"]["edge"]["ipv4_address"]
+    assert trusted == [f"{address}/32"]
+    subnet = compose["networks"]["edge"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet)
+    assert "ports" not in authgate
+    assert "authgate-data:/data" in authgate["volumes"]
+    assert authgate["build"] == {"context": "..", "dockerfile": "deploy/Containerfile"}
+
+
+def test_compose_caddy_settings_fit_the_caddyfile(caddy_bin: str) -> None:
+    """Caddyfile.example with compose.yml's variables listens everywhere and points at the containers."""
+    caddy = _compose()["services"]["caddy"]
+    assert "../Caddyfile.example:/etc/caddy/Caddyfile:ro" in caddy["volumes"]
+    env = {name: _interpolate(str(value), {}) for name, value in caddy["environment"].items()}
+    command = [caddy_bin, "adapt", "--config", str(ROOT / "Caddyfile.example"), "--adapter", "caddyfile"]
+    done = subprocess.run(
+        command, env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    adapted = json.loads(done.stdout)
+    (server,) = adapted["apps"]["http"]["servers"].values()
+    assert server["listen"] == [":443"]
+    text = json.dumps(server)
+    assert env["AUTHGATE_SITE"] in server["routes"][0]["match"][0]["host"]
+    dials = set(re.findall(r'"dial": "([^"]+)"', text))
+    assert dials == {env["AUTHGATE_ADDR"], env["APP_UPSTREAM"]}, dials
+    assert '"/api/authz/forward-auth"' in text
