@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the tools the end-to-end tests drive are installed: nginx, Chromium, oathtool, wrk,
-# systemd-analyze (the unit's system call filter is checked against its own groups), and node/npm
-# for axe-core (the accessibility checker injected into Chromium, pinned in deploy/test-tools).
+# systemd-analyze (the unit's system call filter is checked against its own groups), node/npm
+# for axe-core (the accessibility checker injected into Chromium, pinned in deploy/test-tools),
+# and buildah, mmdebstrap, podman and runc (tests/e2e/test_container.py bootstraps a Debian base,
+# builds deploy/Containerfile on it and runs the image; podman needs runc, crun fails on hybrid cgroups).
 # As root (CI) they are installed with apt; otherwise we print the command to run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -11,6 +13,10 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v oathtool >/dev/null 2>&1 || need+=(oathtool)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 missing=0
