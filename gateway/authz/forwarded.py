@@ -221,18 +221,8 @@ def _parse_auth_request(
     host, port = _parse_host_port(authority, "X-Original-URL")
     if target.startswith("?") or not target:
         target = "/" + target
-    raw_path, path, query, ambiguity = _parse_target(target, "X-Original-URL")
-    return OriginalRequest(
-        method=method,
-        scheme=scheme,
-        host=host,
-        port=None if port == DEFAULT_PORTS[scheme] else port,
-        path=path,
-        query=query,
-        client_ip=_client_ip(headers, peer, trusted, memos),
-        raw_path=raw_path,
-        ambiguity=ambiguity,
-    )
+    source = "X-Original-URL"
+    return _original_request(method, scheme, host, port, target, source, headers, peer, trusted, memos)
 
 
 def client_address(headers: Headers, peer: str | None, trusted: Sequence[Network]) -> IPAddress:
@@ -262,7 +252,25 @@ def _from_forwarded_headers(
         if raw_port is not None:
             port = _parse_port(raw_port, "X-Forwarded-Port")
     raw_uri = _single(headers, "X-Forwarded-Uri")
-    raw_path, path, query, ambiguity = _parse_target("/" if raw_uri is None else raw_uri, "X-Forwarded-Uri")
+    target = "/" if raw_uri is None else raw_uri
+    source = "X-Forwarded-Uri"
+    return _original_request(method, scheme, host, port, target, source, headers, peer, trusted, memos)
+
+
+def _original_request(
+    method: str,
+    scheme: str,
+    host: str,
+    port: int | None,
+    target: str,
+    source: str,
+    headers: Headers,
+    peer: str | None,
+    trusted: Sequence[Network],
+    memos: _Memos | None,
+) -> OriginalRequest:
+    # Both proxy dialects end here: one place builds the request the rules judge.
+    raw_path, path, query, ambiguity = _parse_target(target, source)
     return OriginalRequest(
         method=method,
         scheme=scheme,
