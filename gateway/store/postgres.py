@@ -1545,7 +1545,8 @@ class PostgresStore:
                 raise  # the caller knows which value was meant: Conflict or NotFound
             except asyncpg.PostgresError as exc:
                 raise self._storage_error(exc) from exc
-            except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+                # InternalClientError: a connection the server cut while a statement was on it
                 kind = "busy" if isinstance(exc, TimeoutError) else "io"
                 self.error_counts[kind] += 1
                 raise StoreUnavailable(
