@@ -479,7 +479,7 @@ class PostgresStore:
         while True:
             try:
                 conn = await asyncpg.connect(self._dsn, **self._connect_kwargs)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # whatever the cause, keep trying: the channel must come back
                 log_event(
                     "revocation_channel_down",
                     logging.WARNING,
@@ -504,8 +504,9 @@ class PostgresStore:
                     self._deliver(Revocation(kind="all", key=""))
                 first = False
                 await self._watch(conn, dropped)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # a dropped or broken connection: reconnect below
                 log_event("revocation_channel_down", logging.WARNING, reason=_describe(exc))
+                await asyncio.sleep(delay)
             finally:
                 self._live = False
                 self._listen_connection = None
