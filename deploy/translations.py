@@ -64,8 +64,16 @@ def read_catalogue(language: str) -> Catalog:
 
 def write_catalogue(path: Path, catalog: Catalog) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    catalog.project, catalog.version, catalog.fuzzy = PROJECT, "0.1.0", False
+    catalog.msgid_bugs_address = ""
+    catalog.last_translator = catalog.language_team = "authgate contributors"
+    what = f"Translation ({catalog.locale})" if catalog.locale else "Message template"
+    catalog.header_comment = (
+        f"# {what} of the authgate portal (see docs/translations.md).\n"
+        "# This file is distributed under the same license as authgate (MIT)."
+    )
     buffer = io.BytesIO()
-    write_po(buffer, catalog, width=100, omit_header=False, sort_output=False)
+    write_po(buffer, catalog, width=100, ignore_obsolete=True)
     path.write_bytes(buffer.getvalue())
 
 
