@@ -1,0 +1,81 @@
+"""A real Chromium switches the portal to German with the picker and signs in, through nginx."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.async_api import async_playwright, expect
+
+from tests.e2e.support import PASSWORDS, Stack
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT_MS = 10_000
+
+
+async def test_picker_switches_to_german_and_login_completes(nginx_stack: Stack, chromium_bin: str) -> None:
+    """An English browser picks Deutsch, gets the German login page (rd kept), signs in and stays German."""
+    target = f"{nginx_stack.origin}/hello"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=chromium_bin, args=["--disable-gpu", "--disable-quic"], timeout=TIMEOUT_MS
+        )
+        try:
+            context = await browser.new_context(locale="en-US")
+            context.set_default_timeout(TIMEOUT_MS)
+            page = await context.new_page()
+
+            await page.goto(target)
+            assert page.url == nginx_stack.login_url(target)
+            await expect(page.locator("html")).to_have_attribute("lang", "en")
+            await expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
+
+            # The picker is a labelled <select> whose options name each language in itself.
+            picker = page.get_by_label("Language")
+            await expect(picker.locator("option[lang=de]")).to_have_text("Deutsch")
+            await picker.select_option("de")
+            async with page.expect_navigation():
+                await page.get_by_role("button", name="Change language").click()
+
+            assert page.url == nginx_stack.login_url(target)  # back on the same page, rd kept
+            await expect(page.locator("html")).to_have_attribute("lang", "de")
+            await expect(page.get_by_role("heading", level=1)).to_have_text("Anmelden")
+            await expect(page.get_by_label("Sprache")).to_have_value("de")
+            cookies = {c["name"]: c for c in await context.cookies(f"{nginx_stack.portal_url}/login")}
+            assert cookies["authgate_lang"]["value"] == "de"
+            assert cookies["authgate_lang"]["httpOnly"] is True
+            assert cookies["authgate_lang"]["sameSite"] == "Lax"
+
+            await page.get_by_label("Benutzername oder E-Mail").fill("alice")
+            await page.get_by_label("Passwort").fill(PASSWORDS["alice"])
+            await page.get_by_role("button", name="Anmelden", exact=True).click()
+            await page.wait_for_url(target)
+            await expect(page.locator("#identity")).to_contain_text("alice")
+
+            await page.goto(f"{nginx_stack.portal_url}/")
+            await expect(page.locator("html")).to_have_attribute("lang", "de")
+            await expect(page.get_by_role("status")).to_contain_text("Sie sind als alice angemeldet.")
+            await page.get_by_role("button", name="Abmelden").click()
+            await expect(page.get_by_role("status")).to_have_text("Sie wurden abgemeldet.")
+        finally:
+            await browser.close()
+
+
+async def test_browser_language_is_used_without_a_choice(nginx_stack: Stack, chromium_bin: str) -> None:
+    """A French Chromium (its Accept-Language) gets the French login page with no cookie set."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=chromium_bin, args=["--disable-gpu", "--disable-quic"], timeout=TIMEOUT_MS
+        )
+        try:
+            context = await browser.new_context(locale="fr-FR")
+            context.set_default_timeout(TIMEOUT_MS)
+            page = await context.new_page()
+            await page.goto(f"{nginx_stack.portal_url}/login")
+            await expect(page.locator("html")).to_have_attribute("lang", "fr")
+            await expect(page.get_by_role("heading", level=1)).to_have_text("Se connecter")
+            await expect(page.get_by_label("Langue")).to_have_value("fr")
+            assert "authgate_lang" not in {
+                c["name"] for c in await context.cookies(f"{nginx_stack.portal_url}/login")
+            }
+        finally:
+            await browser.close()
