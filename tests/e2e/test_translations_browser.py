@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from playwright.async_api import async_playwright, expect
 
 from tests.e2e.support import PASSWORDS, Stack
+from tests.e2e.test_accessibility import Axe
 
 pytestmark = pytest.mark.e2e
 
@@ -77,5 +80,36 @@ async def test_browser_language_is_used_without_a_choice(nginx_stack: Stack, chr
             assert "authgate_lang" not in {
                 c["name"] for c in await context.cookies(f"{nginx_stack.portal_url}/login")
             }
+        finally:
+            await browser.close()
+
+
+@pytest.mark.parametrize("language", ["de", "fr", "es"])
+async def test_translated_pages_pass_axe(
+    nginx_stack: Stack, chromium_bin: str, axe_script: Path, language: str
+) -> None:
+    """axe-core finds nothing on the translated login and account pages (lang attributes, labels)."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=chromium_bin, args=["--disable-gpu", "--disable-quic"], timeout=TIMEOUT_MS
+        )
+        try:
+            # axe is injected as an inline script, which the portal's CSP would refuse.
+            context = await browser.new_context(locale=language, bypass_csp=True)
+            context.set_default_timeout(TIMEOUT_MS)
+            page = await context.new_page()
+            axe = Axe(axe_script)
+            await page.goto(f"{nginx_stack.portal_url}/login")
+            await expect(page.locator("html")).to_have_attribute("lang", language)
+            await axe.check(page, f"login ({language})")
+            await page.fill("#username", "alice")
+            await page.fill("#password", PASSWORDS["alice"])
+            async with page.expect_navigation():
+                await page.click("#password-fallback button[type=submit]")
+            for path in ("/", "/settings", "/settings/devices", "/settings/tokens", "/recover"):
+                await page.goto(f"{nginx_stack.portal_url}{path}")
+                await expect(page.locator("html")).to_have_attribute("lang", language)
+                await axe.check(page, f"{path} ({language})")
+            assert not axe.found, f"axe found {len(axe.found)} violation(s):\n  " + "\n  ".join(axe.found)
         finally:
             await browser.close()
