@@ -295,3 +295,19 @@ async def test_english_stays_the_default(client: Client) -> None:
     html = await response.text()
     assert lang_of(html) == "en"
     assert "You are signed in as" in html and PASSWORD not in html
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+async def test_values_in_translations_are_escaped(client: Client, language: str) -> None:
+    """A value placed into a translated sentence (the user search term) is HTML-escaped."""
+    await add_user(client, "root", groups=("admins",))
+    session = await signed_in(client, "root")
+    response = await client.get(
+        "/auth/admin/users?q=%3Cscript%3Ex%3C%2Fscript%3E",
+        headers={**with_cookies(session), "Accept-Language": language},
+    )
+    html = await response.text()
+    assert response.status == 200
+    assert "<script>x</script>" not in html
+    assert "&lt;script&gt;x&lt;/script&gt;" in html
+    assert ("0 users match" if language == "en" else "0 Benutzer passen zu") in html
