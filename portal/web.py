@@ -14,6 +14,7 @@ import jinja2
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from itsdangerous import URLSafeTimedSerializer
+from jinja2.utils import htmlsafe_json_dumps
 from markupsafe import Markup
 from multidict import MultiDictProxy
 
@@ -284,7 +285,7 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
         languages=LANGUAGES,
         here=_here(request),
         picker=request.method == "GET",
-        script_messages={message: tr.catalogue.gettext(message) for message in SCRIPT_MESSAGES},
+        script_messages=_script_messages(tr.language),
         **context,
     )
     headers = {**SECURITY_HEADERS, "Content-Language": tr.language, "Vary": "Accept-Language, Cookie"}
@@ -328,6 +329,13 @@ def _here(request: web.Request) -> str:
         if key not in ("rd", "next") or safe_target(request, value)
     ]
     return f"{request.path}?{urlencode(query)}" if query else request.path
+
+
+@functools.cache
+def _script_messages(language: str) -> Markup:
+    """The scripts' messages in `language` as HTML-safe JSON, encoded once per language."""
+    catalogue = translator_for(language).catalogue
+    return htmlsafe_json_dumps({message: catalogue.gettext(message) for message in SCRIPT_MESSAGES})
 
 
 RETRY_AFTER = "5"  # seconds a client is asked to wait when the database cannot take a request
