@@ -161,7 +161,8 @@ def _enrol_form(
             heading=tr.gettext("Two-factor authentication is off"),
             message=tr.gettext("The administrator has disabled two-factor authentication."),
         )
-    enrolment = services.two_factor.new_enrolment(account=user.username, secret=secret)
+    qr_title = translator(request).gettext("QR code for your authenticator app")
+    enrolment = services.two_factor.new_enrolment(account=user.username, secret=secret, qr_title=qr_title)
     settings = services.config.two_factor.totp
     return render(
         request,
