@@ -329,7 +329,7 @@ async def _mail_link(request: web.Request, user: User, admin: User, *, new_accou
 # -- one user -----------------------------------------------------------------------------
 
 
-def _session_rows(records: list[SessionRecord], current: str, now: float) -> list[SessionRow]:
+def _session_rows(records: list[SessionRecord], current: str, now: float, tr: Translator) -> list[SessionRow]:
     return [
         SessionRow(
             ref=r.id_hash[:SESSION_REF_LENGTH],
@@ -337,7 +337,7 @@ def _session_rows(records: list[SessionRecord], current: str, now: float) -> lis
             ip=r.ip,
             created_at=r.created_at,
             last_active=r.last_active,
-            level="two factors" if r.level >= Level.TWO_FACTOR else "password",
+            level=tr.gettext("two factors") if r.level >= Level.TWO_FACTOR else tr.gettext("password"),
             current=r.id_hash == current,
         )
         for r in records
@@ -391,7 +391,7 @@ async def _user_page(
         totp_devices=await store.list_totp_devices(target.id),
         keys=await store.list_webauthn_credentials(target.id),
         recovery_left=await store.count_unused_recovery_codes(target.id),
-        sessions=_session_rows(await store.list_user_sessions(target.id), session.id_hash, now),
+        sessions=_session_rows(await store.list_user_sessions(target.id), session.id_hash, now, tr),
         tokens=_token_rows(await store.list_app_passwords(target.id), now),
         link_minutes=max(1, round(services.config.account_recovery.link_ttl / 60)),
     )
