@@ -1,14 +1,15 @@
-"""How audit events read on the portal ("Recent security activity"), in the reader's language.
+"""How audit events and devices read on the portal, in the reader's language.
 
 The stored event is an identifier (gateway/accounts/audit.py); this is only its label. The
 English labels are the identifiers with spaces, as the page showed them before translations.
+Devices are named from their User-Agent (gateway/accounts/useragent.py), worded here.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from gateway.accounts import audit
+from gateway.accounts import audit, useragent
 from portal.i18n import N_, Translator
 
 EVENT_LABELS: Final = {
@@ -57,3 +58,15 @@ def event_label(event: str, tr: Translator) -> str:
     """Return how `event` reads in `tr`'s language (an unknown event as its identifier, spaced)."""
     label = EVENT_LABELS.get(event)
     return tr.catalogue.gettext(label) if label else event.replace("_", " ")
+
+
+def device_label(user_agent: str | None, tr: Translator) -> str:
+    """Name a session's device ("Firefox 128 on Linux") in `tr`'s language, bounded in length."""
+    client, system = useragent.describe_parts(user_agent)
+    if client is None and system is None:
+        return tr.gettext("Unknown device")
+    if client is None:
+        return useragent.bounded(tr.gettext("Browser on %(system)s", system=system))
+    if system is None:
+        return useragent.bounded(client)
+    return useragent.bounded(tr.gettext("%(client)s on %(system)s", client=client, system=system))

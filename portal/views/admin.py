@@ -26,6 +26,7 @@ from gateway.errors import Conflict
 from gateway.logs import log_event
 from gateway.models import AppPassword, Level, SessionRecord, User
 from gateway.sessions.codec import CachedSession
+from portal.events import device_label
 from portal.fields import (
     display_name_problem,
     email_problem,
@@ -333,7 +334,7 @@ def _session_rows(records: list[SessionRecord], current: str, now: float, tr: Tr
     return [
         SessionRow(
             ref=r.id_hash[:SESSION_REF_LENGTH],
-            device=useragent.describe(r.user_agent),
+            device=device_label(r.user_agent, tr),
             ip=r.ip,
             created_at=r.created_at,
             last_active=r.last_active,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.accounts import audit
-from gateway.accounts.useragent import describe
 from gateway.models import SessionRecord
+from portal.events import device_label
 from portal.web import (
     base_of,
     clear_session_cookie,
@@ -45,7 +45,7 @@ async def devices_page(request: web.Request) -> web.Response:
         return redirect(f"{base_of(request)}/login")
     records = await services.store.list_user_sessions(session.user_id)
     rows = sorted(
-        (DeviceRow(r, describe(r.user_agent), r.id_hash == session.id_hash) for r in records),
+        (DeviceRow(r, device_label(r.user_agent, tr), r.id_hash == session.id_hash) for r in records),
         key=lambda row: (not row.current, -row.record.last_active),
     )
     return render(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.accounts.useragent import MAX_OUTPUT, describe
+from portal.events import device_label
 from portal.i18n import (
     DEFAULT_LANGUAGE,
     LANGUAGES,
@@ -150,3 +152,31 @@ def test_translator_formats_after_translating() -> None:
     assert translator("fr").ngettext(one, many, 0) == "Ce code n'est pas valide. Il vous reste 0 tentative."
     assert translator("en").gettext("Hello, %(name)s", name="Ada") == "Hello, Ada"
     assert translator("xx").language == DEFAULT_LANGUAGE
+
+
+FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "language", "expected"),
+    [
+        pytest.param(FIREFOX_LINUX, "en", "Firefox 128 on Linux", id="en"),
+        pytest.param(FIREFOX_LINUX, "de", "Firefox 128 auf Linux", id="de"),
+        pytest.param(FIREFOX_LINUX, "fr", "Firefox 128 sur Linux", id="fr"),
+        pytest.param("Mozilla/5.0 (Windows NT 10.0)", "es", "Navegador en Windows", id="browser unknown"),
+        pytest.param("curl/8.5.0", "de", "curl 8.5", id="client only"),
+        pytest.param(None, "de", "Unbekanntes Gerät", id="unknown"),
+        pytest.param("\x00\x01", "fr", "Appareil inconnu", id="control characters"),
+    ],
+)
+def test_device_label(user_agent: str | None, language: str, expected: str) -> None:
+    """Devices are named in the reader's language; English matches the gateway's own wording."""
+    assert device_label(user_agent, translator(language)) == expected
+    if language == "en":
+        assert expected == describe(user_agent)
+
+
+def test_device_label_is_bounded() -> None:
+    """A long client name stays within the gateway's bound in every language."""
+    label = device_label("A" * 30 + "/1.0 (Windows", translator("de"))
+    assert len(label) <= MAX_OUTPUT and label.endswith("Windows")
