@@ -43,6 +43,9 @@ async def test_picker_switches_to_german_and_login_completes(nginx_stack: Stack,
             await expect(page.locator("html")).to_have_attribute("lang", "de")
             await expect(page.get_by_role("heading", level=1)).to_have_text("Anmelden")
             await expect(page.get_by_label("Sprache")).to_have_value("de")
+            # The scripts' messages (static/i18n.js) speak German too, placeholders filled.
+            said = await page.evaluate('authgateText("The server answered %(status)s", {status: 503})')
+            assert said == "Der Server antwortete mit 503"
             cookies = {c["name"]: c for c in await context.cookies(f"{nginx_stack.portal_url}/login")}
             assert cookies["authgate_lang"]["value"] == "de"
             assert cookies["authgate_lang"]["httpOnly"] is True
