@@ -25,7 +25,7 @@ from gateway.factors.app_passwords import (
 from gateway.logs import log_event
 from gateway.models import Level, Subject
 from gateway.sessions.codec import build_identity_headers
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
 
 MAX_CACHED = 50_000
 
@@ -50,7 +50,7 @@ class CachedToken:
 class AppPasswordService:
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         cfg: AppPasswordsConfig,
         headers: IdentityHeadersConfig,
         *,

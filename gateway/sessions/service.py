@@ -40,7 +40,7 @@ from gateway.sessions.codec import (
     hash_session_id,
     session_end_reason,
 )
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
 
 Clock = Callable[[], float]
 
@@ -71,7 +71,7 @@ async def _never(_user: User, _record: SessionRecord) -> bool:
 class SessionService:
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         codec: SessionCodec,
         cfg: SessionConfig,
         headers: IdentityHeadersConfig,
