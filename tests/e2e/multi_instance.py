@@ -49,6 +49,7 @@ from tests.e2e.support import (
     http_ok,
     log_tail,
 )
+from tests.pg import PostgresServer
 
 UPSTREAM_SNIPPET = ROOT / "deploy" / "scaling" / "nginx-upstream.conf"
 # The instances' addresses in the snippet, replaced by the test's free ports.
@@ -93,6 +94,31 @@ class SharedSqlite:
             return list(db.execute(sql.replace("%s", "?"), tuple(params)).fetchall())
         finally:
             db.close()
+
+
+@dataclass
+class SharedPostgres:
+    """One database of the test session's throwaway PostgreSQL cluster (tests/pg.py)."""
+
+    server: PostgresServer
+    dsn: str
+    name: str = "postgres"
+
+    @classmethod
+    def create(cls, server: PostgresServer) -> SharedPostgres:
+        return cls(server, server.create_database(migrated=False))
+
+    def storage(self, instance_dir: Path) -> dict[str, Any]:
+        # Nothing but the database is shared: each instance has its own data_dir.
+        return {"data_dir": str(instance_dir / "data"), "postgres": {"dsn": self.dsn}}
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        literals = tuple("'" + str(value).replace("'", "''") + "'" for value in params)
+        out = self.server.psql(sql % literals, database=self.dsn.rsplit("/", 1)[1])
+        return [
+            tuple(int(v) if v.lstrip("-").isdigit() else v for v in line.split("|"))
+            for line in out.splitlines()
+        ]
 
 
 @dataclass
