@@ -19,7 +19,7 @@ import asyncio
 import re
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,25 +38,53 @@ class Engine:
     name: str  # "sqlite" or "postgres"
     data_dir: Path  # shared by the pair: the SQLite file (or nothing but generated secrets)
     storage_extra: str = ""  # more YAML lines under `storage:` (indented two spaces)
+    close: Callable[[], None] = lambda: None  # stops what prepare_engine started
 
 
 # Engines this checkout can run the pair on.
-ENGINES = ("sqlite",)
+ENGINES = ("sqlite", "postgres")
 
 
 def available_engines() -> list[str]:
     """The engines whose tools are installed here (the default of --multi)."""
-    return list(ENGINES)
+    from tests.pg import find_pg_bin
+
+    return [name for name in ENGINES if name != "postgres" or find_pg_bin() is not None]
 
 
-def prepare_engine(name: str, directory: Path, procs: Any) -> Engine:
+def prepare_engine(name: str, directory: Path) -> Engine:
     """Create the shared database of one pair under `directory` (PostgreSQL: a throwaway cluster)."""
     directory.mkdir(parents=True)
     data_dir = directory / "data"
     if name == "sqlite":
         # Both instances use one data_dir: one SQLite file (WAL), as two processes on one machine can.
         return Engine(name, data_dir)
-    raise ValueError(f"unknown engine {name!r}")
+    if name != "postgres":
+        raise ValueError(f"unknown engine {name!r}")
+    # The test suite's throwaway cluster (tests/pg.py): initdb as `nobody` when run as root,
+    # 127.0.0.1 on a free port, fsync off (sessions are read, not written, on the hot path).
+    from tests.pg import PostgresServer, find_pg_bin
+
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
+    server = PostgresServer(bin_dir)
+    try:
+        server.init()
+        server.start()
+        server.psql("CREATE DATABASE authgate_bench")
+    except BaseException:
+        server.cleanup()
+        raise
+    dsn = server.dsn("authgate_bench")
+    stopped: list[bool] = []
+
+    def close() -> None:
+        if not stopped:  # called at the end of the phase, and again at exit
+            stopped.append(True)
+            server.cleanup()
+
+    return Engine(name, data_dir, f"  postgres: {{dsn: '{dsn}'}}\n", close=close)
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
