@@ -1,4 +1,5 @@
-"""The `authgate` command line: serve, config check, users (with tokens and sessions), audit export."""
+"""The `authgate` command line: serve, config check, users (with tokens and sessions), audit export,
+db copy."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.accounts import audit, useragent
@@ -416,6 +418,30 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return asyncio.run(_with_store(config, export))
 
 
+def cmd_db_copy(args: argparse.Namespace) -> int:
+    # Imported here: only this command needs the PostgreSQL driver on a SQLite install.
+    from gateway.store.copy import copy_sqlite_to_postgres, sqlite_path
+    from gateway.store.dsn import dsn_problem, redact_dsn
+
+    config = _load(args)
+    source = sqlite_path(args.source) if args.source else Path(config.storage.database_path)
+    target = args.target or config.storage.postgres.dsn
+    if not target:
+        raise CliError("give --to postgresql://... or set storage.postgres.dsn (or its _FILE variable)")
+    problem = dsn_problem(target)
+    if problem is not None:
+        raise CliError(f"--to {problem}")
+    with _logging(config):
+        copied = asyncio.run(copy_sqlite_to_postgres(source, target))
+    width = max(len(c.table) for c in copied)
+    for c in copied:
+        print(f"{c.table:<{width}}  {c.target_rows:>8} row(s)")
+    total = sum(c.target_rows for c in copied)
+    print(f"copied {total} row(s) in {len(copied)} tables from {source} to {redact_dsn(target)}")
+    print("row counts verified table by table")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authgate", description="Forward-auth gateway with a login portal.")
     parser.add_argument("-c", "--config", help="YAML configuration file (default: $AUTHGATE_CONFIG)")
@@ -491,6 +517,25 @@ def build_parser() -> argparse.ArgumentParser:
     sessions_revoke.add_argument("username")
     sessions_revoke.add_argument("session_id", nargs="?")
     sessions_revoke.add_argument("--all", action="store_true", help="end every session of the user")
+
+    db = commands.add_parser("db", help="database tools")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_copy = db_commands.add_parser(
+        "copy",
+        help="copy every row from a SQLite database into an empty PostgreSQL one (docs/scaling.md)",
+    )
+    db_copy.add_argument(
+        "--from",
+        dest="source",
+        help="sqlite:///path/to/authgate.sqlite3 (default: the configured data_dir's)",
+    )
+    db_copy.add_argument(
+        "--to",
+        dest="target",
+        help="postgresql://user:password@host:port/database (default: storage.postgres.dsn, which can "
+        "come from a file so the password stays out of the process list)",
+    )
+    db_copy.set_defaults(func=cmd_db_copy)
 
     audit_parser = commands.add_parser("audit", help="the audit log")
     audit_parser.set_defaults(func=cmd_audit)

@@ -30,6 +30,7 @@ from gateway.models import SessionRecord, User
 from gateway.secret_files import load_or_create_secret_lines
 from gateway.services import SERVICES, Services
 from gateway.sessions.codec import SessionCodec
+from gateway.sessions.revocations import cache_dropper
 from gateway.sessions.service import SessionService
 from gateway.store.contract import Storage
 from gateway.store.engine import open_store
@@ -148,6 +149,9 @@ def create_app(
             csrf_keys=keys,
             metrics=metrics,
         )
+        # Other instances' revocations reach this one's caches at once (PostgreSQL); on
+        # SQLite the store never calls it and cache_ttl bounds them.
+        store.subscribe_revocations(cache_dropper(sessions, tokens))
         tasks = [
             asyncio.create_task(sessions.run_flusher()),
             asyncio.create_task(_housekeeping(store, clock, config.audit.retention)),

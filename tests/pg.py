@@ -224,6 +224,12 @@ def engine(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=ENGINES, name="storage_engine")
+def both_storage_engines(request: pytest.FixtureRequest) -> str:
+    """Import into an HTTP test module to run its tests on both engines (tests/http/conftest.py)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def engine_db(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """Where this test's store lives: a SQLite file path, or a fresh PostgreSQL database's DSN."""

@@ -1524,7 +1524,8 @@ class PostgresStore:
         """Run `work` on a pooled connection (in a transaction if asked), retrying serialization failures.
 
         Connection errors, pool and statement timeouts and server shutdowns become
-        StoreUnavailable; integrity errors pass through for the caller to name.
+        StoreUnavailable; unique and foreign-key violations pass through for the caller to
+        name (Conflict, NotFound); any other database error becomes StorageError.
         """
         for attempt in range(_TRANSACTION_RETRIES):
             try:
@@ -1540,11 +1541,12 @@ class PostgresStore:
                         f"transaction kept conflicting with others: {_describe(exc)}"
                     ) from exc
                 await asyncio.sleep(random.uniform(0.001, 0.01) * (attempt + 1))  # noqa: S311
-            except (StorageError, asyncpg.IntegrityConstraintViolationError):
-                raise
+            except (StorageError, asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
+                raise  # the caller knows which value was meant: Conflict or NotFound
             except asyncpg.PostgresError as exc:
                 raise self._storage_error(exc) from exc
-            except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+                # InternalClientError: a connection the server cut while a statement was on it
                 kind = "busy" if isinstance(exc, TimeoutError) else "io"
                 self.error_counts[kind] += 1
                 raise StoreUnavailable(
