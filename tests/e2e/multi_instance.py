@@ -408,6 +408,35 @@ def nginx_conf(directory: Path, proxy: int, instances: Sequence[Instance], demo:
     return path
 
 
+CADDYFILE = ROOT / "deploy" / "scaling" / "Caddyfile"
+
+
+def start_caddy(stack: MultiStack, caddy: str) -> int:
+    """Start Caddy with deploy/scaling/Caddyfile in front of the stack's pair; return its port.
+
+    The stack's portal URL stays nginx's; the session cookie (host-only on localhost) is sent
+    to either proxy, so requests with a cookie are what this front is for.
+    """
+    (port,) = free_ports(1)
+    directory = stack.directory / "caddy"
+    directory.mkdir()
+    env = {
+        **os.environ,
+        "AUTHGATE_SITE": f"http://localhost:{port}",
+        "AUTHGATE_OTHER_HOSTS": f"http://:{port}",
+        "AUTHGATE_A": stack.a.address,
+        "AUTHGATE_B": stack.b.address,
+        "APP_UPSTREAM": f"127.0.0.1:{stack.demo_port}",
+        "XDG_DATA_HOME": str(directory / "xdg-data"),
+        "XDG_CONFIG_HOME": str(directory / "xdg-config"),
+    }
+    command = [caddy, "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"]
+    service = Service.start("caddy", command, directory / "caddy.log", env=env)
+    stack.services.append(service)
+    service.wait_for_port(port)
+    return port
+
+
 def add_users(config: Path, extra: Mapping[str, str]) -> None:
     """Create alice (admin), bob and `extra` {name: password} with `authgate users add`, in parallel.
 

@@ -30,6 +30,7 @@ from tests.e2e.multi_instance import (
     MultiStack,
     SharedPostgres,
     SharedSqlite,
+    start_caddy,
     start_multi_stack,
 )
 from tests.e2e.standalone import form_post, password_login, recovery_codes_in, session_of
@@ -528,3 +529,38 @@ async def test_app_password_cap_holds_when_both_instances_create_at_once(
         ("erin",),
     )
     assert live == [(MAX_APP_PASSWORDS,)]
+
+
+async def _decisions_grow(multi: MultiStack, site: ProxyClient, cookie: str, name: str) -> None:
+    """Load pages until instance `name` has counted a decision (Caddy's health check let it back)."""
+    instance = multi.a if name == "a" else multi.b
+    before = instance.forward_auth_decisions()
+    deadline = time.monotonic() + 15
+    while instance.forward_auth_decisions() == before:
+        assert time.monotonic() < deadline, f"instance {name} got no request through Caddy"
+        page = await site.get("/hello?format=json", cookies={SESSION_COOKIE: cookie})
+        assert page.status == 200, page.text
+        await asyncio.sleep(0.1)
+
+
+async def test_caddy_in_front_of_the_pair_balances_and_leaves_a_dead_instance_out(
+    multi: MultiStack, http: aiohttp.ClientSession, caddy_bin: str
+) -> None:
+    """deploy/scaling/Caddyfile: both instances answer, and with A killed every page still loads."""
+    site = ProxyClient(http, start_caddy(multi, caddy_bin))
+    cookie = session_of(await password_login(multi.client(http), "frank", _password("frank")))
+    await _decisions_grow(multi, site, cookie, "a")
+    await _decisions_grow(multi, site, cookie, "b")
+
+    multi.a.kill()
+    try:
+        statuses = Counter()
+        for _ in range(20):
+            page = await site.get("/hello?format=json", cookies={SESSION_COOKIE: cookie})
+            statuses[(page.status, page.json()["headers"]["Remote-User"] if page.status == 200 else "")] += 1
+        assert statuses == {(200, "frank"): 20}, statuses
+    finally:
+        multi.a.start()
+        multi.a.wait_ready()
+    # Back in rotation once Caddy's active health check sees /api/health answer again.
+    await _decisions_grow(multi, site, cookie, "a")
