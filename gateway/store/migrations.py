@@ -11,7 +11,9 @@ the one-row table schema_version (gateway/store/postgres.py, under an advisory l
 instances starting at once cannot both run a script).
 
 Append new entries; never edit one that has shipped, since databases in the field have
-already run it. tests/unit/test_store_migrations.py runs every entry on both engines.
+already run it. Every entry runs on both engines in the tests: from an empty file on SQLite
+(tests/unit/test_store.py) and from an empty database on PostgreSQL (tests/pg.py migrates its
+template that way; tests/unit/test_store_postgres.py starts three instances at once on an empty one).
 """
 
 from __future__ import annotations

@@ -331,6 +331,22 @@ _UNAVAILABLE_STATES = {
 }
 
 
+class _OneLine(logging.Filter):
+    """Turn asyncpg's pool warnings with a traceback (every retry while the server is down) into
+    one line with the reason, as authgate logs every other database failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {_describe(record.exc_info[1])}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OneLine())
+
+
 def _rowcount(status: str) -> int:
     """The row count of a command tag such as "UPDATE 3" or "INSERT 0 1"."""
     last = status.rsplit(" ", 1)[-1]
@@ -463,7 +479,7 @@ class PostgresStore:
         while True:
             try:
                 conn = await asyncpg.connect(self._dsn, **self._connect_kwargs)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # whatever the cause, keep trying: the channel must come back
                 log_event(
                     "revocation_channel_down",
                     logging.WARNING,
@@ -488,8 +504,9 @@ class PostgresStore:
                     self._deliver(Revocation(kind="all", key=""))
                 first = False
                 await self._watch(conn, dropped)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # a dropped or broken connection: reconnect below
                 log_event("revocation_channel_down", logging.WARNING, reason=_describe(exc))
+                await asyncio.sleep(delay)
             finally:
                 self._live = False
                 self._listen_connection = None

@@ -225,3 +225,24 @@ async def test_the_listener_reconnects_after_its_backend_is_terminated(
         await heard.wait_for(Revocation("session", "s1"))
     finally:
         await listener.close()
+
+
+def test_both_engines_offer_the_same_methods() -> None:
+    """Every public method of the SQLite store exists on PostgreSQL with the same signature."""
+    import inspect
+
+    from gateway.store.sqlite import Store
+
+    def public(cls: type) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(member)
+            for name, member in vars(cls).items()
+            if not name.startswith("_") and callable(member) and name != "open"
+        }
+
+    sqlite, postgres = public(Store), public(PostgresStore)
+    missing = sorted(set(sqlite) - set(postgres))
+    assert not missing, missing
+    differ = [name for name in sqlite if str(sqlite[name]) != str(postgres[name])]
+    # close() takes an optional timeout on PostgreSQL (the pool's shutdown bound)
+    assert differ == ["close"], differ
