@@ -127,3 +127,12 @@ def test_caddyfile_balances_both_handlers_with_health_checks() -> None:
         assert proxy["load_balancing"]["selection_policy"]["policy"] == "round_robin"
         assert proxy["health_checks"]["active"]["uri"] == "/api/health"
         assert proxy["health_checks"]["passive"]["fail_duration"] > 0
+
+
+def test_docs_show_the_nginx_snippet_and_name_every_file() -> None:
+    """docs/scaling.md quotes deploy/scaling/nginx-upstream.conf as it is and names each recipe file."""
+    doc = DOC.read_text()
+    snippet = (SCALING / "nginx-upstream.conf").read_text()
+    assert snippet in doc
+    for path in sorted(SCALING.iterdir()):
+        assert f"deploy/scaling/{path.name}" in doc, path.name
