@@ -10,6 +10,7 @@ from aiohttp import web
 from portal.views import (
     admin,
     devices,
+    external_login,
     login,
     passkeys,
     password_reset,
@@ -50,6 +51,13 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/2fa/webauthn", passkeys.second_factor_finish),
     ("POST", "/login/passkey/options", passkeys.passkey_options),
     ("POST", "/login/passkey", passkeys.passkey_finish),
+    # /link before /{provider}: the router tries resources in the order they were added.
+    ("GET", "/login/external/link", external_login.link_page),
+    ("POST", "/login/external/link", external_login.link_submit),
+    ("POST", "/login/external/{provider}", external_login.start_login),
+    ("GET", "/login/external/{provider}/callback", external_login.callback),
+    ("POST", "/settings/external/{provider}/link", external_login.settings_link),
+    ("POST", "/settings/external/{link_id}/unlink", external_login.settings_unlink),
     ("GET", "/recover", recovery.request_page),
     ("POST", "/recover", recovery.request_submit),
     ("GET", "/recover/{token}", recovery.link_page),

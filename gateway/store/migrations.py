@@ -214,7 +214,23 @@ CREATE TABLE password_reset_tokens (
 CREATE INDEX password_reset_tokens_user_id ON password_reset_tokens (user_id);
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# v7: sign-in through external providers (docs/external-login.md): (provider, subject) -> local user.
+_V7_EXTERNAL_IDENTITIES: Final = """
+CREATE TABLE external_identities (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: an id on a settings page names one link
+    provider TEXT NOT NULL,                 -- external_login.providers[].id
+    subject TEXT NOT NULL,                  -- the provider's stable user id (sub, GitHub user id)
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    email TEXT NOT NULL DEFAULT '',         -- as the provider gave it when linked; display only
+    created_at REAL NOT NULL,
+    last_used_at REAL,
+    UNIQUE (provider, subject)
+);
+
+CREATE INDEX external_identities_user_id ON external_identities (user_id);
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7_EXTERNAL_IDENTITIES)
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -117,6 +117,8 @@ async def settings_page(
         recovery_left=remaining,
         recovery_low=0 < remaining <= FEW_RECOVERY_CODES,
         events=await services.store.list_security_events(user.id, limit=20),
+        external_links=await services.store.list_external_links(user.id),
+        external_providers=services.external_login.providers,
         notice=notice or _notice(request.query.get("done", "")),
         welcome=request.query.get("done") == "welcome",
         next_url=safe_target(request, request.query.get("next")) or f"{base_of(request)}/",
@@ -132,6 +134,8 @@ def _notice(done: str) -> str | None:
         "password_on": "Password sign-in is on again.",
         "password_off": "Password sign-in is off: sign in with a security key or passkey.",
         "recovered": "Welcome back. Every other session has ended: register a new device below.",
+        "linked": "Account linked: you can now sign in with it.",
+        "unlinked": "Linked account removed.",
     }.get(done)
 
 
