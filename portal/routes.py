@@ -54,6 +54,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     # /link before /{provider}: the router tries resources in the order they were added.
     ("GET", "/login/external/link", external_login.link_page),
     ("POST", "/login/external/link", external_login.link_submit),
+    ("POST", "/login/external/link/webauthn/options", external_login.link_webauthn_options),
+    ("POST", "/login/external/link/webauthn", external_login.link_webauthn_finish),
     ("POST", "/login/external/{provider}", external_login.start_login),
     ("GET", "/login/external/{provider}/callback", external_login.callback),
     ("POST", "/settings/external/{provider}/link", external_login.settings_link),

@@ -18,16 +18,19 @@ from aiohttp import web
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.accounts import audit
+from gateway.accounts.webauthn import EXTERNAL_LINK
 from gateway.config import ExternalProvider
 from gateway.external_login import flow
 from gateway.external_login.errors import ExternalLoginError, UnknownProvider
 from gateway.external_login.identity import ExternalIdentity, provider_second_factor
+from gateway.factors.passkeys import InvalidWebAuthn
 from gateway.logs import log_event
 from gateway.models import Level, User
 from portal.flow import STEP_ENROL, STEP_VERIFY, second_factor_needed
 from portal.flow import start as start_pending
 from portal.pending import set_pending
 from portal.views.login import ban_message, reserve_attempt
+from portal.views.passkeys import _ceremony, _json_body, json_error, json_next
 from portal.views.second_factor import start_session
 from portal.views.settings import settings_page, strong_session
 from portal.web import (
@@ -35,9 +38,11 @@ from portal.web import (
     base_of,
     client_ip,
     cookie_domain_of,
+    csrf_header_ok,
     csrf_ok,
     current_session,
     form_text,
+    passkeys_here,
     read_form,
     redirect,
     render,
@@ -325,12 +330,21 @@ async def _pending_link(request: web.Request) -> tuple[ExternalIdentity, User, s
     return found, user, data["rd"]
 
 
-def _link_form(
+async def _link_form(
     request: web.Request, found: ExternalIdentity, user: User, *, error: str | None = None, status: int = 200
 ) -> web.Response:
-    provider = services_of(request).external_login.provider(found.provider)
+    services = services_of(request)
+    provider = services.external_login.provider(found.provider)
+    keys = bool(await services.store.list_webauthn_credentials(user.id)) and passkeys_here(request)
     return render(
-        request, "external_link.html", status=status, label=provider.label, email=user.email, error=error
+        request,
+        "external_link.html",
+        status=status,
+        label=provider.label,
+        email=user.email,
+        error=error,
+        keys=keys,
+        password=user.password_login,
     )
 
 
@@ -349,7 +363,7 @@ async def link_page(request: web.Request) -> web.Response:
     if pending is None:
         return _link_expired(request)
     found, user, _rd = pending
-    return _link_form(request, found, user)
+    return await _link_form(request, found, user)
 
 
 async def link_submit(request: web.Request) -> web.Response:
@@ -361,15 +375,19 @@ async def link_submit(request: web.Request) -> web.Response:
     found, user, rd = pending
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return _link_form(request, found, user, error="The form expired. Please try again.", status=403)
+        return await _link_form(request, found, user, error="The form expired. Please try again.", status=403)
     password = form_text(form, "password")
+    if not user.password_login:
+        return await _link_form(request, found, user, error="Use your security key or passkey.", status=400)
     if not password:
-        return _link_form(request, found, user, error="Enter the password of your account here.", status=400)
+        return await _link_form(
+            request, found, user, error="Enter the password of your account here.", status=400
+        )
     ip = client_ip(request)
     slot = await reserve_attempt(request, user.username, ip)
     if slot.attempt_id is None:
         await services.audit.record(audit.LOGIN_BANNED, actor=None, target=user.username, ip=ip)
-        return _link_form(request, found, user, error=ban_message(slot, services.clock()), status=429)
+        return await _link_form(request, found, user, error=ban_message(slot, services.clock()), status=429)
     found_login = await services.store.find_login(user.username)
     ok = await services.passwords.verify(found_login[1] if found_login else None, password)
     if not ok:
@@ -377,8 +395,16 @@ async def link_submit(request: web.Request) -> web.Response:
         await services.audit.record(
             audit.LOGIN_FAILED, actor=None, target=user.username, ip=ip, detail=detail
         )
-        return _link_form(request, found, user, error="That password is not correct.", status=401)
+        return await _link_form(request, found, user, error="That password is not correct.", status=401)
     await services.store.mark_attempt_succeeded(slot.attempt_id)
+    return await _link_and_sign_in(request, found, user, rd)
+
+
+async def _link_and_sign_in(
+    request: web.Request, found: ExternalIdentity, user: User, rd: str
+) -> web.Response:
+    """The account was confirmed as the person's own: link it, record that, and sign in."""
+    services = services_of(request)
     provider = services.external_login.provider(found.provider)
     try:
         link = await services.external_login.link(user, found)
@@ -387,12 +413,62 @@ async def link_submit(request: web.Request) -> web.Response:
         _clear_cookie(request, response, LINK_COOKIE)
         return response
     await services.audit.record(
-        audit.EXTERNAL_ACCOUNT_LINKED, actor=user.username, target=user.username, ip=ip, detail=_linked(found)
+        audit.EXTERNAL_ACCOUNT_LINKED,
+        actor=user.username,
+        target=user.username,
+        ip=client_ip(request),
+        detail=_linked(found),
     )
     await services.external_login.touch(link)
     response = await complete_sign_in(request, user, found, provider, rd)
     _clear_cookie(request, response, LINK_COOKIE)
     return response
+
+
+async def link_webauthn_options(request: web.Request) -> web.Response:
+    """Start a passkey assertion for the account being linked (its own keys only)."""
+    if not csrf_header_ok(request):
+        return json_error("The page expired. Reload it and try again.", 403)
+    pending = await _pending_link(request)
+    if pending is None:
+        return json_error("This step expired. Please sign in with the provider again.", 401)
+    try:
+        ceremony = await services_of(request).webauthn.begin_authentication(pending[1], EXTERNAL_LINK)
+    except InvalidWebAuthn as exc:
+        return json_error(str(exc))
+    return _ceremony(ceremony.challenge_id, ceremony.options_json)
+
+
+async def link_webauthn_finish(request: web.Request) -> web.Response:
+    """Confirm the account with one of its passkeys, then link and sign in (JSON for webauthn.js)."""
+    if not csrf_header_ok(request):
+        return json_error("The page expired. Reload it and try again.", 403)
+    services = services_of(request)
+    pending = await _pending_link(request)
+    if pending is None:
+        return json_error("This step expired. Please sign in with the provider again.", 401)
+    found, user, rd = pending
+    body = await _json_body(request)
+    ip = client_ip(request)
+    try:
+        assertion = await services.webauthn.finish_authentication(
+            body.get("challenge_id"), body.get("credential"), EXTERNAL_LINK
+        )
+        if assertion.user.id != user.id:
+            raise InvalidWebAuthn("this security key belongs to another account")
+    except InvalidWebAuthn as exc:
+        await services.store.record_attempt(user.username, ip, False, services.clock())
+        detail = f"passkey to link {found.provider}"
+        await services.audit.record(
+            audit.LOGIN_FAILED, actor=None, target=user.username, ip=ip, detail=detail
+        )
+        return json_error(f"The security key was not accepted: {exc}", 401)
+    done = await _link_and_sign_in(request, found, user, rd)
+    # fetch() does not follow the page's redirect: hand webauthn.js the next URL and the cookies.
+    answer = json_next(done.headers.get("Location") or f"{base_of(request)}/2fa")
+    for cookie in done.cookies.values():
+        answer.cookies[cookie.key] = cookie
+    return answer
 
 
 # -- the settings page: link another provider, remove a link ------------------------------------------

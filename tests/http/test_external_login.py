@@ -6,6 +6,7 @@ authorization form, and the callback carrying the state cookie, exactly as a bro
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from tests.http.helpers import (
     CSRF_COOKIE,
     KEY_A,
     PENDING_COOKIE,
+    PORTAL_ORIGIN,
     SESSION_COOKIE,
     Clock,
     MakeClient,
@@ -42,11 +44,13 @@ from tests.http.helpers import (
     forward_auth,
     portal_get,
     portal_post,
+    registered_session,
     services,
     signed_in,
     submit_code,
     totp_code,
 )
+from tests.webauthn_authenticator import SoftAuthenticator
 
 STATE_COOKIE = "authgate_ext"
 LINK_COOKIE = "authgate_ext_link"
@@ -697,3 +701,67 @@ async def test_github_unverified_email_creates_nothing(
     response = await github_sign_in(client, http, "unverified")
     assert response.status == 400
     assert "verified e-mail" in await response.text()
+
+
+# -- linking confirmed with a passkey -----------------------------------------------------------------
+
+
+async def link_json(
+    client: TestClient[Any, Any], path: str, body: dict[str, Any], link_cookie: str
+) -> aiohttp.ClientResponse:
+    """POST JSON as webauthn.js does on the link page (CSRF header, the link cookie)."""
+    secret, token = await csrf_pair(client)
+    return await client.post(
+        path,
+        json=body,
+        headers={"X-CSRF-Token": token, **cookie_header(**{CSRF_COOKIE: secret, LINK_COOKIE: link_cookie})},
+        allow_redirects=False,
+    )
+
+
+async def test_same_email_links_after_one_of_the_accounts_passkeys(
+    make_client: MakeClient, issuer: str, http: aiohttp.ClientSession
+) -> None:
+    """The account's own passkey confirms the link; another account's passkey does not."""
+    client = await make_client(with_provider(issuer))
+    alice = await add_user(client)
+    await add_user(client, "bob")
+    alice_key, bob_key = SoftAuthenticator(), SoftAuthenticator()
+    await registered_session(client, await signed_in(client), alice_key)
+    await registered_session(client, await signed_in(client, "bob"), bob_key)
+    put_oidc_user(issuer, "sub-alice-key", verified("alice@example.com"))
+    response = await sign_in_with(client, http, "sub-alice-key", rd="http://app.localhost/k")
+    pending = response.cookies[LINK_COOKIE].value
+    page = await client.get("/auth/login/external/link", headers=cookie_header(**{LINK_COOKIE: pending}))
+    assert 'data-webauthn="external-link"' in await page.text()
+
+    async def options() -> tuple[str, str]:
+        started = await link_json(client, "/auth/login/external/link/webauthn/options", {}, pending)
+        data = await started.json()
+        assert started.status == 200, data
+        return data["challenge_id"], json.dumps(data["options"])
+
+    challenge_id, opts = await options()
+    foreign = bob_key.assert_(json.dumps({**json.loads(opts), "allowCredentials": []}), origin=PORTAL_ORIGIN)
+    refused = await link_json(
+        client,
+        "/auth/login/external/link/webauthn",
+        {"challenge_id": challenge_id, "credential": foreign},
+        pending,
+    )
+    assert refused.status == 401
+    assert await services(client).store.list_external_links(alice.id) == []
+
+    challenge_id, opts = await options()
+    own = alice_key.assert_(opts, origin=PORTAL_ORIGIN)
+    done = await link_json(
+        client,
+        "/auth/login/external/link/webauthn",
+        {"challenge_id": challenge_id, "credential": own},
+        pending,
+    )
+    assert done.status == 200, await done.text()
+    assert (await done.json())["next"] == "/auth/2fa"  # alice has a passkey: our second factor follows
+    assert PENDING_COOKIE in done.cookies
+    [link] = await services(client).store.list_external_links(alice.id)
+    assert link.subject == "sub-alice-key"
