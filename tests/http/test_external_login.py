@@ -213,6 +213,7 @@ async def test_linked_account_signs_in_at_level_one(
     assert (event.target, event.detail) == ("alice", "mock")
     [link] = await services(client).store.list_external_links(alice.id)
     assert link.last_used_at is not None
+    assert services(client).metrics.logins["external", "success"] == 1
 
 
 async def test_unlinked_identity_without_auto_create_is_refused(
@@ -229,6 +230,7 @@ async def test_unlinked_identity_without_auto_create_is_refused(
     assert await services(client).store.count_users() == 1
     [event] = await events(client, audit.EXTERNAL_LOGIN_FAILED)
     assert event.detail.startswith("mock: no account")
+    assert services(client).metrics.logins["external", "failure"] == 1
 
 
 async def test_auto_create_makes_a_passwordless_account_with_a_unique_name(
