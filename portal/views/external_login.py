@@ -192,6 +192,10 @@ async def _sign_in(request: web.Request, found: ExternalIdentity, rd: str) -> we
         account = await external.account(found)
         if account.refused:
             raise ExternalLoginError("no account for this identity", account.refused)
+        if account.user is not None and account.user.disabled:
+            error = ExternalLoginError("account disabled", "This account is disabled.")
+            error.status = 403
+            return await _refuse(request, error, provider.id, rd=rd, target=account.user.username)
         if account.confirm and account.user is not None:
             response = redirect(f"{base_of(request)}/login/external/link")
             payload = {"i": _identity_payload(found), "u": account.user.id, "rd": rd}

@@ -216,6 +216,24 @@ async def test_linked_account_signs_in_at_level_one(
     assert services(client).metrics.logins["external", "success"] == 1
 
 
+async def test_disabled_account_is_refused(
+    make_client: MakeClient, issuer: str, http: aiohttp.ClientSession
+) -> None:
+    """A disabled account gets no session through a link, nor a link confirmation by e-mail."""
+    client = await make_client(with_provider(issuer))
+    alice = await add_user(client)
+    store = services(client).store
+    await store.add_external_link(alice.id, "mock", "sub-disabled", email="", at=0)
+    await store.set_disabled(alice.id, True)
+    put_oidc_user(issuer, "sub-disabled", verified("alice@example.com"))
+    put_oidc_user(issuer, "sub-disabled-2", verified("alice@example.com"))
+    for sub in ("sub-disabled", "sub-disabled-2"):
+        response = await sign_in_with(client, http, sub)
+        assert response.status == 403
+        assert "This account is disabled." in await response.text()
+        assert SESSION_COOKIE not in response.cookies and LINK_COOKIE not in response.cookies
+
+
 async def test_unlinked_identity_without_auto_create_is_refused(
     make_client: MakeClient, issuer: str, http: aiohttp.ClientSession
 ) -> None:
