@@ -89,6 +89,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/admin/users/{username}/sessions/revoke-all", admin.revoke_all_sessions),
     ("POST", "/admin/users/{username}/tokens/{token_id}/revoke", admin.revoke_token),
     ("POST", "/admin/users/{username}/tokens/revoke-all", admin.revoke_all_tokens),
+    ("POST", "/admin/users/{username}/external/{link_id}/remove", admin.remove_external_link),
     ("GET", "/admin/audit", admin.audit_page),
     ("GET", "/reset/{token}", password_reset.reset_page),
     ("POST", "/reset/{token}", password_reset.reset_submit),

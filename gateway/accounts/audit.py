@@ -66,6 +66,7 @@ ADMIN_SESSIONS_REVOKED: Final = "admin_sessions_revoked"
 ADMIN_TOKEN_REVOKED: Final = "admin_token_revoked"  # noqa: S105 - an event name
 ADMIN_TOKENS_REVOKED: Final = "admin_tokens_revoked"  # noqa: S105 - an event name
 ADMIN_AUDIT_EXPORTED: Final = "admin_audit_exported"
+ADMIN_EXTERNAL_UNLINKED: Final = "admin_external_unlinked"  # a linked sign-in provider removed
 
 CLI_ACTOR: Final = "cli"
 MAX_DETAIL_LENGTH: Final = 500

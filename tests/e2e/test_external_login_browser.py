@@ -13,18 +13,21 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
-from tests.e2e.support import PASSWORDS, Stack
+from tests.e2e.support import PASSWORDS, TOTP_PERIOD, ProxyClient, Stack, oathtool_code
 from tests.e2e.test_accessibility import Axe, new_context
+from tests.e2e.test_two_factor import enrol_through_portal
 from tests.external.providers import oidc_provider, oidc_provider_config, put_oidc_user
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 TIMEOUT_MS = 15_000
 CALLBACK = re.compile(r"/auth/login/external/mock/callback\?")
+HAND_OVER = re.compile(r"/auth/2fa$")
 PROVIDER_FORM = re.compile(r"^http://127\.0\.0\.1:\d+/oauth2/authorize\?")
 
 
@@ -193,3 +196,66 @@ async def test_tampered_callback_signs_nobody_in(
     reasons = [entry["detail"] for entry in stack.log_events("external_login_failed")]
     expected = "state mismatch" if tampered == "state" else "invalid_grant"
     assert any(expected in reason for reason in reasons), reasons
+
+
+async def test_link_from_settings_then_our_second_factor(
+    external_stack: Stack, issuer: str, browser: Browser, axe_script: Path, oathtool_bin: str
+) -> None:
+    """bob links the provider in settings; after he enrols TOTP, the provider's sign-in asks for it.
+
+    The pending-login cookie is SameSite=Strict, so the callback hands over to /2fa with a page of
+    its own (meta refresh): this checks that a real browser really sends the cookie there.
+    """
+    stack, axe = external_stack, Axe(axe_script)
+    put_oidc_user(issuer, "idp-bob", {"email": "bob.work@example.com", "email_verified": True})
+    context = await new_context(browser)
+    page = await context.new_page()
+    target = f"{stack.origin}/hello"
+    try:
+        await page.goto(target)
+        await page.fill("#username", "bob")
+        await page.fill("#password", PASSWORDS["bob"])
+        await page.click("#password-fallback button[type=submit]")
+        await page.wait_for_url(target)
+        await page.goto(f"{stack.portal_url}/settings")
+        await page.click("button:has-text('Link a Mock IdP account')")
+        await page.wait_for_url(re.compile(r"^http://127\.0\.0\.1:\d+/oauth2/authorize\?"))
+        await authorize(page, "idp-bob")
+        await page.wait_for_url(f"{stack.portal_url}/settings?done=linked")
+        await expect(page.locator("#external-links")).to_contain_text("bob.work@example.com")
+    finally:
+        await context.close()
+
+    # bob enrols an authenticator app (over plain HTTP through Caddy, as in test_two_factor.py).
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        client = ProxyClient(http, stack.port)
+        session = await client.session_for("bob")
+        secret, enrolled_at = await enrol_through_portal(client, session, "bob", oathtool_bin)
+
+    context = await new_context(browser)
+    page = await context.new_page()
+    try:
+        await to_provider(page, stack, target)
+        await authorize(page, "idp-bob")
+        # The hand-over page moves on by itself, and /2fa sees the pending login.
+        await page.wait_for_url(f"{stack.portal_url}/2fa")
+        await page.fill("#code", oathtool_code(oathtool_bin, secret, enrolled_at + TOTP_PERIOD))
+        await page.click("button[type=submit]")
+        await page.wait_for_url(target)
+        identity = page.locator("#identity")
+        await expect(identity.locator("tr", has_text="Remote-User").locator("td")).to_have_text("bob")
+    finally:
+        await context.close()
+
+    # Once more, held at the hand-over page (a 204 for /2fa keeps it on screen) for axe.
+    context = await new_context(browser)
+    page = await context.new_page()
+    try:
+        await page.route(HAND_OVER, lambda route: route.fulfill(status=204))
+        await to_provider(page, stack, target)
+        await authorize(page, "idp-bob")
+        await expect(page.locator("#continue")).to_be_visible()
+        await axe.check(page, "hand-over to the second factor")
+        assert axe.found == [], "\n".join(axe.found)
+    finally:
+        await context.close()

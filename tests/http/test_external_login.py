@@ -785,3 +785,25 @@ async def test_same_email_links_after_one_of_the_accounts_passkeys(
     assert PENDING_COOKIE in done.cookies
     [link] = await services(client).store.list_external_links(alice.id)
     assert link.subject == "sub-alice-key"
+
+
+async def test_admin_sees_and_removes_a_users_link(make_client: MakeClient, issuer: str) -> None:
+    """The admin console lists a user's linked providers; removing one stops that sign-in path."""
+    client = await make_client(with_provider(issuer))
+    await add_user(client, "root", groups=("admins",))
+    alice = await add_user(client)
+    link = await services(client).store.add_external_link(
+        alice.id, "mock", "s-admin", email="a@example.com", at=0
+    )
+    session = await signed_in(client, "root")
+    page = await (await portal_get(client, "/auth/admin/users/alice", session=session)).text()
+    assert "Mock IdP" in page and "a@example.com" in page
+    done = await portal_post(
+        client, f"/auth/admin/users/alice/external/{link.id}/remove", {}, session=session
+    )
+    assert done.status == 303
+    assert await services(client).store.find_external_link("mock", "s-admin") is None
+    again = await portal_post(
+        client, f"/auth/admin/users/alice/external/{link.id}/remove", {}, session=session
+    )
+    assert again.status == 404
