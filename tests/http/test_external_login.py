@@ -807,3 +807,67 @@ async def test_admin_sees_and_removes_a_users_link(make_client: MakeClient, issu
         client, f"/auth/admin/users/alice/external/{link.id}/remove", {}, session=session
     )
     assert again.status == 404
+
+
+# -- hostile input -----------------------------------------------------------------------------------
+
+HOSTILE_QUERIES = [
+    "",
+    "code=&state=",
+    "code=a&state=b&state=c&iss=x&iss=y",
+    "error=" + "x" * 5000,
+    "code=%00%ff&state=%c3%28",
+    "state=" + "s" * 100_00,
+    "error=access_denied&error_description=%0d%0aSet-Cookie:%20x=1",
+]
+HOSTILE_COOKIES = ["", "x", "e30.e30.e30", "a" * 4000, '"quoted"', "\u00e9"]
+
+
+@pytest.mark.parametrize("query", HOSTILE_QUERIES)
+@pytest.mark.parametrize("state", HOSTILE_COOKIES)
+async def test_hostile_callbacks_get_clear_answers(
+    make_client: MakeClient, issuer: str, query: str, state: str
+) -> None:
+    """Junk callbacks and junk state cookies get a 4xx page, never a 500, and sign nobody in."""
+    client = await make_client(with_provider(issuer))
+    headers = {"Cookie": f"{STATE_COOKIE}={state}"} if state.isascii() else {}
+    response = await client.get(f"/auth/login/external/mock/callback?{query}", headers=headers)
+    assert 400 <= response.status < 500, (response.status, await response.text())
+    assert SESSION_COOKIE not in response.cookies
+    assert "Set-Cookie: x" not in response.headers.get("Set-Cookie", "")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/auth/login/external/%2e%2e/callback"),
+        ("GET", "/auth/login/external/" + "p" * 5000 + "/callback"),
+        ("POST", "/auth/login/external/nope"),
+        ("POST", "/auth/login/external/%00"),
+        ("GET", "/auth/login/external/link"),
+        ("POST", "/auth/login/external/link"),
+        ("POST", "/auth/login/external/link/webauthn/options"),
+        ("POST", "/auth/login/external/link/webauthn"),
+        ("POST", "/auth/settings/external/mock/link"),
+        ("POST", "/auth/settings/external/abc/unlink"),
+        ("POST", "/auth/settings/external/99999999999999999999999/unlink"),
+    ],
+)
+@pytest.mark.parametrize(
+    "body", [b"", b"\xff\xfe garbage", b'{"challenge_id": [], "credential": 5}', b"[[[["]
+)
+async def test_hostile_requests_to_every_external_route(
+    make_client: MakeClient, issuer: str, method: str, path: str, body: bytes
+) -> None:
+    """Every external-login route answers junk (signed in or not) without a 500."""
+    client = await make_client(with_provider(issuer))
+    await add_user(client)
+    session = await signed_in(client)
+    for cookies in ({}, {SESSION_COOKIE: session, LINK_COOKIE: "junk", CSRF_COOKIE: "junk"}):
+        headers = (
+            {**cookie_header(**cookies), "Content-Type": "application/x-www-form-urlencoded"}
+            if cookies
+            else {}
+        )
+        response = await client.request(method, path, data=body, headers=headers, allow_redirects=False)
+        assert response.status < 500, (method, path, response.status, await response.text())
