@@ -17,7 +17,13 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from gateway.config import ExternalAllowList, ExternalProvider, parse_config
 from gateway.errors import ConfigError
 from gateway.external_login import flow
-from gateway.external_login.errors import CallbackRefused, NotAllowed, ProviderDenied, TokenInvalid
+from gateway.external_login.errors import (
+    CallbackRefused,
+    NotAllowed,
+    ProviderDenied,
+    ProviderUnavailable,
+    TokenInvalid,
+)
 from gateway.external_login.identity import (
     ExternalIdentity,
     check_allowed,
@@ -27,6 +33,7 @@ from gateway.external_login.identity import (
     username_base,
     username_candidates,
 )
+from gateway.external_login.service import parse_discovery
 from gateway.external_login.tokens import UnknownSigningKey, signing_algorithms, verify_id_token
 
 OIDC = {
@@ -485,3 +492,46 @@ def test_signing_algorithms_are_asymmetric_only() -> None:
     assert signing_algorithms(["HS256", "none", "ES256"]) == ["ES256"]
     assert signing_algorithms(None) == ["RS256"]
     assert signing_algorithms(["HS256"]) == ["RS256"]
+
+
+# -- discovery documents -----------------------------------------------------------------------------
+
+DISCOVERY = {
+    "issuer": "https://sso.example.com/realms/staff",
+    "authorization_endpoint": "https://sso.example.com/realms/staff/auth",
+    "token_endpoint": "https://sso.example.com/realms/staff/token",
+    "jwks_uri": "https://sso.example.com/realms/staff/certs",
+    "userinfo_endpoint": "https://sso.example.com/realms/staff/userinfo",
+    "id_token_signing_alg_values_supported": ["RS256", "HS256", "none"],
+    "authorization_response_iss_parameter_supported": True,
+}
+
+
+def test_discovery_is_read() -> None:
+    found = parse_discovery(DISCOVERY, provider(), now=5.0)
+    assert found.issuer == DISCOVERY["issuer"] and found.iss_parameter is True
+    assert found.algorithms == ("RS256",)
+    assert found.secret_post is False  # client_secret_basic, the default when nothing is said
+    post_only = {**DISCOVERY, "token_endpoint_auth_methods_supported": ["client_secret_post"]}
+    assert parse_discovery(post_only, provider(), now=5.0).secret_post is True
+    trailing = {**DISCOVERY, "issuer": DISCOVERY["issuer"] + "/"}
+    assert parse_discovery(trailing, provider(), now=5.0).issuer == DISCOVERY["issuer"] + "/"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"issuer": "https://evil.example.com"}, "configured is"),
+        ({"issuer": None}, "names no issuer"),
+        ({"token_endpoint": "http://sso.example.com/token"}, "not an https URL"),
+        ({"jwks_uri": None}, "lacks jwks_uri"),
+        ({"authorization_endpoint": 5}, "lacks authorization_endpoint"),
+    ],
+)
+def test_bad_discovery_is_refused(changes: dict[str, Any], reason: str) -> None:
+    """OIDC Discovery 4.3: the issuer must be the configured one; endpoints must be https."""
+    document = {key: value for key, value in {**DISCOVERY, **changes}.items() if value is not None}
+    with pytest.raises(ProviderUnavailable, match=reason):
+        parse_discovery(document, provider(), now=0.0)
+    with pytest.raises(ProviderUnavailable):
+        parse_discovery(["not", "an", "object"], provider(), now=0.0)
