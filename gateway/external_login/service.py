@@ -178,7 +178,8 @@ class ExternalLoginService:
             params,
             login,
             provider=provider.id,
-            expected_issuer=discovery.issuer if discovery else None,
+            # GitHub names no issuer; should it send iss one day, its web URL is the one to expect.
+            expected_issuer=discovery.issuer if discovery else provider.web_url,
             issuer_required=bool(discovery and discovery.iss_parameter),
             now=self._clock(),
             ttl=self.config.login_ttl,

@@ -871,3 +871,17 @@ async def test_hostile_requests_to_every_external_route(
         )
         response = await client.request(method, path, data=body, headers=headers, allow_redirects=False)
         assert response.status < 500, (method, path, response.status, await response.text())
+
+
+async def test_github_callback_naming_another_issuer_is_refused(
+    make_client: MakeClient, github: str, http: aiohttp.ClientSession
+) -> None:
+    """GitHub sends no iss; a callback that carries one that is not GitHub's (a mix-up) is refused."""
+    client = await make_client({"external_login": {"providers": [github_provider_config(github)]}})
+    emails = [{"email": "m@example.com", "primary": True, "verified": True}]
+    put_github_user(github, "mixed", user_id=11, emails=emails, orgs=["acme"])
+    url, state = await press_button(client, "github")
+    path = await authorize_at_provider(http, url, {"login": "mixed"})
+    response = await callback(client, f"{path}&{urlencode({'iss': 'https://evil.example.com'})}", state)
+    assert response.status == 400
+    assert "iss mismatch" in (await events(client, audit.EXTERNAL_LOGIN_FAILED))[0].detail
