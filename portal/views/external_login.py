@@ -171,7 +171,9 @@ async def callback(request: web.Request) -> web.Response:
     try:
         found = await services.external_login.finish(provider_id, request.query, login)
     except UnknownProvider as exc:
-        return refusal(request, exc)
+        response = refusal(request, exc)
+        _clear_cookie(request, response, STATE_COOKIE)
+        return response
     except ExternalLoginError as exc:
         response = await _refuse(request, exc, provider_id, rd=rd)
         _clear_cookie(request, response, STATE_COOKIE)
