@@ -13,7 +13,7 @@ read who signed in, and are neither stored nor logged.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -30,11 +30,33 @@ from gateway.external_login.errors import (
 )
 from gateway.external_login.identity import ExternalIdentity
 from gateway.models import ExternalLink, User
-from gateway.store.sqlite import Store
 
 DISCOVERY_TTL = 3600.0  # seconds a discovery document (and its JWKS) is reused
 JWKS_REFRESH_AFTER = 60.0  # an unknown kid refetches the JWKS at most this often (key rotation)
 GITHUB_API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+
+
+class AccountStore(Protocol):
+    """The store methods external sign-in uses (every engine has them; no engine is imported here)."""
+
+    async def find_external_link(self, provider: str, subject: str) -> tuple[ExternalLink, User] | None: ...
+
+    async def add_external_link(
+        self, user_id: int, provider: str, subject: str, *, email: str, at: float
+    ) -> ExternalLink: ...
+
+    async def touch_external_link(self, link_id: int, at: float) -> None: ...
+
+    async def find_user_by_email(self, email: str) -> User | None: ...
+
+    async def create_user(
+        self,
+        username: str,
+        email: str,
+        display_name: str,
+        groups: Sequence[str],
+        password_hash: str | None,
+    ) -> User: ...
 
 
 class Http(Protocol):
@@ -129,7 +151,12 @@ class ExternalLoginService:
     """The configured providers, their cached metadata, and the sign-in steps."""
 
     def __init__(
-        self, config: ExternalLoginConfig, http: Http, store: Store, *, clock: Callable[[], float] = time.time
+        self,
+        config: ExternalLoginConfig,
+        http: Http,
+        store: AccountStore,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.providers = {provider.id: provider for provider in config.providers}
