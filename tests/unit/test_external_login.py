@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import yaml
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
@@ -535,3 +538,21 @@ def test_bad_discovery_is_refused(changes: dict[str, Any], reason: str) -> None:
         parse_discovery(document, provider(), now=0.0)
     with pytest.raises(ProviderUnavailable):
         parse_discovery(["not", "an", "object"], provider(), now=0.0)
+
+
+def test_config_check_names_provider_keys(tmp_path: Path) -> None:
+    """`authgate config check` reports external_login mistakes by key path, never the secret."""
+    broken = tmp_path / "external.yml"
+    entry = {**OIDC, "client_secret": "do-not-print-me", "allow": {}, "issuer": "http://sso.example.com"}
+    broken.write_text(yaml.safe_dump({"external_login": {"providers": [GITHUB, entry]}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "config", "check", str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "external_login.providers[1].issuer" in done.stderr
+    assert "must use https" in done.stderr
+    assert "do-not-print-me" not in done.stderr + done.stdout
