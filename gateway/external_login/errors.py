@@ -9,16 +9,19 @@ class ExternalLoginError(AuthFailed):
     """An external sign-in cannot go on.
 
     `reason` is short text for the log (never a token or code); `message` is what the
-    sign-in page tells the person; `status` the HTTP status of that page.
+    sign-in page tells the person, an English %-format string the portal translates and then
+    fills with `params` (portal/views/external_login.py lists every one for the catalogues);
+    `status` the HTTP status of that page.
     """
 
     status = 400
     message = "Signing in with that provider did not work. Please try again."
 
-    def __init__(self, reason: str, message: str | None = None) -> None:
+    def __init__(self, reason: str, message: str | None = None, **params: str) -> None:
         self.reason = reason
         if message is not None:
             self.message = message
+        self.params = params
         super().__init__(reason)
 
 

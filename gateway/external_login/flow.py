@@ -23,6 +23,10 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from gateway.external_login.errors import CallbackRefused, ProviderDenied
 
 PAYLOAD_VERSION = 1
+CANCELLED = "You cancelled signing in at the provider."
+PROVIDER_REFUSED = (
+    "The provider refused the sign-in request. If this keeps happening, tell the administrator."
+)
 MAX_PARAM_LENGTH = 4096  # longer callback parameters are refused, never compared or logged
 
 
@@ -118,11 +122,7 @@ def check_callback(
     error = _param(params, "error")
     if error is not None:
         description = (_param(params, "error_description") or "")[:200]
-        message = (
-            "You cancelled signing in at the provider."
-            if error == "access_denied"
-            else "The provider refused the sign-in request. If this keeps happening, tell the administrator."
-        )
+        message = CANCELLED if error == "access_denied" else PROVIDER_REFUSED
         raise ProviderDenied(f"provider answered error {error[:64]!r}: {description!r}", message)
     code = _param(params, "code")
     if not code:

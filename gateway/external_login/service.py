@@ -33,6 +33,21 @@ from gateway.models import ExternalLink, User
 
 DISCOVERY_TTL = 3600.0  # seconds a discovery document (and its JWKS) is reused
 JWKS_REFRESH_AFTER = 60.0  # an unknown kid refetches the JWKS at most this often (key rotation)
+# What the sign-in page says (English %-format; %(label)s is the provider's label). The portal
+# translates these: portal/views/external_login.py marks each for the catalogues.
+REFUSED_LINKING_OFF = (
+    "An account with your e-mail address exists here, but %(label)s sign-in cannot be linked to it. "
+    "Sign in with your password instead."
+)
+REFUSED_NO_ACCOUNT = (
+    "No account here is linked to your %(label)s account. Sign in with your password, then link "
+    "%(label)s in your security settings, or ask an administrator."
+)
+REFUSED_NO_EMAIL = "%(label)s did not share a verified e-mail address; a new account needs one."
+LINKING_OFF = "This provider cannot be linked here."
+LINKED_ELSEWHERE = "That account at the provider is linked to another account here already."
+EMAIL_JUST_TAKEN = "An account with your e-mail address was just created here. Please sign in again."
+NO_FREE_USERNAME = "No username is free for a new account; ask an administrator."
 GITHUB_API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 
 
@@ -346,19 +361,11 @@ class ExternalLoginService:
         if same_email is not None:
             if provider.link:
                 return Account(user=same_email, confirm=True)
-            return Account(
-                refused=f"An account with your e-mail address exists here, but {provider.label} sign-in "
-                "cannot be linked to it. Sign in with your password instead."
-            )
+            return Account(refused=REFUSED_LINKING_OFF)
         if not provider.auto_create:
-            return Account(
-                refused=f"No account here is linked to your {provider.label} account. Sign in with your "
-                f"password, then link {provider.label} in your security settings, or ask an administrator."
-            )
+            return Account(refused=REFUSED_NO_ACCOUNT)
         if not found.email:
-            return Account(
-                refused=f"{provider.label} did not share a verified e-mail address; a new account needs one."
-            )
+            return Account(refused=REFUSED_NO_EMAIL)
         return Account(create=True)
 
     async def link(self, user: User, found: ExternalIdentity) -> ExternalLink:
@@ -375,10 +382,7 @@ class ExternalLoginService:
             existing = await self._store.find_external_link(found.provider, found.subject)
             if existing is not None and existing[1].id == user.id:
                 return existing[0]
-            raise ExternalLoginError(
-                "identity is linked to another account",
-                "That account at the provider is linked to another account here already.",
-            ) from exc
+            raise ExternalLoginError("identity is linked to another account", LINKED_ELSEWHERE) from exc
 
     async def create_account(self, found: ExternalIdentity) -> tuple[User, ExternalLink]:
         """Create a password-less local account for the identity (auto_create) and link it."""
@@ -390,8 +394,7 @@ class ExternalLoginService:
             except Conflict as exc:
                 if str(exc).startswith("e-mail"):
                     raise ExternalLoginError(
-                        "e-mail taken while creating the account",
-                        "An account with your e-mail address was just created here. Please sign in again.",
+                        "e-mail taken while creating the account", EMAIL_JUST_TAKEN
                     ) from exc
                 continue
             link = await self._store.add_external_link(

@@ -28,6 +28,7 @@ from gateway.logs import log_event
 from gateway.models import Level, User
 from portal.flow import STEP_ENROL, STEP_VERIFY, second_factor_needed
 from portal.flow import start as start_pending
+from portal.i18n import N_
 from portal.pending import set_pending
 from portal.views.login import ban_message, reserve_attempt
 from portal.views.passkeys import _ceremony, _json_body, json_error, json_next
@@ -50,6 +51,7 @@ from portal.web import (
     services_of,
     signed_in,
     signer,
+    translator,
 )
 
 STATE_COOKIE = "authgate_ext"
@@ -58,6 +60,36 @@ LINK_COOKIE = "authgate_ext_link"
 LINK_SALT = "authgate.external-link.v1"
 LINK_MAX_AGE = 600  # seconds to confirm a link with the account's password
 FIRST_FACTOR = "external"  # PendingLogin.first_factor after an external sign-in
+
+# The refusals gateway/external_login/ words (errors.py defaults, flow.py, service.py), marked here
+# for the catalogues: refusal() translates each, then fills its %(label)s.
+GATEWAY_MESSAGES = (
+    N_("Signing in with that provider did not work. Please try again."),
+    N_("There is no such sign-in provider here."),
+    N_(
+        "This sign-in could not be verified (it may have expired, or the link was changed). "
+        "Please start again."
+    ),
+    N_("The provider did not sign you in. Please try again."),
+    N_("The provider's answer could not be verified, so you were not signed in."),
+    N_("The sign-in provider cannot be reached right now. Please try again in a moment."),
+    N_("Your account at that provider is not allowed to sign in here."),
+    N_("You cancelled signing in at the provider."),
+    N_("The provider refused the sign-in request. If this keeps happening, tell the administrator."),
+    N_(
+        "An account with your e-mail address exists here, but %(label)s sign-in cannot be linked to it. "
+        "Sign in with your password instead."
+    ),
+    N_(
+        "No account here is linked to your %(label)s account. Sign in with your password, then link "
+        "%(label)s in your security settings, or ask an administrator."
+    ),
+    N_("%(label)s did not share a verified e-mail address; a new account needs one."),
+    N_("This provider cannot be linked here."),
+    N_("That account at the provider is linked to another account here already."),
+    N_("An account with your e-mail address was just created here. Please sign in again."),
+    N_("No username is free for a new account; ask an administrator."),
+)
 
 
 def _signer(request: web.Request, salt: str) -> URLSafeTimedSerializer:
@@ -106,7 +138,7 @@ def refusal(request: web.Request, error: ExternalLoginError, *, rd: str = "") ->
         request,
         "external_error.html",
         status=error.status,
-        message=error.message,
+        message=translator(request).gettext(error.message, **error.params),
         retry=f"{base_of(request)}/login" + (f"?{query}" if query else ""),
     )
 
@@ -156,7 +188,7 @@ async def start_login(request: web.Request) -> web.Response:
     form = await read_form(request)
     rd = safe_target(request, form_text(form, "rd", limit=4096)) or ""
     if not csrf_ok(request, form):
-        return refusal(request, ExternalLoginError("csrf", "The form expired. Please try again."), rd=rd)
+        return refusal(request, ExternalLoginError("csrf", N_("The form expired. Please try again.")), rd=rd)
     return await _start(request, request.match_info["provider"], rd=rd, link_user=None)
 
 
@@ -193,9 +225,9 @@ async def _sign_in(request: web.Request, found: ExternalIdentity, rd: str) -> we
     try:
         account = await external.account(found)
         if account.refused:
-            raise ExternalLoginError("no account for this identity", account.refused)
+            raise ExternalLoginError("no account for this identity", account.refused, label=provider.label)
         if account.user is not None and account.user.disabled:
-            error = ExternalLoginError("account disabled", "This account is disabled.")
+            error = ExternalLoginError("account disabled", N_("This account is disabled."))
             error.status = 403
             return await _refuse(request, error, provider.id, rd=rd, target=account.user.username)
         if account.confirm and account.user is not None:
@@ -244,7 +276,7 @@ async def complete_sign_in(
     services = services_of(request)
     ip = client_ip(request)
     if user.disabled:
-        error = ExternalLoginError("account disabled", "This account is disabled.")
+        error = ExternalLoginError("account disabled", N_("This account is disabled."))
         error.status = 403
         return await _refuse(request, error, provider.id, rd=rd, target=user.username)
     name = user.username
@@ -356,7 +388,7 @@ async def _link_form(
 
 def _link_expired(request: web.Request) -> web.Response:
     error = ExternalLoginError(
-        "link confirmation expired", "This step expired. Please sign in with the provider again."
+        "link confirmation expired", N_("This step expired. Please sign in with the provider again.")
     )
     response = refusal(request, error)
     _clear_cookie(request, response, LINK_COOKIE)
@@ -381,19 +413,37 @@ async def link_submit(request: web.Request) -> web.Response:
     found, user, rd = pending
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return await _link_form(request, found, user, error="The form expired. Please try again.", status=403)
+        return await _link_form(
+            request,
+            found,
+            user,
+            error=translator(request).gettext("The form expired. Please try again."),
+            status=403,
+        )
     password = form_text(form, "password")
     if not user.password_login:
-        return await _link_form(request, found, user, error="Use your security key or passkey.", status=400)
+        return await _link_form(
+            request,
+            found,
+            user,
+            error=translator(request).gettext("Use your security key or passkey."),
+            status=400,
+        )
     if not password:
         return await _link_form(
-            request, found, user, error="Enter the password of your account here.", status=400
+            request,
+            found,
+            user,
+            error=translator(request).gettext("Enter the password of your account here."),
+            status=400,
         )
     ip = client_ip(request)
     slot = await reserve_attempt(request, user.username, ip)
     if slot.attempt_id is None:
         await services.audit.record(audit.LOGIN_BANNED, actor=None, target=user.username, ip=ip)
-        return await _link_form(request, found, user, error=ban_message(slot, services.clock()), status=429)
+        return await _link_form(
+            request, found, user, error=ban_message(slot, services.clock(), translator(request)), status=429
+        )
     found_login = await services.store.find_login(user.username)
     ok = await services.passwords.verify(found_login[1] if found_login else None, password)
     if not ok:
@@ -401,7 +451,13 @@ async def link_submit(request: web.Request) -> web.Response:
         await services.audit.record(
             audit.LOGIN_FAILED, actor=None, target=user.username, ip=ip, detail=detail
         )
-        return await _link_form(request, found, user, error="That password is not correct.", status=401)
+        return await _link_form(
+            request,
+            found,
+            user,
+            error=translator(request).gettext("That password is not correct."),
+            status=401,
+        )
     await services.store.mark_attempt_succeeded(slot.attempt_id)
     return await _link_and_sign_in(request, found, user, rd)
 
@@ -434,10 +490,12 @@ async def _link_and_sign_in(
 async def link_webauthn_options(request: web.Request) -> web.Response:
     """Start a passkey assertion for the account being linked (its own keys only)."""
     if not csrf_header_ok(request):
-        return json_error("The page expired. Reload it and try again.", 403)
+        return json_error(translator(request).gettext("The page expired. Reload it and try again."), 403)
     pending = await _pending_link(request)
     if pending is None:
-        return json_error("This step expired. Please sign in with the provider again.", 401)
+        return json_error(
+            translator(request).gettext("This step expired. Please sign in with the provider again."), 401
+        )
     try:
         ceremony = await services_of(request).webauthn.begin_authentication(pending[1], EXTERNAL_LINK)
     except InvalidWebAuthn as exc:
@@ -448,11 +506,13 @@ async def link_webauthn_options(request: web.Request) -> web.Response:
 async def link_webauthn_finish(request: web.Request) -> web.Response:
     """Confirm the account with one of its passkeys, then link and sign in (JSON for webauthn.js)."""
     if not csrf_header_ok(request):
-        return json_error("The page expired. Reload it and try again.", 403)
+        return json_error(translator(request).gettext("The page expired. Reload it and try again."), 403)
     services = services_of(request)
     pending = await _pending_link(request)
     if pending is None:
-        return json_error("This step expired. Please sign in with the provider again.", 401)
+        return json_error(
+            translator(request).gettext("This step expired. Please sign in with the provider again."), 401
+        )
     found, user, rd = pending
     body = await _json_body(request)
     ip = client_ip(request)
@@ -468,7 +528,9 @@ async def link_webauthn_finish(request: web.Request) -> web.Response:
         await services.audit.record(
             audit.LOGIN_FAILED, actor=None, target=user.username, ip=ip, detail=detail
         )
-        return json_error(f"The security key was not accepted: {exc}", 401)
+        return json_error(
+            translator(request).gettext("The security key was not accepted: %(reason)s", reason=str(exc)), 401
+        )
     done = await _link_and_sign_in(request, found, user, rd)
     # fetch() does not follow the page's redirect: hand webauthn.js the next URL and the cookies.
     answer = json_next(done.headers.get("Location") or f"{base_of(request)}/2fa")
@@ -485,7 +547,7 @@ async def _link_from_settings(request: web.Request, found: ExternalIdentity, use
     current = await signed_in(request)
     if current is None or current[1].id != user_id:
         error = ExternalLoginError(
-            "settings link without the same signed-in account", "Please sign in again."
+            "settings link without the same signed-in account", N_("Please sign in again.")
         )
         return await _refuse(request, error, found.provider)
     user = current[1]
@@ -511,7 +573,9 @@ async def settings_link(request: web.Request) -> web.Response:
     _session, user = found
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return await settings_page(request, error="The form expired. Please try again.", status=403)
+        return await settings_page(
+            request, error=translator(request).gettext("The form expired. Please try again."), status=403
+        )
     return await _start(request, request.match_info["provider"], rd="", link_user=user.id)
 
 
@@ -524,11 +588,15 @@ async def settings_unlink(request: web.Request) -> web.Response:
     services = services_of(request)
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return await settings_page(request, error="The form expired. Please try again.", status=403)
+        return await settings_page(
+            request, error=translator(request).gettext("The form expired. Please try again."), status=403
+        )
     try:
         link_id = int(request.match_info["link_id"])
     except ValueError:
-        return await settings_page(request, error="No such linked account.", status=404)
+        return await settings_page(
+            request, error=translator(request).gettext("No such linked account."), status=404
+        )
     links = await services.store.list_external_links(user.id)
     login = await services.store.find_login(user.username)
     has_password = bool(login and login[1]) and user.password_login
@@ -536,12 +604,16 @@ async def settings_unlink(request: web.Request) -> web.Response:
     if len(links) == 1 and links[0].id == link_id and not (has_password or has_passkey):
         return await settings_page(
             request,
-            error="This is the only way into your account: add a passkey or a password before removing it.",
+            error=translator(request).gettext(
+                "This is the only way into your account: add a passkey or a password before removing it."
+            ),
             status=409,
         )
     removed = await services.store.delete_external_link(user.id, link_id)
     if removed is None:
-        return await settings_page(request, error="No such linked account.", status=404)
+        return await settings_page(
+            request, error=translator(request).gettext("No such linked account."), status=404
+        )
     detail = removed.provider + (f" ({removed.email})" if removed.email else "")
     await services.audit.record(
         audit.EXTERNAL_ACCOUNT_UNLINKED,

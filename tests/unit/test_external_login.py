@@ -556,3 +556,18 @@ def test_config_check_names_provider_keys(tmp_path: Path) -> None:
     assert "external_login.providers[1].issuer" in done.stderr
     assert "must use https" in done.stderr
     assert "do-not-print-me" not in done.stderr + done.stdout
+
+
+def test_every_refusal_message_is_in_the_catalogues() -> None:
+    """Each message gateway/external_login/ shows a person is marked for translation in the portal."""
+    from gateway.external_login import errors, service
+    from portal.views.external_login import GATEWAY_MESSAGES
+
+    shown = {
+        cls.message
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.ExternalLoginError)
+    }
+    shown |= {flow.CANCELLED, flow.PROVIDER_REFUSED}
+    shown |= {value for name, value in vars(service).items() if name.isupper() and isinstance(value, str)}
+    assert shown - set(GATEWAY_MESSAGES) == set()
