@@ -885,3 +885,20 @@ async def test_github_callback_naming_another_issuer_is_refused(
     response = await callback(client, f"{path}&{urlencode({'iss': 'https://evil.example.com'})}", state)
     assert response.status == 400
     assert "iss mismatch" in (await events(client, audit.EXTERNAL_LOGIN_FAILED))[0].detail
+
+
+async def test_pages_speak_the_browsers_language(
+    make_client: MakeClient, issuer: str, http: aiohttp.ClientSession
+) -> None:
+    """The button and a refusal come in German for a German browser, the label filled in."""
+    client = await make_client(with_provider(issuer))
+    await add_user(client)
+    german = {"Accept-Language": "de-DE,de;q=0.9"}
+    page = await (await client.get("/auth/login", headers=german)).text()
+    assert ">Mit Mock IdP anmelden</button>" in page
+    put_oidc_user(issuer, "sub-de", verified("fremd@example.com"))
+    url, state = await press_button(client)
+    path = await authorize_at_provider(http, url, {"sub": "sub-de"})
+    refused = await client.get(path, headers={**german, **cookie_header(**{STATE_COOKIE: state})})
+    assert refused.status == 400
+    assert "Kein Konto hier ist mit Ihrem Mock IdP-Konto verknüpft." in await refused.text()
