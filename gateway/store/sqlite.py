@@ -30,6 +30,20 @@ from gateway.models import (
     WebAuthnCredential,
 )
 from gateway.store import migrations
+from gateway.store.contract import AppPasswordLimit, RevocationListener, UserOverview
+from gateway.store.rows import (
+    app_password_from_row,
+    audit_from_row,
+    escape_like,
+    external_link_from_row,
+    groups_json,
+    session_from_row,
+    totp_from_row,
+    user_from_row,
+    webauthn_from_row,
+)
+
+__all__ = ["AppPasswordLimit", "Store", "UserOverview"]
 
 # Queries are literals, never assembled at run time (the one exception is the
 # PRAGMA that records the schema version, which takes no parameters).
@@ -354,23 +368,13 @@ RETURNING user_id
 
 
 @dataclass(frozen=True, slots=True)
-class UserOverview:
-    """What the admin user list shows about an account besides the user row: counts only."""
-
-    totp_devices: int
-    webauthn_credentials: int
-    recovery_codes_left: int
-    sessions: int
-
-
-@dataclass(frozen=True, slots=True)
 class _Result:
     rows: list[sqlite3.Row]
     rowcount: int
 
 
 class Store:
-    """Users, sessions and login attempts in one SQLite file.
+    """Everything authgate keeps, in one SQLite file (the embedded engine; see contract.Storage).
 
     Every statement runs under one asyncio lock: the connection is shared, so a
     read interleaved into another coroutine's open transaction would see its
@@ -389,6 +393,14 @@ class Store:
         self.error_counts: dict[str, int] = dict.fromkeys(_ERROR_KIND_NAMES, 0)
         # A second, read-only connection for the forward-auth session reads (see read_session).
         self._reader: aiosqlite.Connection | None = None
+
+    engine = "sqlite"
+    # One file on one machine: other workers' changes reach this one's caches within
+    # session.cache_ttl; there is no channel to hear them sooner.
+    revocations_live = False
+
+    def subscribe_revocations(self, listener: RevocationListener) -> None:
+        """Accept a listener and never call it: SQLite has no channel between processes."""
 
     @classmethod
     async def open(
@@ -496,12 +508,12 @@ class Store:
     async def get_user(self, user_id: int) -> User | None:
         """Return the user with this id, or None."""
         result = await self._locked(_SELECT_USER_BY_ID, (user_id,))
-        return _user_from_row(result.rows[0]) if result.rows else None
+        return user_from_row(result.rows[0]) if result.rows else None
 
     async def get_user_by_name(self, username: str) -> User | None:
         """Return the user with this username (any case), or None."""
         result = await self._locked(_SELECT_USER_BY_NAME, (username.lower(),))
-        return _user_from_row(result.rows[0]) if result.rows else None
+        return user_from_row(result.rows[0]) if result.rows else None
 
     async def find_login(self, login: str) -> tuple[User, str | None] | None:
         """Return the user whose username or e-mail is `login` (any case) and their password hash."""
@@ -510,12 +522,12 @@ class Store:
         if not result.rows:
             return None
         row = result.rows[0]
-        return _user_from_row(row), row["password_hash"]
+        return user_from_row(row), row["password_hash"]
 
     async def list_users(self) -> list[User]:
         """Return every user, ordered by username."""
         result = await self._locked(_SELECT_USERS)
-        return [_user_from_row(row) for row in result.rows]
+        return [user_from_row(row) for row in result.rows]
 
     async def update_user(
         self,
@@ -530,7 +542,7 @@ class Store:
             email,
             None if email is None else email.lower(),
             display_name,
-            None if groups is None else _groups_json(groups),
+            None if groups is None else groups_json(groups),
             user_id,
         )
         async with self._turn():
@@ -540,7 +552,7 @@ class Store:
                 raise _user_conflict(exc, username="", email=email or "") from exc
         if not result.rows:
             raise NotFound(f"no user with id {user_id}")
-        return _user_from_row(result.rows[0])
+        return user_from_row(result.rows[0])
 
     async def set_password_hash(self, user_id: int, password_hash: str | None) -> None:
         """Replace the user's password hash (None makes the account passwordless); NotFound."""
@@ -578,7 +590,7 @@ class Store:
             email,
             email.lower(),
             display_name,
-            _groups_json(groups),
+            groups_json(groups),
             password_hash,
             self._clock(),
         )
@@ -586,7 +598,7 @@ class Store:
             result = await self._sql(_INSERT_USER, params)
         except sqlite3.IntegrityError as exc:
             raise _user_conflict(exc, username=username, email=email) from exc
-        return _user_from_row(result.rows[0])
+        return user_from_row(result.rows[0])
 
     # -- sessions -----------------------------------------------------------
 
@@ -617,7 +629,7 @@ class Store:
         if not result.rows:
             return None
         row = result.rows[0]
-        return _session_from_row(row), _user_from_row(row, prefix="u_")
+        return session_from_row(row), user_from_row(row, prefix="u_")
 
     async def read_session(self, id_hash: str) -> tuple[SessionRecord, User] | None:
         """Like get_session, but on the read-only connection: never waits behind writes.
@@ -636,7 +648,7 @@ class Store:
             raise self._storage_error(exc) from exc
         if not rows:
             return None
-        return _session_from_row(rows[0]), _user_from_row(rows[0], prefix="u_")
+        return session_from_row(rows[0]), user_from_row(rows[0], prefix="u_")
 
     async def read_sessions(self, id_hashes: Sequence[str]) -> dict[str, tuple[SessionRecord, User]]:
         """Read many sessions with their users in one query on the read-only connection.
@@ -661,7 +673,7 @@ class Store:
             rows = await self._reader.execute_fetchall(query, hashes)
         except sqlite3.Error as exc:
             raise self._storage_error(exc) from exc
-        return {row["id_hash"]: (_session_from_row(row), _user_from_row(row, prefix="u_")) for row in rows}
+        return {row["id_hash"]: (session_from_row(row), user_from_row(row, prefix="u_")) for row in rows}
 
     async def delete_session(self, id_hash: str) -> bool:
         """Delete one session; False when it did not exist."""
@@ -679,7 +691,7 @@ class Store:
     async def list_user_sessions(self, user_id: int) -> list[SessionRecord]:
         """Return a user's sessions, newest first."""
         result = await self._locked(_SELECT_USER_SESSIONS, (user_id,))
-        return [_session_from_row(row) for row in result.rows]
+        return [session_from_row(row) for row in result.rows]
 
     async def set_session_authenticated(self, id_hash: str, at: float) -> bool:
         """Record that the session's owner proved a factor again (re-authentication) at `at`."""
@@ -822,12 +834,12 @@ class Store:
     async def list_totp_devices(self, user_id: int) -> list[TotpDevice]:
         """Return the user's TOTP devices, oldest first."""
         result = await self._locked(_SELECT_TOTP_DEVICES, (user_id,))
-        return [_totp_from_row(row) for row in result.rows]
+        return [totp_from_row(row) for row in result.rows]
 
     async def get_totp_device(self, user_id: int, device_id: int) -> TotpDevice | None:
         """Return the device if it exists and belongs to the user, else None."""
         result = await self._locked(_SELECT_TOTP_DEVICE, (device_id, user_id))
-        return _totp_from_row(result.rows[0]) if result.rows else None
+        return totp_from_row(result.rows[0]) if result.rows else None
 
     async def rename_totp_device(self, user_id: int, device_id: int, name: str) -> None:
         """Rename one of the user's devices; NotFound, or Conflict when the name is taken."""
@@ -948,7 +960,7 @@ class Store:
     async def find_user_by_handle(self, handle: bytes) -> User | None:
         """Return the user a WebAuthn user handle belongs to, or None."""
         result = await self._locked(_SELECT_USER_BY_HANDLE, (bytes(handle),))
-        return _user_from_row(result.rows[0]) if result.rows else None
+        return user_from_row(result.rows[0]) if result.rows else None
 
     async def add_webauthn_credential(
         self,
@@ -989,12 +1001,12 @@ class Store:
     async def list_webauthn_credentials(self, user_id: int) -> list[WebAuthnCredential]:
         """Return the user's security keys and passkeys, oldest first."""
         result = await self._locked(_SELECT_WEBAUTHN_CREDENTIALS, (user_id,))
-        return [_webauthn_from_row(row) for row in result.rows]
+        return [webauthn_from_row(row) for row in result.rows]
 
     async def get_webauthn_credential_by_id(self, credential_id: bytes) -> WebAuthnCredential | None:
         """Return the credential with this raw credential id (whoever owns it), or None."""
         result = await self._locked(_SELECT_WEBAUTHN_CREDENTIAL_BY_ID, (bytes(credential_id),))
-        return _webauthn_from_row(result.rows[0]) if result.rows else None
+        return webauthn_from_row(result.rows[0]) if result.rows else None
 
     async def rename_webauthn_credential(self, user_id: int, cred_pk: int, name: str) -> None:
         """Rename one of the user's credentials; NotFound, or Conflict when the name is taken."""
@@ -1111,7 +1123,7 @@ class Store:
     async def find_user_by_email(self, email: str) -> User | None:
         """Return the user with this e-mail address (any case), or None."""
         result = await self._locked(_SELECT_USER_BY_EMAIL, (email.strip().lower(),))
-        return _user_from_row(result.rows[0]) if result.rows else None
+        return user_from_row(result.rows[0]) if result.rows else None
 
     # -- security events ----------------------------------------------------
 
@@ -1186,7 +1198,7 @@ class Store:
         if not result.rows:
             return None
         row = result.rows[0]
-        return _app_password_from_row(row), _user_from_row(row, prefix="u_"), str(row["token_hash"])
+        return app_password_from_row(row), user_from_row(row, prefix="u_"), str(row["token_hash"])
 
     async def read_app_password(self, token_id: str) -> tuple[AppPassword, User, str] | None:
         """Like find_app_password, but on the read-only connection (the forward-auth hot path)."""
@@ -1200,12 +1212,12 @@ class Store:
         if not rows:
             return None
         row = rows[0]
-        return _app_password_from_row(row), _user_from_row(row, prefix="u_"), str(row["token_hash"])
+        return app_password_from_row(row), user_from_row(row, prefix="u_"), str(row["token_hash"])
 
     async def list_app_passwords(self, user_id: int) -> list[AppPassword]:
         """Return the user's live app passwords (expired ones included), newest first."""
         result = await self._locked(_SELECT_APP_TOKENS, (user_id,))
-        return [_app_password_from_row(row) for row in result.rows]
+        return [app_password_from_row(row) for row in result.rows]
 
     async def revoke_app_password(self, user_id: int, pk: int, at: float) -> bool:
         """Revoke one of the user's app passwords; False when it is not theirs or already revoked."""
@@ -1265,7 +1277,7 @@ class Store:
         """
         params = (actor, actor, target, target, event, event, since, since, until, until, limit, offset)
         result = await self._locked(_SELECT_AUDIT, params)
-        return [_audit_from_row(row) for row in result.rows]
+        return [audit_from_row(row) for row in result.rows]
 
     async def iter_audit(self, since: float | None = None, *, page: int = 500) -> AsyncIterator[AuditEvent]:
         """Yield audit rows at or after `since`, oldest first (in insertion order), a page at a time."""
@@ -1273,7 +1285,7 @@ class Store:
         while True:
             result = await self._locked(_PAGE_AUDIT, (after_id, since, since, page))
             for row in result.rows:
-                yield _audit_from_row(row)
+                yield audit_from_row(row)
             if len(result.rows) < page:
                 return
             after_id = int(result.rows[-1]["id"])
@@ -1287,9 +1299,9 @@ class Store:
 
     async def search_users(self, query: str, limit: int = 50) -> list[User]:
         """Return users whose username, e-mail or display name contains `query` (ASCII case-insensitive)."""
-        pattern = "%" + _escape_like(query.strip().lower()) + "%"
+        pattern = "%" + escape_like(query.strip().lower()) + "%"
         result = await self._locked(_SEARCH_USERS, (pattern, pattern, pattern, limit))
-        return [_user_from_row(row) for row in result.rows]
+        return [user_from_row(row) for row in result.rows]
 
     async def user_overview(self, now: float) -> dict[int, UserOverview]:
         """Return, by user id, counts of second factors and live sessions (one query, no secrets)."""
@@ -1368,7 +1380,7 @@ class Store:
         if not result.rows:
             return None
         row = result.rows[0]
-        return _external_link_from_row(row), _user_from_row(row, prefix="u_")
+        return external_link_from_row(row), user_from_row(row, prefix="u_")
 
     async def add_external_link(
         self, user_id: int, provider: str, subject: str, *, email: str, at: float
@@ -1380,17 +1392,17 @@ class Store:
             if "FOREIGN KEY" in str(exc):
                 raise NotFound(f"no user with id {user_id}") from exc
             raise Conflict(f"this {provider} account is linked to a local account already") from exc
-        return _external_link_from_row(result.rows[0])
+        return external_link_from_row(result.rows[0])
 
     async def list_external_links(self, user_id: int) -> list[ExternalLink]:
         """Return a user's links, oldest first."""
         result = await self._locked(_SELECT_USER_EXTERNAL_LINKS, (user_id,))
-        return [_external_link_from_row(row) for row in result.rows]
+        return [external_link_from_row(row) for row in result.rows]
 
     async def delete_external_link(self, user_id: int, link_id: int) -> ExternalLink | None:
         """Remove one of the user's links; return it, or None when the user has no such link."""
         result = await self._locked(_DELETE_EXTERNAL_LINK, (link_id, user_id))
-        return _external_link_from_row(result.rows[0]) if result.rows else None
+        return external_link_from_row(result.rows[0]) if result.rows else None
 
     async def touch_external_link(self, link_id: int, at: float) -> None:
         """Record a sign-in through the link."""
@@ -1408,7 +1420,9 @@ class Store:
                     f"({target}); upgrade authgate or restore a backup taken before the upgrade"
                 )
             for version in range(current, target):
-                for statement in migrations.split_statements(migrations.MIGRATIONS[version]):
+                for statement in migrations.split_statements(
+                    migrations.script_for(migrations.MIGRATIONS[version], "sqlite")
+                ):
                     await self._sql(statement)
                 # PRAGMA takes no parameters; version is an int we computed.
                 await self._sql(f"PRAGMA user_version = {version + 1:d}")
@@ -1499,13 +1513,6 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
-def _groups_json(groups: Sequence[str]) -> str:
-    # A bare string is a Sequence[str] too, and would be stored as one group per letter.
-    if isinstance(groups, str):
-        raise TypeError("groups must be a sequence of group names, not a string")
-    return json.dumps(list(groups))
-
-
 def _user_conflict(exc: sqlite3.IntegrityError, *, username: str, email: str) -> StorageError:
     message = str(exc)
     if "users.username" in message:
@@ -1513,36 +1520,6 @@ def _user_conflict(exc: sqlite3.IntegrityError, *, username: str, email: str) ->
     if "users.email_key" in message:
         return Conflict(f"e-mail {email!r} is already taken")
     return StorageError(f"database error: {message}")
-
-
-def _user_from_row(row: sqlite3.Row, *, prefix: str = "") -> User:
-    login_key = f"{prefix}password_login"
-    return User(
-        id=row[f"{prefix}id"],
-        username=row[f"{prefix}username"],
-        email=row[f"{prefix}email"],
-        display_name=row[f"{prefix}display_name"],
-        groups=tuple(json.loads(row[f"{prefix}groups"])),
-        disabled=bool(row[f"{prefix}disabled"]),
-        created_at=row[f"{prefix}created_at"],
-        # absent from INSERT ... RETURNING: a new account always starts with password login
-        password_login=bool(row[login_key]) if login_key in row.keys() else True,
-    )
-
-
-def _session_from_row(row: sqlite3.Row) -> SessionRecord:
-    return SessionRecord(
-        id_hash=row["id_hash"],
-        user_id=row["user_id"],
-        level=Level(row["level"]),
-        created_at=row["created_at"],
-        authenticated_at=row["authenticated_at"],
-        last_active=row["last_active"],
-        expires_at=row["expires_at"],
-        remember_me=bool(row["remember_me"]),
-        ip=row["ip"],
-        user_agent=row["user_agent"],
-    )
 
 
 def _totp_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) -> StorageError:
@@ -1554,21 +1531,6 @@ def _totp_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) -> S
     return StorageError(f"database error: {message}")
 
 
-def _totp_from_row(row: sqlite3.Row) -> TotpDevice:
-    return TotpDevice(
-        id=row["id"],
-        user_id=row["user_id"],
-        name=row["name"],
-        secret_sealed=row["secret_sealed"],
-        digits=row["digits"],
-        period=row["period"],
-        algorithm=row["algorithm"],
-        last_step=row["last_step"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-    )
-
-
 def _webauthn_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) -> StorageError:
     message = str(exc)
     if "FOREIGN KEY" in message:
@@ -1578,28 +1540,6 @@ def _webauthn_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) 
     if "webauthn_credentials.user_id, webauthn_credentials.name" in message:
         return Conflict(f"a security key or passkey named {name!r} already exists")
     return StorageError(f"database error: {message}")
-
-
-def _webauthn_from_row(row: sqlite3.Row) -> WebAuthnCredential:
-    return WebAuthnCredential(
-        id=row["id"],
-        user_id=row["user_id"],
-        credential_id=bytes(row["credential_id"]),
-        public_key=bytes(row["public_key"]),
-        sign_count=row["sign_count"],
-        transports=tuple(json.loads(row["transports"])),
-        aaguid=row["aaguid"],
-        backup_eligible=bool(row["backup_eligible"]),
-        backed_up=bool(row["backed_up"]),
-        device_type=row["device_type"],
-        name=row["name"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-    )
-
-
-class AppPasswordLimit(Conflict):
-    """The user already has as many live app passwords as allowed."""
 
 
 def _app_password_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) -> StorageError:
@@ -1625,18 +1565,6 @@ def _app_password_from_row(row: sqlite3.Row) -> AppPassword:
         expires_at=row["expires_at"],
         last_used_at=row["last_used_at"],
         last_used_ip=row["last_used_ip"],
-    )
-
-
-def _external_link_from_row(row: sqlite3.Row) -> ExternalLink:
-    return ExternalLink(
-        id=int(row["id"]),
-        provider=row["provider"],
-        subject=row["subject"],
-        user_id=int(row["user_id"]),
-        email=row["email"],
-        created_at=float(row["created_at"]),
-        last_used_at=None if row["last_used_at"] is None else float(row["last_used_at"]),
     )
 
 

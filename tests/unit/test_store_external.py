@@ -1,31 +1,28 @@
-"""The store's external_identities table: (provider, subject) -> local user."""
+"""The store's external_identities table: (provider, subject) -> local user (both engines)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from gateway.errors import Conflict, NotFound
 from gateway.models import User
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
+from tests.pg import MakeStore
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "data" / "authgate.sqlite3", clock=lambda: 1000.0)
-    yield opened
-    await opened.close()
+async def store(make_store: MakeStore) -> Storage:
+    return await make_store(clock=lambda: 1000.0)
 
 
 @pytest.fixture
-async def alice(store: Store) -> User:
+async def alice(store: Storage) -> User:
     return await store.create_user("alice", "alice@example.com", "Alice", [], "hash")
 
 
-async def test_link_find_list_touch_delete(store: Store, alice: User) -> None:
+async def test_link_find_list_touch_delete(store: Storage, alice: User) -> None:
     """A link is found with its user, listed, touched on use, and removed by its owner only."""
     link = await store.add_external_link(alice.id, "google", "1234", email="alice@gmail.com", at=10.0)
     assert (link.provider, link.subject, link.user_id, link.email) == (
@@ -47,7 +44,7 @@ async def test_link_find_list_touch_delete(store: Store, alice: User) -> None:
     assert await store.list_external_links(alice.id) == []
 
 
-async def test_one_identity_links_one_account(store: Store, alice: User) -> None:
+async def test_one_identity_links_one_account(store: Storage, alice: User) -> None:
     """(provider, subject) is unique: a second link, even to another user, is a Conflict."""
     bob = await store.create_user("bob", "bob@example.com", "Bob", [], "hash")
     await store.add_external_link(alice.id, "google", "1234", email="", at=1.0)
@@ -65,7 +62,7 @@ async def test_one_identity_links_one_account(store: Store, alice: User) -> None
     assert {("google", "1234"), ("google", "5678")} <= linked
 
 
-async def test_links_go_with_their_user(store: Store, alice: User) -> None:
+async def test_links_go_with_their_user(store: Storage, alice: User) -> None:
     """Deleting the account deletes its links; linking to no account is NotFound."""
     await store.add_external_link(alice.id, "google", "1234", email="", at=1.0)
     await store.delete_user(alice.id)
