@@ -171,3 +171,16 @@ class AttemptSlot:
 
     attempt_id: int | None  # the failure row recorded for this attempt; None when refused
     banned_until: float | None  # when refused: when the longer of the two bans ends
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalLink:
+    """A sign-in identity at an external provider linked to a local account (docs/external-login.md)."""
+
+    id: int
+    provider: str  # the provider's id in external_login.providers
+    subject: str  # the provider's stable user id (OIDC `sub`, GitHub's numeric id)
+    user_id: int
+    email: str  # the e-mail the provider gave when the link was made, for display only
+    created_at: float
+    last_used_at: float | None

@@ -427,6 +427,37 @@ CREATE TABLE password_reset_tokens (
 CREATE INDEX password_reset_tokens_user_id ON password_reset_tokens (user_id);
 """
 
+_V7_EXTERNAL_IDENTITIES_PG: Final = """
+CREATE TABLE external_identities (
+    id BIGSERIAL PRIMARY KEY,
+    provider TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    email TEXT NOT NULL DEFAULT '',
+    created_at DOUBLE PRECISION NOT NULL,
+    last_used_at DOUBLE PRECISION,
+    UNIQUE (provider, subject)
+);
+
+CREATE INDEX external_identities_user_id ON external_identities (user_id);
+"""
+
+# v7: sign-in through external providers (docs/external-login.md): (provider, subject) -> local user.
+_V7_EXTERNAL_IDENTITIES: Final = """
+CREATE TABLE external_identities (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: an id on a settings page names one link
+    provider TEXT NOT NULL,                 -- external_login.providers[].id
+    subject TEXT NOT NULL,                  -- the provider's stable user id (sub, GitHub user id)
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    email TEXT NOT NULL DEFAULT '',         -- as the provider gave it when linked; display only
+    created_at REAL NOT NULL,
+    last_used_at REAL,
+    UNIQUE (provider, subject)
+);
+
+CREATE INDEX external_identities_user_id ON external_identities (user_id);
+"""
+
 MIGRATIONS: Final[tuple[str | Migration, ...]] = (
     Migration(sqlite=_V1, postgres=_V1_PG),
     Migration(sqlite=_V2, postgres=_V2_PG),
@@ -434,6 +465,7 @@ MIGRATIONS: Final[tuple[str | Migration, ...]] = (
     Migration(sqlite=_V4, postgres=_V4_PG),
     _V5,  # the same SQL on both engines
     Migration(sqlite=_V6, postgres=_V6_PG),
+    Migration(sqlite=_V7_EXTERNAL_IDENTITIES, postgres=_V7_EXTERNAL_IDENTITIES_PG),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -10,7 +10,16 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from gateway.models import AppPassword, AuditEvent, Level, SessionRecord, TotpDevice, User, WebAuthnCredential
+from gateway.models import (
+    AppPassword,
+    AuditEvent,
+    ExternalLink,
+    Level,
+    SessionRecord,
+    TotpDevice,
+    User,
+    WebAuthnCredential,
+)
 
 
 class Row(Protocol):
@@ -121,3 +130,15 @@ def audit_from_row(row: Row) -> AuditEvent:
 def escape_like(text: str) -> str:
     """Make `%`, `_` and the escape character itself match literally in a LIKE ... ESCAPE '\\' pattern."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def external_link_from_row(row: Row) -> ExternalLink:
+    return ExternalLink(
+        id=int(row["id"]),
+        provider=row["provider"],
+        subject=row["subject"],
+        user_id=int(row["user_id"]),
+        email=row["email"],
+        created_at=float(row["created_at"]),
+        last_used_at=None if row["last_used_at"] is None else float(row["last_used_at"]),
+    )
