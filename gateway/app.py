@@ -19,7 +19,8 @@ from gateway.accounts.webauthn import WebAuthnService
 from gateway.authz import endpoints as authz
 from gateway.authz.decision import Decisions
 from gateway.authz.rules import CompiledRules
-from gateway.config import Config
+from gateway.config import Config, LdapConfig
+from gateway.directory.service import DirectoryService
 from gateway.errors import StoreUnavailable
 from gateway.factors import app_passwords
 from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
@@ -83,6 +84,20 @@ async def _flush_token_use(tokens: AppPasswordService, interval: float) -> None:
         await tokens.flush_use()
 
 
+def _directory(
+    cfg: LdapConfig,
+    store: Store,
+    sessions: SessionService,
+    tokens: AppPasswordService,
+    clock: Callable[[], float],
+) -> DirectoryService:
+    # Imported here: bonsai is an optional extra (pip install 'authgate[ldap]'), needed only
+    # when a directory is configured.
+    from gateway.directory.client import LdapDirectory
+
+    return DirectoryService(LdapDirectory(cfg, clock=clock), store, sessions, cfg, clock, tokens.evict_user)
+
+
 def create_app(
     config: Config, *, clock: Callable[[], float] = time.time, metrics_dir: str | None = None
 ) -> web.Application:
@@ -131,6 +146,8 @@ def create_app(
             clock=clock,
         )
         sessions = SessionService(store, codec, cfg, config.identity_headers, clock, must_enrol)
+        ldap = config.authentication_backend.ldap
+        directory = _directory(ldap, store, sessions, tokens, clock) if ldap is not None else None
         app[SERVICES] = Services(
             config=config,
             store=store,
@@ -146,6 +163,7 @@ def create_app(
             clock=clock,
             csrf_keys=keys,
             metrics=metrics,
+            directory=directory,
         )
         tasks = [
             asyncio.create_task(sessions.run_flusher()),
@@ -154,6 +172,8 @@ def create_app(
         ]
         if snapshot_files is not None:
             tasks.append(asyncio.create_task(_publish_metrics(metrics, snapshot_files)))
+        if directory is not None:
+            tasks.append(asyncio.create_task(directory.run()))
         yield
         for task in tasks:
             task.cancel()
@@ -165,6 +185,8 @@ def create_app(
             with contextlib.suppress(OSError):
                 snapshot_files.publish(metrics.snapshot())
         hasher.close()
+        if directory is not None:
+            await directory.directory.close()
         await store.close()
 
     app.cleanup_ctx.append(lifetime)

@@ -15,6 +15,7 @@ from gateway.accounts.webauthn import WebAuthnService
 from gateway.authz.decision import Decisions
 from gateway.authz.rules import CompiledRules
 from gateway.config import Config
+from gateway.directory.service import DirectoryService
 from gateway.factors.passwords import AsyncPasswordHasher
 from gateway.metrics import Metrics
 from gateway.sessions.service import SessionService
@@ -37,6 +38,7 @@ class Services:
     clock: Callable[[], float]
     csrf_keys: tuple[str, ...]
     metrics: Metrics  # this worker's counts (gateway/metrics.py)
+    directory: DirectoryService | None = None  # authentication_backend.ldap; None = local users only
 
 
 SERVICES = web.AppKey("services", Services)

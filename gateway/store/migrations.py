@@ -214,7 +214,20 @@ CREATE TABLE password_reset_tokens (
 CREATE INDEX password_reset_tokens_user_id ON password_reset_tokens (user_id);
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# Users from an LDAP directory (issue 13, docs/ldap.md): a local row per directory user, so
+# second factors, sessions and audit attach to a user id. The directory owns the profile,
+# groups and password; `external_id` is the entry's stable id (entryUUID, objectGUID ...).
+_V_LDAP: Final = """
+ALTER TABLE users ADD COLUMN source TEXT NOT NULL DEFAULT 'local';   -- local | ldap
+ALTER TABLE users ADD COLUMN external_id TEXT;          -- NULL for local users
+ALTER TABLE users ADD COLUMN directory_stamp TEXT;      -- the entry's password-change time, as last seen
+ALTER TABLE users ADD COLUMN directory_checked_at REAL; -- last time the directory confirmed the user
+
+CREATE UNIQUE INDEX users_source_external_id ON users (source, external_id) WHERE external_id IS NOT NULL;
+CREATE INDEX users_directory_checked_at ON users (directory_checked_at) WHERE external_id IS NOT NULL;
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6, _V_LDAP)
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

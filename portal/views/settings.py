@@ -17,6 +17,7 @@ from gateway.sessions.codec import CachedSession
 from gateway.store.sqlite import Store
 from portal.views.second_factor import finish_login
 from portal.web import (
+    account_password_ok,
     base_of,
     client_ip,
     cookie_domain_of,
@@ -82,9 +83,7 @@ async def strong_session(request: web.Request) -> tuple[CachedSession, User] | w
 
 async def password_ok(request: web.Request, user: User, password: str) -> bool:
     services = services_of(request)
-    found = await services.store.find_login(user.username)
-    password_hash = found[1] if found else None
-    ok = await services.passwords.verify(password_hash, password)
+    ok = await account_password_ok(request, user, password)
     await services.store.record_attempt(user.username, client_ip(request), ok, services.clock())
     return ok
 
