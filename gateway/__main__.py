@@ -22,7 +22,7 @@ from gateway.accounts.validation import (
     validate_groups,
     validate_username,
 )
-from gateway.config import Config, load_config
+from gateway.config import Config, config_warnings, load_config
 from gateway.errors import AuthgateError, ConfigError, Conflict, NotFound
 from gateway.factors.passwords import PasswordHasher, validate_new_password
 from gateway.logs import configure_logging, logger
@@ -51,7 +51,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    load_config(args.file, os.environ)
+    config = load_config(args.file, os.environ)
+    for path, message in config_warnings(config):
+        print(f"warning: {path}: {message}", file=sys.stderr)
     print(f"{args.file}: configuration is valid")
     return 0
 

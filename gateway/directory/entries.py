@@ -183,7 +183,8 @@ def decide_sync(stored: Stored, found: DirectoryEntry | None) -> str:
     """Decide what a re-check of a directory user means for authgate's copy."""
     if found is None or found.external_id != stored.external_id or found.disabled:
         return DISABLE
-    if stored.password_stamp and found.password_stamp != stored.password_stamp:
+    # A new stamp (pwdChangedTime, pwdLastSet ...) means a new password; one that disappears does not.
+    if found.password_stamp and found.password_stamp != stored.password_stamp:
         return END_SESSIONS
     if (
         found.username != stored.username

@@ -17,7 +17,7 @@ _FILTER_SPECIAL = frozenset(b"*()\\\x00")
 # Seconds between 1601-01-01 (Windows FILETIME epoch, AD's accountExpires) and 1970-01-01.
 _NT_EPOCH_OFFSET = 11_644_473_600
 
-_PLACEHOLDER = re.compile(r"\{([a-z_]+(?::[a-z-]+)?)\}")
+_PLACEHOLDER = re.compile(r"\{([a-z_-]+(?::[a-z-]+)?)\}")
 # Placeholders a users_filter / groups_filter may hold (docs/ldap.md).
 USER_PLACEHOLDERS = frozenset(
     {"input", "username_attribute", "mail_attribute", "date-time:generalized", "date-time:microsoft-nt"}
