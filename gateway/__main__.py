@@ -82,6 +82,7 @@ def _user_dict(user: User) -> dict[str, Any]:
         "display_name": user.display_name,
         "groups": list(user.groups),
         "disabled": user.disabled,
+        "source": user.source,
     }
 
 
@@ -189,6 +190,17 @@ async def _require_user(store: Store, username: str) -> User:
     return user
 
 
+async def _require_local_user(store: Store, username: str, what: str) -> User:
+    """The user, unless it comes from the directory, which owns what `what` would change."""
+    user = await _require_user(store, username)
+    if user.from_directory:
+        raise CliError(
+            f"{user.username} comes from the LDAP directory: {what} there "
+            "(here: `users 2fa reset`, `users sessions revoke`, `users tokens revoke`)"
+        )
+    return user
+
+
 def cmd_users(args: argparse.Namespace) -> int:
     config = _load(args)
 
@@ -220,7 +232,7 @@ def cmd_users(args: argparse.Namespace) -> int:
             return 0
         for u in users:
             state = "disabled" if u.disabled else "active"
-            print(f"{u.username:20} {u.email:30} {state:8} {','.join(u.groups)}")
+            print(f"{u.username:20} {u.email:30} {state:8} {u.source:5} {','.join(u.groups)}")
         return 0
 
     async def show(store: Store) -> int:
@@ -229,7 +241,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         return 0
 
     async def passwd(store: Store) -> int:
-        user = await _require_user(store, args.username)
+        user = await _require_local_user(store, args.username, "change the password")
         password = _read_password(args)
         password_hash = await asyncio.to_thread(PasswordHasher(config.password).hash, password)
         await store.set_password_hash(user.id, password_hash)
@@ -239,7 +251,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         return 0
 
     async def set_disabled(store: Store, disabled: bool) -> int:
-        user = await _require_user(store, args.username)
+        user = await _require_local_user(store, args.username, "disable or enable the account")
         await store.set_disabled(user.id, disabled)
         event = audit.ADMIN_USER_DISABLED if disabled else audit.ADMIN_USER_ENABLED
         await _record(store, event, user.username)
@@ -247,7 +259,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         return 0
 
     async def modify(store: Store) -> int:
-        user = await _require_user(store, args.username)
+        user = await _require_local_user(store, args.username, "change e-mail, name and groups")
         groups = parse_groups(args.groups) if args.groups is not None else None
         problems = [
             validate_email(args.email) if args.email is not None else None,
@@ -271,6 +283,12 @@ def cmd_users(args: argparse.Namespace) -> int:
 
     async def delete(store: Store) -> int:
         user = await _require_user(store, args.username)
+        if user.from_directory and not user.disabled:
+            # A live directory user would come back on the next sign-in without their factors.
+            raise CliError(
+                f"{user.username} comes from the LDAP directory and is active there; remove or disable "
+                "it in the directory first (its row is then disabled at the next re-check)"
+            )
         if not args.yes:
             raise CliError(f"deleting {user.username} is permanent; repeat with --yes")
         await store.delete_user(user.id)

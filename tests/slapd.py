@@ -37,6 +37,7 @@ SCHEMA_DIR = "/etc/ldap/schema"
 
 BASE_DN = "dc=example,dc=test"
 ROOT_DN = f"cn=admin,{BASE_DN}"
+CONFIG_ROOT_DN = "cn=admin,cn=config"
 ROOT_PASSWORD = "root-secret-for-tests"  # noqa: S105 - a throwaway test directory
 SERVICE_DN = f"cn=authgate,ou=people,{BASE_DN}"
 SERVICE_PASSWORD = "service-secret-for-tests"  # noqa: S105
@@ -98,6 +99,8 @@ olcSizeLimit: 500
 dn: olcDatabase={{0}}config,cn=config
 objectClass: olcDatabaseConfig
 olcDatabase: {{0}}config
+olcRootDN: {CONFIG_ROOT_DN}
+olcRootPW: {ssha(ROOT_PASSWORD)}
 olcAccess: {{0}}to * by * none
 
 dn: olcDatabase={{1}}mdb,cn=config
@@ -332,10 +335,12 @@ class Slapd:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
 
-    def modify(self, ldif: str, *, add: bool = False) -> None:
-        """Apply an LDIF change as the rootdn (ldapmodify), as an operator would."""
+    def modify(self, ldif: str, *, add: bool = False, config: bool = False) -> None:
+        """Apply an LDIF change as the rootdn (ldapmodify), as an operator would; `config`: to
+        cn=config, as the config database's rootdn."""
+        bind = [CONFIG_ROOT_DN, ROOT_PASSWORD] if config else [ROOT_DN, ROOT_PASSWORD]
         done = subprocess.run(  # noqa: S603
-            [LDAPMODIFY, *(["-a"] if add else []), "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PASSWORD],
+            [LDAPMODIFY, *(["-a"] if add else []), "-x", "-H", self.url, "-D", bind[0], "-w", bind[1]],
             input=ldif,
             capture_output=True,
             text=True,

@@ -16,6 +16,7 @@ from typing import Final
 from aiohttp import web
 
 from gateway.accounts import audit
+from gateway.errors import DirectoryLoginFailed, PasswordChangeRefused
 from gateway.factors.passwords import validate_new_password
 from gateway.models import User
 from portal.web import (
@@ -114,6 +115,42 @@ async def reset_page(request: web.Request) -> web.Response:
     return _form(request, found[1])
 
 
+async def _reset_in_directory(request: web.Request, token: str, user: User, password: str) -> web.Response:
+    """Use the link up, then set the password in the directory (Password Modify as the service account)."""
+    services = services_of(request)
+    if services.directory is None or not services.directory.cfg.password_change:
+        return _form(request, user, error=DIRECTORY_NO_RESET, status=409)
+    # The local row keeps no password (NULL): the link is used up exactly as for a local account.
+    used_by = await services.store.use_password_reset_token(
+        reset_token_key(token), now=services.clock(), password_hash=None
+    )
+    if used_by != user.id:
+        return _already_used(request)
+    try:
+        await services.directory.reset_password(user, password)
+    except PasswordChangeRefused as exc:
+        return _form(request, user, error=f"{exc.message} Ask your administrator for a new link.", status=409)
+    except DirectoryLoginFailed:
+        return _form(request, user, error="This account is no longer in the directory.", status=409)
+    ended = await services.sessions.revoke_user(user.id)
+    await services.audit.record(
+        audit.PASSWORD_CHANGED,
+        actor=user.username,
+        target=user.username,
+        ip=client_ip(request),
+        detail=f"in the directory, with a reset link; {ended} session(s) ended",
+    )
+    return render(
+        request,
+        "message.html",
+        heading="Password changed",
+        message=f"You can now sign in as {user.username} with your new directory password.",
+    )
+
+
+DIRECTORY_NO_RESET = "Directory passwords cannot be set here; use your directory's own tools."
+
+
 async def reset_submit(request: web.Request) -> web.Response:
     """Set the new password, use the link up and end every session of the account."""
     services = services_of(request)
@@ -130,6 +167,8 @@ async def reset_submit(request: web.Request) -> web.Response:
         problem = "The two passwords differ."
     if problem is not None:
         return _form(request, user, error=problem, status=400)
+    if user.from_directory:
+        return await _reset_in_directory(request, token, user, password)
     password_hash = await services.passwords.hash(password)
     # One transaction uses the link up and sets the password: of two tabs submitting the same
     # link at once, the one whose use wins sets its password, the other changes nothing.

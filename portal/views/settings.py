@@ -11,7 +11,8 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.accounts import audit
 from gateway.accounts.two_factor import FEW_RECOVERY_CODES
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, DirectoryLoginFailed, NotFound, PasswordChangeRefused
+from gateway.factors.passwords import validate_new_password
 from gateway.models import Level, User
 from gateway.sessions.codec import CachedSession
 from gateway.store.sqlite import Store
@@ -22,6 +23,7 @@ from portal.web import (
     client_ip,
     cookie_domain_of,
     csrf_ok,
+    current_session,
     form_text,
     passkeys_here,
     read_form,
@@ -113,6 +115,9 @@ async def settings_page(
         passkeys=passkeys_here(request),
         named=int(named) if named.isdigit() else None,
         password_login=user.password_login,
+        directory_password=user.from_directory
+        and services.directory is not None
+        and services.directory.cfg.password_change,
         recovery_left=remaining,
         recovery_low=0 < remaining <= FEW_RECOVERY_CODES,
         events=await services.store.list_security_events(user.id, limit=20),
@@ -126,6 +131,7 @@ async def settings_page(
 def _notice(done: str) -> str | None:
     return {
         "renamed": "Device renamed.",
+        "directory_password": "Your directory password has been changed.",
         "deleted": "Device removed.",
         "added": "Authenticator app added.",
         "password_on": "Password sign-in is on again.",
@@ -342,3 +348,35 @@ def device_id(request: web.Request) -> int:
         return int(request.match_info["device_id"])
     except ValueError as exc:
         raise web.HTTPNotFound(text="404 no such device\n") from exc
+
+
+async def directory_password_change(request: web.Request) -> web.Response:
+    """Change a directory user's password in the directory (RFC 3062 Password Modify, as the user)."""
+    checked = await settings_form(request)
+    if isinstance(checked, web.Response):
+        return checked
+    user, form = checked
+    services = services_of(request)
+    if not user.from_directory or services.directory is None or not services.directory.cfg.password_change:
+        return await settings_page(request, error="Your password cannot be changed here.", status=409)
+    current = form_text(form, "password")
+    new = form_text(form, "new_password")
+    problem = validate_new_password(new) if new else "Enter a new password."
+    if problem is None and new != form_text(form, "confirm"):
+        problem = "The two new passwords differ."
+    if problem is not None:
+        return await settings_page(request, error=problem, status=400)
+    try:
+        await services.directory.change_password(user, current, new)
+    except DirectoryLoginFailed:
+        await services.store.record_attempt(user.username, client_ip(request), False, services.clock())
+        return await settings_page(request, error="Your current password is not correct.", status=401)
+    except PasswordChangeRefused as exc:
+        return await settings_page(request, error=exc.message, status=409)
+    session = await current_session(request)
+    keep = session.id_hash if session is not None else None
+    ended = await services.sessions.revoke_user(user.id, keep_id_hash=keep)
+    await record_own_event(
+        request, user, audit.PASSWORD_CHANGED, f"in the directory; {ended} other session(s) ended"
+    )
+    return redirect(f"{base_of(request)}/settings?done=directory_password")

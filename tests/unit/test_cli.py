@@ -80,6 +80,7 @@ def test_users_add_then_show(run: Run) -> None:
         "display_name": "Bob B",
         "groups": ["admins", "dev"],
         "disabled": False,
+        "source": "local",
     }
 
 
@@ -196,6 +197,7 @@ def test_users_modify(run: Run) -> None:
         "display_name": "bob",
         "groups": ["ops", "admins"],
         "disabled": False,
+        "source": "local",
     }
 
 
