@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.directory.filters import escape_dn_value
+
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
 LDAPMODIFY = "/usr/bin/ldapmodify"
@@ -156,7 +158,7 @@ userPassword: {ssha(PASSWORDS[uid])}
 
 
 def _dn_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("+", "\\+")
+    return escape_dn_value(value)
 
 
 def _data_ldif() -> str:

@@ -20,6 +20,7 @@ from portal.flow import start as start_pending
 from portal.pending import set_pending
 from portal.web import (
     DIRECTORY_UNAVAILABLE,
+    RETRY_AFTER,
     after_login_target,
     base_of,
     clear_session_cookie,
@@ -210,7 +211,9 @@ async def login_submit(request: web.Request) -> web.Response:
             # Not the user's fault: not counted against them.
             await services.store.withdraw_attempt(slot.attempt_id)
             log_event("ldap_unavailable", logging.WARNING, login=account, client_ip=ip, reason=exc.reason)
-            return _login_page(request, status=503, error=DIRECTORY_UNAVAILABLE, rd=rd, login=login)
+            response = _login_page(request, status=503, error=DIRECTORY_UNAVAILABLE, rd=rd, login=login)
+            response.headers["Retry-After"] = RETRY_AFTER
+            return response
         except DirectoryLoginFailed as exc:
             log_event(
                 "login_failed",

@@ -114,6 +114,7 @@ async def test_directory_down_login_says_so_and_sessions_keep_answering(
     response = await login(client, "bob", ldap.PASSWORDS["bob"])
     assert response.status == 503
     assert "The directory is unavailable" in await response.text()
+    assert response.headers["Retry-After"].isdigit()
     assert (await forward_auth(client, session)).status == 200
     with pytest.raises(DirectoryUnavailable):
         await recheck(client, clock)
