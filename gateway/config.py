@@ -1160,6 +1160,13 @@ def _ldap_dn(value: Any, path: str, problems: Problems) -> Any:
     return value.strip()
 
 
+def _ldap_sub_dn(value: Any, path: str, problems: Problems) -> Any:
+    # "" is allowed here: search base_dn itself (presets like lldap default to ou=people)
+    if isinstance(value, str) and not value.strip():
+        return ""
+    return _ldap_dn(value, path, problems)
+
+
 def _ldap_filter(allowed: frozenset[str]) -> _Parser:
     def parse(value: Any, path: str, problems: Problems) -> Any:
         if _text(value, path, problems) is _INVALID:
@@ -1194,8 +1201,8 @@ _LDAP_PARSERS: dict[str, _Parser] = {
     "bind_password": _password,
     "bind_password_file": _text,
     "base_dn": _ldap_dn,
-    "users_dn": _ldap_dn,
-    "groups_dn": _ldap_dn,
+    "users_dn": _ldap_sub_dn,
+    "groups_dn": _ldap_sub_dn,
     "users_filter": _ldap_filter(ldap_filters.USER_PLACEHOLDERS),
     "groups_filter": _ldap_filter(ldap_filters.GROUP_PLACEHOLDERS),
     "group_search_mode": _choice(GROUP_SEARCH_MODES),

@@ -271,6 +271,7 @@ def test_lldap_preset_searches_below_people_and_groups() -> None:
     assert cfg.users_base == "ou=people,dc=example,dc=com"
     assert cfg.groups_base == "ou=groups,dc=example,dc=com"
     assert ldap_config(implementation="lldap", users_dn="ou=staff").users_base == "ou=staff,dc=example,dc=com"
+    assert ldap_config(implementation="lldap", users_dn="").users_base == "dc=example,dc=com"
 
 
 def test_given_keys_win_over_the_preset() -> None:
