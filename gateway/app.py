@@ -148,6 +148,7 @@ def create_app(
         sessions = SessionService(store, codec, cfg, config.identity_headers, clock, must_enrol)
         ldap = config.authentication_backend.ldap
         directory = _directory(ldap, store, sessions, tokens, clock) if ldap is not None else None
+        sessions.directory_configured = tokens.directory_configured = directory is not None
         app[SERVICES] = Services(
             config=config,
             store=store,

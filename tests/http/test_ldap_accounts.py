@@ -248,3 +248,18 @@ async def test_passkey_login_of_a_user_disabled_in_the_directory_is_refused(
     assert await directory_service.confirm(bob) is None
     refreshed = await services(client).store.get_user_by_name("bob")
     assert refreshed is not None and refreshed.disabled
+
+
+async def test_removing_the_directory_ends_directory_sessions(
+    make_client: MakeClient, directory: ldap.Slapd, tmp_path: Any
+) -> None:
+    """Restarted without authentication_backend.ldap, authgate ends directory users' sessions
+    (nothing would re-check them) and refuses their sign-in; local users are unaffected."""
+    client = await ldap_client(make_client, directory)
+    session = await signed_in(client, "bob", password=BOB)
+    await client.close()
+
+    restarted = await make_client()  # same data directory, no directory configured
+
+    assert (await forward_auth(restarted, session)).status == 302
+    assert (await login(restarted, "bob", BOB)).status == 401
