@@ -207,3 +207,26 @@ async def test_setup_is_off_with_a_directory(make_client: MakeClient, directory:
 
     assert response.status == 303
     assert response.headers["Location"].endswith("/auth/login")
+
+
+async def test_no_directory_password_is_logged(
+    make_client: MakeClient, directory: ldap.Slapd, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither the service account's password nor a user's (right or wrong) appears in any log line."""
+    caplog.set_level("DEBUG")
+    client = await ldap_client(make_client, directory)
+    wrong = "Wr0ng-But-Secret-Password"
+
+    await login(client, "alice", wrong)
+    await login(client, "dave@example.test", ldap.PASSWORDS["dave"])
+    await signed_in(client, "alice", password=ALICE)
+    directory.stop()
+    try:
+        await login(client, "bob", ldap.PASSWORDS["bob"])
+    finally:
+        directory.start()
+
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "login_failed" in logged  # the log was captured
+    for secret in (ldap.SERVICE_PASSWORD, ALICE, wrong, ldap.PASSWORDS["dave"], ldap.PASSWORDS["bob"]):
+        assert secret not in logged
