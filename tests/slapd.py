@@ -6,6 +6,10 @@ is filled with slapadd -n1, and slapd runs as `nobody` (tests run as root here) 
 `-h ldap://127.0.0.1:PORT/`. The test's own changes (disable a user, remove a group)
 go through `modify()`, which binds as the rootdn with ldapmodify, like an operator would.
 
+`olcAllows: bind_anon_dn` makes this slapd answer a bind with a DN and an empty password as
+an anonymous bind that succeeds, as Active Directory and many servers do: authgate must refuse
+empty passwords itself.
+
 Directory layout (BASE = dc=example,dc=test):
   ou=people: alice, bob, carol (disabled by ppolicy lock),
              dave + dave2 (same mail: a login by that mail matches two entries),
@@ -76,6 +80,7 @@ def _config_ldif(data_dir: Path) -> str:
     return f"""dn: cn=config
 objectClass: olcGlobal
 cn: config
+olcAllows: bind_anon_dn
 olcPidFile: {data_dir}/slapd.pid
 
 dn: cn=module{{0}},cn=config

@@ -100,12 +100,11 @@ class LdapDirectory:
     async def _bounded(self, call: Awaitable[T], what: str) -> T:
         """Await an LDAP call within the timeout; DirectoryUnavailable when it cannot answer."""
         try:
-            return await asyncio.wait_for(call, self.cfg.timeout)
+            return await asyncio.wait_for(call, self.cfg.timeout + _BACKSTOP)
         except _UNAVAILABLE as exc:
-            reason = (
-                "timed out" if isinstance(exc, asyncio.TimeoutError | ldap_errors.TimeoutError) else str(exc)
-            )
-            raise DirectoryUnavailable(f"{what}: {reason or type(exc).__name__}") from exc
+            if isinstance(exc, asyncio.TimeoutError | ldap_errors.TimeoutError):
+                raise DirectoryTimedOut(f"{what}: no answer within {self.cfg.timeout:g}s") from exc
+            raise DirectoryUnavailable(f"{what}: {exc or type(exc).__name__}") from exc
 
     async def _connect(self, dn: str, password: str) -> Any:
         if not password:

@@ -1,0 +1,102 @@
+"""The bonsai adapter against a real slapd: empty passwords, ambiguity, reconnection, timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import bonsai
+import pytest
+
+from gateway.config import LdapConfig, parse_config
+from gateway.directory.client import LdapDirectory
+from gateway.errors import DirectoryLoginFailed, DirectoryUnavailable
+from tests import slapd as ldap
+
+
+@pytest.fixture
+def directory() -> Iterator[ldap.Slapd]:
+    server = ldap.launch_or_skip()
+    yield server
+    server.cleanup()
+
+
+def config_for(server: ldap.Slapd, **overrides: object) -> LdapConfig:
+    cfg = parse_config({"authentication_backend": {"ldap": ldap.ldap_section(server, **overrides)}})
+    assert cfg.authentication_backend.ldap is not None
+    return cfg.authentication_backend.ldap
+
+
+@pytest.fixture
+async def client(directory: ldap.Slapd) -> AsyncIterator[LdapDirectory]:
+    adapter = LdapDirectory(config_for(directory))
+    yield adapter
+    await adapter.close()
+
+
+async def test_an_empty_password_bind_would_succeed_so_it_is_refused_first(
+    directory: ldap.Slapd, client: LdapDirectory
+) -> None:
+    """slapd accepts a simple bind with alice's DN and no password (an unauthenticated bind);
+    the adapter refuses an empty password before it ever binds."""
+    raw = bonsai.LDAPClient(directory.url)
+    raw.set_credentials("SIMPLE", user=f"uid=alice,ou=people,{ldap.BASE_DN}", password="")
+    connection = await raw.connect(is_async=True, timeout=5)
+    connection.close()
+
+    with pytest.raises(DirectoryLoginFailed, match="empty password"):
+        await client.authenticate("alice", "")
+
+
+async def test_two_entries_refuse_the_login(client: LdapDirectory) -> None:
+    """dave@example.test matches dave and dave2: refused even with a right password for one of them."""
+    for password in (ldap.PASSWORDS["dave"], ldap.PASSWORDS["dave2"]):
+        with pytest.raises(DirectoryLoginFailed, match="more than one"):
+            await client.authenticate("dave@example.test", password)
+    assert (await client.authenticate("dave2", ldap.PASSWORDS["dave2"])).username == "dave2"
+
+
+async def test_lookup_confirms_the_stable_id(client: LdapDirectory) -> None:
+    """A re-check finds the user by name and accepts the entry only with the same stable id."""
+    alice = await client.authenticate("alice", ldap.PASSWORDS["alice"])
+
+    assert await client.lookup("alice", alice.external_id) == alice
+    assert await client.lookup("alice", "another-entry's-id") is None
+    assert await client.lookup("nobody", alice.external_id) is None
+
+
+async def test_pooled_connections_reconnect_after_a_restart(
+    directory: ldap.Slapd, client: LdapDirectory
+) -> None:
+    """After slapd restarts, the dead pooled connection is replaced without an error to the caller."""
+    alice = await client.authenticate("alice", ldap.PASSWORDS["alice"])
+    directory.stop()
+    with pytest.raises(DirectoryUnavailable):
+        await client.lookup("alice", alice.external_id)
+    directory.start()
+
+    assert await client.lookup("alice", alice.external_id) == alice
+
+
+async def test_a_hung_server_ends_in_directory_unavailable(directory: ldap.Slapd) -> None:
+    """A stopped (SIGSTOP) slapd gives DirectoryUnavailable after the timeout, for search and bind."""
+    adapter = LdapDirectory(config_for(directory, timeout="1s"))
+    alice = await adapter.authenticate("alice", ldap.PASSWORDS["alice"])
+    directory.pause()
+    try:
+        with pytest.raises(DirectoryUnavailable, match="no answer within 1s"):
+            await adapter.lookup("alice", alice.external_id)
+        with pytest.raises(DirectoryUnavailable):
+            await adapter.authenticate("alice", ldap.PASSWORDS["alice"])
+    finally:
+        directory.resume()
+    assert await adapter.lookup("alice", alice.external_id) == alice
+    await adapter.close()
+
+
+async def test_a_wrong_service_password_is_reported_as_unavailable(directory: ldap.Slapd) -> None:
+    """A refused service bind is the operator's problem, said as such, never "wrong user password"."""
+    adapter = LdapDirectory(config_for(directory, bind_password="not the service password"))
+
+    with pytest.raises(DirectoryUnavailable, match="service account"):
+        await adapter.authenticate("alice", ldap.PASSWORDS["alice"])
+    await adapter.close()
