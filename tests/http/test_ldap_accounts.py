@@ -263,3 +263,20 @@ async def test_removing_the_directory_ends_directory_sessions(
 
     assert (await forward_auth(restarted, session)).status == 302
     assert (await login(restarted, "bob", BOB)).status == 401
+
+
+async def test_reauth_checks_the_directory_password(make_client: MakeClient, directory: ldap.Slapd) -> None:
+    """Re-authentication (before admin actions, app passwords ...) binds a directory user to slapd:
+    the directory password passes, a wrong one does not, and with slapd down the page says why."""
+    client = await ldap_client(make_client, directory)
+    session = await signed_in(client, "bob", password=BOB)
+
+    assert (await portal_post(client, "/auth/reauth", {"password": "not it"}, session=session)).status == 401
+    assert (await portal_post(client, "/auth/reauth", {"password": BOB}, session=session)).status == 303
+    directory.stop()
+    try:
+        response = await portal_post(client, "/auth/reauth", {"password": BOB}, session=session)
+    finally:
+        directory.start()
+    assert response.status == 503
+    assert "The directory is unavailable" in await response.text()
