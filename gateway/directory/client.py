@@ -75,6 +75,9 @@ class LdapDirectory:
         self.mapping = attribute_map(cfg)
         self._idle: list[Any] = []
         self._slots = asyncio.Semaphore(cfg.pool_size)
+        # User binds open connections of their own: at most pool_size at once, so a burst of
+        # sign-ins from many addresses cannot open unbounded connections to the directory.
+        self._binds = asyncio.Semaphore(cfg.pool_size)
         a = cfg.attributes
         wanted = [a.external_id, a.username, a.display_name, a.mail, a.password_changed]
         if cfg.group_search_mode == "memberof":
@@ -112,6 +115,22 @@ class LdapDirectory:
             raise DirectoryLoginFailed("empty password")
         client = self._client(dn, password)
         return await self._bounded(client.connect(is_async=True, timeout=self.cfg.timeout), "connect")
+
+    @contextlib.asynccontextmanager
+    async def _as_user(self, dn: str, password: str) -> AsyncIterator[Any]:
+        """A connection bound as a user (checks the password), closed after; pool_size at once."""
+        try:
+            await asyncio.wait_for(self._binds.acquire(), self.cfg.timeout)
+        except TimeoutError as exc:
+            raise DirectoryTimedOut("too many sign-ins waiting for the directory") from exc
+        try:
+            conn = await self._connect(dn, password)
+            try:
+                yield conn
+            finally:
+                conn.close()
+        finally:
+            self._binds.release()
 
     @contextlib.asynccontextmanager
     async def _service(self) -> AsyncIterator[Any]:
@@ -246,12 +265,12 @@ class LdapDirectory:
         if entry.disabled:
             raise DirectoryLoginFailed("account disabled")
         try:
-            conn = await self._connect(entry.dn, password)
+            async with self._as_user(entry.dn, password):
+                pass
         except ldap_errors.AuthenticationError as exc:
             raise DirectoryLoginFailed("wrong password") from exc
         except ldap_errors.LDAPError as exc:  # e.g. a password policy refusing the bind
             raise DirectoryLoginFailed(f"bind refused: {type(exc).__name__}") from exc
-        conn.close()
         return entry
 
     async def lookup(self, username: str, external_id: str) -> DirectoryEntry | None:
@@ -301,10 +320,7 @@ class LdapDirectory:
         if not new_password:
             raise PasswordChangeRefused("The new password must not be empty.")
         try:
-            conn = await self._connect(dn, old_password)
+            async with self._as_user(dn, old_password) as conn:
+                await self._modify_password(conn, dn, new_password, old_password)
         except ldap_errors.AuthenticationError as exc:
             raise DirectoryLoginFailed("wrong password") from exc
-        try:
-            await self._modify_password(conn, dn, new_password, old_password)
-        finally:
-            conn.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import bonsai
@@ -99,4 +100,16 @@ async def test_a_wrong_service_password_is_reported_as_unavailable(directory: ld
 
     with pytest.raises(DirectoryUnavailable, match="service account"):
         await adapter.authenticate("alice", ldap.PASSWORDS["alice"])
+    await adapter.close()
+
+
+async def test_concurrent_sign_ins_share_a_pool_of_one(directory: ldap.Slapd) -> None:
+    """With pool_size 1, eight sign-ins at once wait their turn and all succeed (no deadlock, no leak)."""
+    adapter = LdapDirectory(config_for(directory, pool_size=1))
+    users = ["alice", "bob", "dave", "dave2"] * 2
+
+    entries = await asyncio.gather(*(adapter.authenticate(u, ldap.PASSWORDS[u]) for u in users))
+
+    assert [e.username for e in entries] == users
+    assert len(adapter._idle) == 1  # one service connection, kept for the next call
     await adapter.close()
