@@ -230,3 +230,13 @@ async def test_no_directory_password_is_logged(
     assert "login_failed" in logged  # the log was captured
     for secret in (ldap.SERVICE_PASSWORD, ALICE, wrong, ldap.PASSWORDS["dave"], ldap.PASSWORDS["bob"]):
         assert secret not in logged
+
+
+async def test_memberof_group_mode(make_client: MakeClient, directory: ldap.Slapd) -> None:
+    """group_search_mode memberof reads the groups from the user's memberOf (kept by slapd's overlay)."""
+    client = await ldap_client(make_client, directory, group_search_mode="memberof")
+
+    session = await signed_in(client, "alice", password=ALICE)
+
+    assert (await forward_auth(client, session)).headers["Remote-Groups"] == "admins,devs"
+    assert (await forward_auth(client, session, host="admin.localhost")).status == 200
