@@ -29,6 +29,7 @@ if [ "${1:-}" = "--build" ]; then
 fi
 [ -x /usr/sbin/slapd ] || need+=(slapd)
 command -v ldapmodify >/dev/null 2>&1 || need+=(ldap-utils)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the test slapd's certificate
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v oathtool >/dev/null 2>&1 || need+=(oathtool)

@@ -6,6 +6,9 @@ is filled with slapadd -n1, and slapd runs as `nobody` (tests run as root here) 
 `-h ldap://127.0.0.1:PORT/`. The test's own changes (disable a user, remove a group)
 go through `modify()`, which binds as the rootdn with ldapmodify, like an operator would.
 
+It listens on ldap:// (with StartTLS) and ldaps://, with a throwaway self-signed certificate
+for localhost and 127.0.0.1 (`ca_file`).
+
 `olcAllows: bind_anon_dn` makes this slapd answer a bind with a DN and an empty password as
 an anonymous bind that succeeds, as Active Directory and many servers do: authgate must refuse
 empty passwords itself.
@@ -35,6 +38,7 @@ from pathlib import Path
 
 from gateway.directory.filters import escape_dn_value
 
+ROOT = Path(__file__).resolve().parents[1]
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
 LDAPMODIFY = "/usr/bin/ldapmodify"
@@ -81,6 +85,8 @@ def _config_ldif(data_dir: Path) -> str:
 objectClass: olcGlobal
 cn: config
 olcAllows: bind_anon_dn
+olcTLSCertificateFile: {data_dir}/cert.pem
+olcTLSCertificateKeyFile: {data_dir}/key.pem
 olcPidFile: {data_dir}/slapd.pid
 
 dn: cn=module{{0}},cn=config
@@ -235,6 +241,32 @@ member: uid=bob,ou=people,{BASE_DN}
 """
 
 
+def _make_certificate(root: Path) -> None:
+    """A throwaway self-signed EC certificate for localhost and 127.0.0.1 (cert.pem, key.pem)."""
+    done = subprocess.run(  # noqa: S603
+        [
+            *(
+                "/usr/bin/openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ),
+            *("-nodes", "-days", "2", "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+            *("-keyout", str(root / "key.pem"), "-out", str(root / "cert.pem")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl failed: {done.stderr}")
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -254,12 +286,22 @@ class Slapd:
 
     root: Path
     port: int = 0
+    tls_port: int = 0  # ldaps://; the plain port also offers StartTLS
     process: subprocess.Popen[bytes] | None = None
     log: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.tls_port}"
+
+    @property
+    def ca_file(self) -> str:
+        """The server's self-signed certificate (for localhost and 127.0.0.1), its own CA."""
+        return str(self.root / "cert.pem")
 
     @classmethod
     def create(cls) -> Slapd:
@@ -269,11 +311,13 @@ class Slapd:
         (root / "db").mkdir()
         (root / "config.ldif").write_text(_config_ldif(root))
         (root / "data.ldif").write_text(_data_ldif())
+        _make_certificate(root)
         demote = os.getuid() == 0
         preexec = _as_nobody if demote else None
         if demote:
             entry = pwd.getpwnam("nobody")
-            for path in (root, root / "config", root / "db", root / "config.ldif", root / "data.ldif"):
+            owned = ("config", "db", "config.ldif", "data.ldif", "cert.pem", "key.pem")
+            for path in (root, *(root / name for name in owned)):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         for command in (
             [SLAPADD, "-n0", "-F", str(root / "config"), "-l", str(root / "config.ldif")],
@@ -284,7 +328,7 @@ class Slapd:
             )
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
-        return cls(root=root, port=_free_port())
+        return cls(root=root, port=_free_port(), tls_port=_free_port())
 
     @classmethod
     def launch(cls) -> Slapd:
@@ -303,7 +347,7 @@ class Slapd:
         preexec = _as_nobody if os.getuid() == 0 else None
         log = (self.root / "slapd.log").open("ab")
         self.process = subprocess.Popen(  # noqa: S603
-            [SLAPD, "-h", f"ldap://127.0.0.1:{self.port}/", "-F", str(self.root / "config"), "-d", "0"],
+            [SLAPD, "-h", f"{self.url}/ {self.ldaps_url}/", "-F", str(self.root / "config"), "-d", "0"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

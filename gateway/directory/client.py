@@ -95,7 +95,9 @@ class LdapDirectory:
             client.set_cert_policy("never" if self.cfg.tls_skip_verify else "demand")
             if self.cfg.ca_file:
                 client.set_ca_cert(self.cfg.ca_file)
-        client.set_ignore_referrals(True)  # never follow a referral to another server with our bind
+        # Never chase a referral (it would take our bind to another server) nor return one.
+        client.set_server_chase_referrals(False)
+        client.set_ignore_referrals(True)
         if self.cfg.attributes.external_id.lower() == "objectguid":
             client.set_raw_attributes([self.cfg.attributes.external_id])
         return client

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import bonsai
@@ -113,3 +115,57 @@ async def test_concurrent_sign_ins_share_a_pool_of_one(directory: ldap.Slapd) ->
     assert [e.username for e in entries] == users
     assert len(adapter._idle) == 1  # one service connection, kept for the next call
     await adapter.close()
+
+
+@pytest.mark.parametrize("how", ["ldaps", "starttls"])
+async def test_tls_verified_with_ca_file(directory: ldap.Slapd, how: str) -> None:
+    """ldaps:// and ldap:// + StartTLS verify slapd's certificate against ca_file and work."""
+    url = directory.ldaps_url if how == "ldaps" else directory.url
+    adapter = LdapDirectory(config_for(directory, url=url, start_tls=True, ca_file=directory.ca_file))
+
+    assert (await adapter.authenticate("alice", ldap.PASSWORDS["alice"])).username == "alice"
+    await adapter.close()
+
+
+@pytest.mark.parametrize("how", ["ldaps", "starttls"])
+async def test_tls_with_an_unknown_certificate_is_refused(directory: ldap.Slapd, how: str) -> None:
+    """Without the CA (system CAs only), slapd's self-signed certificate is refused: no password is sent."""
+    url = directory.ldaps_url if how == "ldaps" else directory.url
+    adapter = LdapDirectory(config_for(directory, url=url, start_tls=True))
+
+    with pytest.raises(DirectoryUnavailable):
+        await adapter.authenticate("alice", ldap.PASSWORDS["alice"])
+    await adapter.close()
+
+
+def test_tls_skip_verify_accepts_any_certificate(directory: ldap.Slapd) -> None:
+    """tls_skip_verify (testing only; config check warns) connects without checking the certificate.
+
+    Run in a process of its own: libldap keeps TLS state per process, and the tests above (that
+    demand a verified certificate) would leak into it. One authgate process has one TLS setting.
+    """
+    script = (
+        "import asyncio, sys\n"
+        "from gateway.config import parse_config\n"
+        "from gateway.directory.client import LdapDirectory\n"
+        "from tests import slapd as ldap\n"
+        "server = ldap.Slapd(root=None, port=0)\n"  # only for ldap_section's shape
+        "section = {**ldap.ldap_section(server), 'url': sys.argv[1], 'tls_skip_verify': True}\n"
+        "cfg = parse_config({'authentication_backend': {'ldap': section}}).authentication_backend.ldap\n"
+        "async def main():\n"
+        "    adapter = LdapDirectory(cfg)\n"
+        "    print((await adapter.authenticate('alice', sys.argv[2])).username)\n"
+        "    await adapter.close()\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", script, directory.ldaps_url, ldap.PASSWORDS["alice"]],
+        cwd=ldap.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("alice")
