@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gateway.config import config_warnings, parse_config
 from gateway.directory import entries, filters
@@ -346,3 +348,19 @@ def test_tls_skip_verify_is_warned_about() -> None:
     config = parse_config({"authentication_backend": {"ldap": {**BASE, "tls_skip_verify": True}}})
     assert [path for path, _ in config_warnings(config)] == ["authentication_backend.ldap.tls_skip_verify"]
     assert config_warnings(parse_config({})) == []
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "ldap.md"
+
+
+@pytest.mark.parametrize("block", re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S))
+def test_every_example_in_the_docs_validates(block: str, tmp_path: Path) -> None:
+    """Each worked example in docs/ldap.md is a valid configuration (files it names stood in for)."""
+    data = yaml.safe_load(block)
+    section = data["authentication_backend"]["ldap"]
+    stand_in = tmp_path / "file"
+    stand_in.write_text("secret\n")
+    for key in ("bind_password_file", "ca_file"):
+        if key in section:
+            section[key] = str(stand_in)
+    assert parse_config(data).authentication_backend.ldap is not None
