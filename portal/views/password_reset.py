@@ -17,8 +17,9 @@ from aiohttp import web
 
 from gateway.accounts import audit
 from gateway.errors import DirectoryLoginFailed, PasswordChangeRefused
-from gateway.factors.passwords import validate_new_password
 from gateway.models import User
+from portal.fields import new_password_problem
+from portal.i18n import N_, Translator
 from portal.web import (
     client_ip,
     cookie_domain_of,
@@ -27,6 +28,7 @@ from portal.web import (
     read_form,
     render,
     services_of,
+    translator,
 )
 
 RESET_PATH: Final = "/reset"
@@ -52,19 +54,29 @@ async def issue_link(request: web.Request, user: User, *, admin: str) -> tuple[s
     return f"{cookie_domain_of(request).portal_url}{RESET_PATH}/{token}", max(1, round(ttl / 60))
 
 
-def link_mail(title: str, user: User, link: str, minutes: int, *, new_account: bool) -> tuple[str, str]:
-    """Return (subject, body) of the mail carrying a reset or set-password link."""
+def link_mail(
+    title: str, user: User, link: str, minutes: int, *, new_account: bool, tr: Translator
+) -> tuple[str, str]:
+    """Return (subject, body) of the mail carrying a reset or set-password link, in `tr`'s language."""
+    names = {"title": title, "username": user.username}
     if new_account:
-        subject = f"Set your password for {title}"
-        intro = f"an account '{user.username}' was created for you on {title}."
+        subject = tr.gettext("Set your password for %(title)s", **names)
+        intro = tr.gettext("an account '%(username)s' was created for you on %(title)s.", **names)
     else:
-        subject = f"Reset your password for {title}"
-        intro = f"an administrator of {title} sent you a link to choose a new password for '{user.username}'."
-    body = (
-        f"Hello {user.display_name},\n\n{intro}\n\n"
-        f"Open this link within {minutes} minutes to choose your password. It works once:\n\n{link}\n\n"
+        subject = tr.gettext("Reset your password for %(title)s", **names)
+        intro = tr.gettext(
+            "an administrator of %(title)s sent you a link to choose a new password for '%(username)s'.",
+            **names,
+        )
+    body = tr.gettext(
+        "Hello %(name)s,\n\n%(intro)s\n\n"
+        "Open this link within %(minutes)s minutes to choose your password. It works once:\n\n%(link)s\n\n"
         "Choosing a new password signs your account out everywhere. If you did not expect this\n"
-        "message, ignore it: nothing changes unless the link is used.\n"
+        "message, ignore it: nothing changes unless the link is used.\n",
+        name=user.display_name,
+        intro=intro,
+        minutes=minutes,
+        link=link,
     )
     return subject, body
 
@@ -82,24 +94,30 @@ async def _token_user(request: web.Request) -> tuple[str, User] | None:
 
 
 def _invalid(request: web.Request) -> web.Response:
+    tr = translator(request)
     return render(
         request,
         "message.html",
         status=410,
-        heading="This link no longer works",
-        message="Password links work once and only for a short time. Ask your administrator for a new one.",
+        heading=tr.gettext("This link no longer works"),
+        message=tr.gettext(
+            "Password links work once and only for a short time. Ask your administrator for a new one."
+        ),
     )
 
 
 def _already_used(request: web.Request) -> web.Response:
     # Seen by the loser when the same link is submitted twice at once (two tabs, a double click).
+    tr = translator(request)
     return render(
         request,
         "message.html",
         status=410,
-        heading="This link was already used",
-        message="A password link works once, and this one has just been used to set a password. "
-        "If that was not you, ask your administrator for a new link.",
+        heading=tr.gettext("This link was already used"),
+        message=tr.gettext(
+            "A password link works once, and this one has just been used to set a password. "
+            "If that was not you, ask your administrator for a new link."
+        ),
     )
 
 
@@ -117,9 +135,10 @@ async def reset_page(request: web.Request) -> web.Response:
 
 async def _reset_in_directory(request: web.Request, token: str, user: User, password: str) -> web.Response:
     """Use the link up, then set the password in the directory (Password Modify as the service account)."""
+    tr = translator(request)
     services = services_of(request)
     if services.directory is None or not services.directory.cfg.password_change:
-        return _form(request, user, error=DIRECTORY_NO_RESET, status=409)
+        return _form(request, user, error=tr.gettext(DIRECTORY_NO_RESET), status=409)
     # The local row keeps no password (NULL): the link is used up exactly as for a local account.
     used_by = await services.store.use_password_reset_token(
         reset_token_key(token), now=services.clock(), password_hash=None
@@ -129,9 +148,16 @@ async def _reset_in_directory(request: web.Request, token: str, user: User, pass
     try:
         await services.directory.reset_password(user, password)
     except PasswordChangeRefused as exc:
-        return _form(request, user, error=f"{exc.message} Ask your administrator for a new link.", status=409)
+        # The directory's reason stays in English after the translated sentence (docs/translations.md).
+        error = tr.gettext(
+            "The directory did not set the password: %(reason)s Ask your administrator for a new link.",
+            reason=exc.message,
+        )
+        return _form(request, user, error=error, status=409)
     except DirectoryLoginFailed:
-        return _form(request, user, error="This account is no longer in the directory.", status=409)
+        return _form(
+            request, user, error=tr.gettext("This account is no longer in the directory."), status=409
+        )
     ended = await services.sessions.revoke_user(user.id)
     await services.audit.record(
         audit.PASSWORD_CHANGED,
@@ -143,16 +169,19 @@ async def _reset_in_directory(request: web.Request, token: str, user: User, pass
     return render(
         request,
         "message.html",
-        heading="Password changed",
-        message=f"You can now sign in as {user.username} with your new directory password.",
+        heading=tr.gettext("Password changed"),
+        message=tr.gettext(
+            "You can now sign in as %(username)s with your new directory password.", username=user.username
+        ),
     )
 
 
-DIRECTORY_NO_RESET = "Directory passwords cannot be set here; use your directory's own tools."
+DIRECTORY_NO_RESET = N_("Directory passwords cannot be set here; use your directory's own tools.")
 
 
 async def reset_submit(request: web.Request) -> web.Response:
     """Set the new password, use the link up and end every session of the account."""
+    tr = translator(request)
     services = services_of(request)
     found = await _token_user(request)
     if found is None:
@@ -160,11 +189,16 @@ async def reset_submit(request: web.Request) -> web.Response:
     token, user = found
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return _form(request, user, error="The form expired. Please try again.", status=403)
+        return _form(
+            request,
+            user,
+            error=tr.gettext("The form expired. Please try again."),
+            status=403,
+        )
     password = form_text(form, "password", limit=MAX_PASSWORD_FIELD)
-    problem = validate_new_password(password) if password else "Enter a new password."
+    problem = new_password_problem(password, tr) if password else tr.gettext("Enter a new password.")
     if problem is None and password != form_text(form, "confirm", limit=MAX_PASSWORD_FIELD):
-        problem = "The two passwords differ."
+        problem = tr.gettext("The two passwords differ.")
     if problem is not None:
         return _form(request, user, error=problem, status=400)
     if user.from_directory:
@@ -188,6 +222,6 @@ async def reset_submit(request: web.Request) -> web.Response:
     return render(
         request,
         "message.html",
-        heading="Password changed",
-        message=f"You can now sign in as {user.username} with your new password.",
+        heading=tr.gettext("Password changed"),
+        message=tr.gettext("You can now sign in as %(name)s with your new password.", name=user.username),
     )
