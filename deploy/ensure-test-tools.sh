@@ -3,7 +3,8 @@
 # systemd-analyze (the unit's system call filter is checked against its own groups), node/npm
 # for axe-core (the accessibility checker injected into Chromium, pinned in deploy/test-tools),
 # and buildah, mmdebstrap, podman and runc (tests/e2e/test_container.py bootstraps a Debian base,
-# builds deploy/Containerfile on it and runs the image; podman needs runc, crun fails on hybrid cgroups).
+# builds deploy/Containerfile on it and runs the image; podman needs runc, crun fails on hybrid cgroups),
+# and the PostgreSQL server (tests/pg.py runs initdb and its own throwaway cluster as user nobody).
 # slapd and ldap-utils run the throwaway directory of the LDAP tests (tests/slapd.py); gcc,
 # python3-dev, libldap2-dev and libsasl2-dev build bonsai, the LDAP client (the `ldap` extra has
 # no Linux wheels). `--build` checks only those build packages: the Makefile runs it before pip.
@@ -39,6 +40,8 @@ command -v buildah >/dev/null 2>&1 || need+=(buildah)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
+# PostgreSQL server binaries for tests/pg.py (the contract suite, db copy, two-instance tests)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 missing=0

@@ -25,7 +25,7 @@ from gateway.errors import Conflict, DirectoryLoginFailed, DirectoryUnavailable
 from gateway.logs import log_event, logger
 from gateway.models import User
 from gateway.sessions.service import SessionService
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
 
 # How often the re-check task looks for users due: a quarter of refresh_interval, between 1 s and 60 s.
 TICK_FRACTION = 0.25
@@ -51,7 +51,7 @@ class DirectoryService:
     def __init__(
         self,
         directory: Directory,
-        store: Store,
+        store: Storage,
         sessions: SessionService,
         cfg: LdapConfig,
         clock: Callable[[], float],

@@ -1,27 +1,25 @@
-"""The store's directory-user methods: one row per stable id, never merged with a local account."""
+"""Directory-user store methods on both engines: one row per stable id, never merged with local ones."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.errors import Conflict
 from gateway.models import User
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
+from tests.pg import MakeStore
 from tests.unit.test_store import add_bob, session
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "authgate.sqlite3", clock=lambda: 1000.0)
-    yield opened
-    await opened.close()
+async def store(make_store: MakeStore) -> Storage:
+    """A store on each engine (SQLite, and PostgreSQL when tests/pg.py can run one)."""
+    return await make_store(clock=lambda: 1000.0)
 
 
-async def upsert(store: Store, **changes: Any) -> User:
+async def upsert(store: Storage, **changes: Any) -> User:
     values: dict[str, Any] = {
         "external_id": "uuid-1",
         "username": "alice",
@@ -35,7 +33,7 @@ async def upsert(store: Store, **changes: Any) -> User:
     return await store.upsert_directory_user(**{**values, **changes})
 
 
-async def test_upsert_creates_then_refreshes_the_same_row(store: Store) -> None:
+async def test_upsert_creates_then_refreshes_the_same_row(store: Storage) -> None:
     """The stable id keys the row: a rename or a group change updates it in place."""
     first = await upsert(store)
     second = await upsert(store, username="alice2", groups=("devs",), display_name="A. L.")
@@ -46,7 +44,7 @@ async def test_upsert_creates_then_refreshes_the_same_row(store: Store) -> None:
     assert await store.directory_link(first.id) == ("uuid-1", "")
 
 
-async def test_directory_mail_is_not_a_login_or_a_local_address(store: Store) -> None:
+async def test_directory_mail_is_not_a_login_or_a_local_address(store: Storage) -> None:
     """A directory user's mail finds no row at login and cannot collide with a local account's e-mail."""
     await add_bob(store)
     user = await upsert(store, email="Bob@Example.com")
@@ -58,7 +56,7 @@ async def test_directory_mail_is_not_a_login_or_a_local_address(store: Store) ->
     assert by_mail is not None and by_mail.source == "local"
 
 
-async def test_a_directory_user_cannot_take_a_local_username(store: Store) -> None:
+async def test_a_directory_user_cannot_take_a_local_username(store: Storage) -> None:
     """A directory entry named like a local user is a Conflict, and the local row stays as it was."""
     bob = await add_bob(store)
 
@@ -68,7 +66,7 @@ async def test_a_directory_user_cannot_take_a_local_username(store: Store) -> No
     assert await store.directory_link(bob.id) is None
 
 
-async def test_due_users_are_the_enabled_ones_with_a_live_session_checked_long_ago(store: Store) -> None:
+async def test_due_users_are_the_enabled_ones_with_a_live_session_checked_long_ago(store: Storage) -> None:
     """directory_users_due skips users without sessions, disabled ones and those checked recently."""
     alice = await upsert(store, checked_at=100.0)
     carol = await upsert(store, username="carol", external_id="uuid-3", checked_at=100.0)
