@@ -381,6 +381,14 @@ class Slapd:
         """Freeze slapd (SIGSTOP): it accepts TCP connections but never answers (a hung server)."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+        # The signal is delivered asynchronously: wait until the kernel reports it stopped ("T"),
+        # or a request sent right after could still be answered.
+        deadline = time.monotonic() + START_TIMEOUT
+        stat = Path(f"/proc/{self.process.pid}/stat")
+        while stat.read_text().rpartition(")")[2].split()[0] != "T":
+            if time.monotonic() > deadline:
+                raise RuntimeError("slapd did not stop on SIGSTOP")
+            time.sleep(0.01)
 
     def resume(self) -> None:
         assert self.process is not None
