@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,fast]'
+	bash deploy/ensure-test-tools.sh --build
+	$(PY) -m pip install --quiet -e '.[dev,fast,ldap]'
 	touch $(STAMP)
 
 run: $(STAMP)

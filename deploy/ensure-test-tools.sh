@@ -5,10 +5,32 @@
 # and buildah, mmdebstrap, podman and runc (tests/e2e/test_container.py bootstraps a Debian base,
 # builds deploy/Containerfile on it and runs the image; podman needs runc, crun fails on hybrid cgroups),
 # and the PostgreSQL server (tests/pg.py runs initdb and its own throwaway cluster as user nobody).
+# slapd and ldap-utils run the throwaway directory of the LDAP tests (tests/slapd.py); gcc,
+# python3-dev, libldap2-dev and libsasl2-dev build bonsai, the LDAP client (the `ldap` extra has
+# no Linux wheels). `--build` checks only those build packages: the Makefile runs it before pip.
 # As root (CI) they are installed with apt; otherwise we print the command to run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 need=()
+for pkg in gcc python3-dev libldap2-dev libsasl2-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${1:-}" = "--build" ]; then
+  if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing ${need[*]} with apt-get (to build bonsai)"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    else
+      echo "missing build packages for bonsai: ${need[*]} (install with: sudo apt-get install ${need[*]})" >&2
+      [ "${CI:-}" = "true" ] && exit 1
+    fi
+  fi
+  exit 0
+fi
+[ -x /usr/sbin/slapd ] || need+=(slapd)
+command -v ldapmodify >/dev/null 2>&1 || need+=(ldap-utils)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the test slapd's certificate
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v oathtool >/dev/null 2>&1 || need+=(oathtool)

@@ -24,7 +24,7 @@ from gateway.accounts.validation import (
     validate_groups,
     validate_username,
 )
-from gateway.config import Config, load_config
+from gateway.config import Config, config_warnings, load_config
 from gateway.errors import AuthgateError, ConfigError, Conflict, NotFound
 from gateway.factors.passwords import PasswordHasher, validate_new_password
 from gateway.logs import configure_logging, logger
@@ -54,7 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    load_config(args.file, os.environ)
+    config = load_config(args.file, os.environ)
+    for path, message in config_warnings(config):
+        print(f"warning: {path}: {message}", file=sys.stderr)
     print(f"{args.file}: configuration is valid")
     return 0
 
@@ -83,6 +85,7 @@ def _user_dict(user: User) -> dict[str, Any]:
         "display_name": user.display_name,
         "groups": list(user.groups),
         "disabled": user.disabled,
+        "source": user.source,
     }
 
 
@@ -190,6 +193,17 @@ async def _require_user(store: Storage, username: str) -> User:
     return user
 
 
+async def _require_local_user(store: Storage, username: str, what: str) -> User:
+    """The user, unless it comes from the directory, which owns what `what` would change."""
+    user = await _require_user(store, username)
+    if user.from_directory:
+        raise CliError(
+            f"{user.username} comes from the LDAP directory: {what} there "
+            "(here: `users 2fa reset`, `users sessions revoke`, `users tokens revoke`)"
+        )
+    return user
+
+
 def cmd_users(args: argparse.Namespace) -> int:
     config = _load(args)
 
@@ -221,7 +235,7 @@ def cmd_users(args: argparse.Namespace) -> int:
             return 0
         for u in users:
             state = "disabled" if u.disabled else "active"
-            print(f"{u.username:20} {u.email:30} {state:8} {','.join(u.groups)}")
+            print(f"{u.username:20} {u.email:30} {state:8} {u.source:5} {','.join(u.groups)}")
         return 0
 
     async def show(store: Storage) -> int:
@@ -230,7 +244,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         return 0
 
     async def passwd(store: Storage) -> int:
-        user = await _require_user(store, args.username)
+        user = await _require_local_user(store, args.username, "change the password")
         password = _read_password(args)
         password_hash = await asyncio.to_thread(PasswordHasher(config.password).hash, password)
         await store.set_password_hash(user.id, password_hash)
@@ -240,7 +254,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         return 0
 
     async def set_disabled(store: Storage, disabled: bool) -> int:
-        user = await _require_user(store, args.username)
+        user = await _require_local_user(store, args.username, "disable or enable the account")
         await store.set_disabled(user.id, disabled)
         event = audit.ADMIN_USER_DISABLED if disabled else audit.ADMIN_USER_ENABLED
         await _record(store, event, user.username)
@@ -248,7 +262,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         return 0
 
     async def modify(store: Storage) -> int:
-        user = await _require_user(store, args.username)
+        user = await _require_local_user(store, args.username, "change e-mail, name and groups")
         groups = parse_groups(args.groups) if args.groups is not None else None
         problems = [
             validate_email(args.email) if args.email is not None else None,
@@ -272,6 +286,12 @@ def cmd_users(args: argparse.Namespace) -> int:
 
     async def delete(store: Storage) -> int:
         user = await _require_user(store, args.username)
+        if user.from_directory and not user.disabled:
+            # A live directory user would come back on the next sign-in without their factors.
+            raise CliError(
+                f"{user.username} comes from the LDAP directory and is active there; remove or disable "
+                "it in the directory first (its row is then disabled at the next re-check)"
+            )
         if not args.yes:
             raise CliError(f"deleting {user.username} is permanent; repeat with --yes")
         await store.delete_user(user.id)

@@ -20,7 +20,8 @@ from gateway.accounts.webauthn import WebAuthnService
 from gateway.authz import endpoints as authz
 from gateway.authz.decision import Decisions
 from gateway.authz.rules import CompiledRules
-from gateway.config import Config
+from gateway.config import Config, LdapConfig
+from gateway.directory.service import DirectoryService
 from gateway.errors import StoreUnavailable
 from gateway.external_login.client import ProviderHttp
 from gateway.external_login.service import ExternalLoginService
@@ -88,6 +89,20 @@ async def _flush_token_use(tokens: AppPasswordService, interval: float) -> None:
         await tokens.flush_use()
 
 
+def _directory(
+    cfg: LdapConfig,
+    store: Storage,
+    sessions: SessionService,
+    tokens: AppPasswordService,
+    clock: Callable[[], float],
+) -> DirectoryService:
+    # Imported here: bonsai is an optional extra (pip install 'authgate[ldap]'), needed only
+    # when a directory is configured.
+    from gateway.directory.client import LdapDirectory
+
+    return DirectoryService(LdapDirectory(cfg, clock=clock), store, sessions, cfg, clock, tokens.evict_user)
+
+
 def create_app(
     config: Config, *, clock: Callable[[], float] = time.time, metrics_dir: str | None = None
 ) -> web.Application:
@@ -140,6 +155,9 @@ def create_app(
         provider_http = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(), connector=aiohttp.TCPConnector(limit=20)
         )
+        ldap = config.authentication_backend.ldap
+        directory = _directory(ldap, store, sessions, tokens, clock) if ldap is not None else None
+        sessions.directory_configured = tokens.directory_configured = directory is not None
         app[SERVICES] = Services(
             config=config,
             store=store,
@@ -158,6 +176,7 @@ def create_app(
             external_login=ExternalLoginService(
                 config.external_login, ProviderHttp(provider_http), store, clock=clock
             ),
+            directory=directory,
         )
         # Other instances' revocations reach this one's caches at once (PostgreSQL); on
         # SQLite the store never calls it and cache_ttl bounds them.
@@ -169,6 +188,8 @@ def create_app(
         ]
         if snapshot_files is not None:
             tasks.append(asyncio.create_task(_publish_metrics(metrics, snapshot_files)))
+        if directory is not None:
+            tasks.append(asyncio.create_task(directory.run()))
         yield
         for task in tasks:
             task.cancel()
@@ -181,6 +202,8 @@ def create_app(
                 snapshot_files.publish(metrics.snapshot())
         hasher.close()
         await provider_http.close()
+        if directory is not None:
+            await directory.directory.close()
         await store.close()
 
     app.cleanup_ctx.append(lifetime)

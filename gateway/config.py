@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.directory import filters as ldap_filters
+from gateway.directory.presets import GROUP_SEARCH_MODES, IMPLEMENTATIONS, PRESETS
 from gateway.errors import ConfigError
 from gateway.factors.passkeys import USER_VERIFICATION, check_relying_party, origin_of
 from gateway.models import Level, Policy
@@ -311,6 +313,58 @@ class ExternalLoginConfig:
 
 
 @dataclass(frozen=True)
+class LdapAttributes:
+    # "" = the implementation's default (gateway/directory/presets.py), filled in when loading
+    external_id: str = ""
+    username: str = ""
+    display_name: str = ""
+    mail: str = ""
+    member_of: str = ""
+    group_name: str = ""
+    password_changed: str = ""
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    """authentication_backend.ldap (docs/ldap.md); loading fills every "" from the preset."""
+
+    implementation: str = "openldap"  # openldap | lldap | activedirectory | freeipa | glauth
+    url: str = ""  # ldap://host[:port] (with StartTLS unless start_tls: false) or ldaps://host[:port]
+    start_tls: bool = True  # for ldap:// URLs; false is allowed only to a loopback address
+    ca_file: str = ""  # PEM bundle to verify the server with; "" = the system's
+    tls_skip_verify: bool = False  # accept any certificate (testing only; config check warns)
+    bind_dn: str = ""  # the service account authgate searches with
+    bind_password: str = field(default="", repr=False)  # or bind_password_file
+    bind_password_file: str = ""
+    base_dn: str = ""
+    users_dn: str = ""  # below base_dn, e.g. ou=people ("" = the preset's, or base_dn itself)
+    groups_dn: str = ""
+    users_filter: str = ""  # placeholders: {input} {username_attribute} {mail_attribute} {date-time:...}
+    groups_filter: str = ""  # placeholders: {dn} {username} {input} {date-time:...}
+    group_search_mode: str = ""  # filter | memberof
+    disabled_rule: str = ""  # filled from the implementation: which attribute disables an account
+    attributes: LdapAttributes = field(default_factory=LdapAttributes)
+    timeout: float = 0.0  # seconds, per LDAP operation (connect, bind, search); 0 = the preset's
+    pool_size: int = 4  # service-account connections kept open
+    refresh_interval: float = 300.0  # seconds between re-checks of a signed-in user against the directory
+    password_change: bool = True  # offer password change through the directory (RFC 3062)
+
+    @property
+    def users_base(self) -> str:
+        return f"{self.users_dn},{self.base_dn}" if self.users_dn else self.base_dn
+
+    @property
+    def groups_base(self) -> str:
+        return f"{self.groups_dn},{self.base_dn}" if self.groups_dn else self.base_dn
+
+
+@dataclass(frozen=True)
+class AuthenticationBackendConfig:
+    # None = local users only. Set: local users first, then the directory (docs/ldap.md).
+    ldap: LdapConfig | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -331,6 +385,24 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     external_login: ExternalLoginConfig = field(default_factory=ExternalLoginConfig)
+    authentication_backend: AuthenticationBackendConfig = field(default_factory=AuthenticationBackendConfig)
+
+
+def config_warnings(config: Config) -> list[tuple[str, str]]:
+    """Return settings that are valid but unsafe outside a test setup, as (key path, message)."""
+    found: list[tuple[str, str]] = []
+    ldap = config.authentication_backend.ldap
+    if ldap is not None and ldap.tls_skip_verify:
+        found.append(
+            (
+                "authentication_backend.ldap.tls_skip_verify",
+                "true: any certificate is accepted, so whoever can intercept the connection sees "
+                "every directory password; use ca_file instead",
+            )
+        )
+    if config.notifier.type == "smtp" and config.notifier.smtp.tls_skip_verify:
+        found.append(("notifier.smtp.tls_skip_verify", "true: any mail server certificate is accepted"))
+    return found
 
 
 # --- Loading -----------------------------------------------------------------------------------------
@@ -1181,6 +1253,155 @@ def _smtp(value: Any, path: str, problems: Problems) -> Any:
     return dataclasses.replace(smtp, password=password)
 
 
+_LDAP_ATTRIBUTE_KEYS = tuple(item.name for item in fields(LdapAttributes))
+_MAX_LDAP_TIMEOUT = 60.0
+_MAX_REFRESH_INTERVAL = 86400.0
+
+
+def _ldap_attribute(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, str) or not ldap_filters.is_attribute_name(value.strip()):
+        return _fail(problems, path, f"{_show(value)} is not an LDAP attribute name (letters, digits, '-')")
+    return value.strip()
+
+
+def _ldap_url(value: Any, path: str, problems: Problems) -> Any:
+    if _text(value, path, problems) is _INVALID:
+        return _INVALID
+    parts = urlsplit(value.strip())
+    allowed = "use ldap://host[:port] (with StartTLS) or ldaps://host[:port]"
+    try:
+        port = parts.port
+    except ValueError:
+        return _fail(problems, path, f"{_show(value)} has an invalid port; {allowed}")
+    if parts.scheme not in ("ldap", "ldaps") or not parts.hostname or parts.path not in ("", "/"):
+        return _fail(problems, path, f"{_show(value)} is not allowed; {allowed}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return _fail(problems, path, f"{_show(value)} carries more than a host and port; {allowed}")
+    netloc = parts.netloc if port is not None else parts.hostname
+    return f"{parts.scheme}://{netloc}"
+
+
+def _ldap_dn(value: Any, path: str, problems: Problems) -> Any:
+    if _text(value, path, problems) is _INVALID:
+        return _INVALID
+    if "=" not in value or "\n" in value or "\x00" in value:
+        return _fail(problems, path, f"{_show(value)} is not a DN like dc=example,dc=com")
+    return value.strip()
+
+
+def _ldap_sub_dn(value: Any, path: str, problems: Problems) -> Any:
+    # "" is allowed here: search base_dn itself (presets like lldap default to ou=people)
+    if isinstance(value, str) and not value.strip():
+        return ""
+    return _ldap_dn(value, path, problems)
+
+
+def _ldap_filter(allowed: frozenset[str]) -> _Parser:
+    def parse(value: Any, path: str, problems: Problems) -> Any:
+        if _text(value, path, problems) is _INVALID:
+            return _INVALID
+        text = value.strip()
+        if not ldap_filters.is_valid_filter(text):
+            return _fail(
+                problems,
+                path,
+                f"{_show(value)} is not an LDAP filter: it must be one (...) with balanced parentheses",
+            )
+        unknown = sorted(ldap_filters.placeholders(text) - allowed)
+        if unknown:
+            return _fail(
+                problems,
+                path,
+                f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; "
+                f"allowed: {', '.join('{' + a + '}' for a in sorted(allowed))}",
+            )
+        return text
+
+    return parse
+
+
+_LDAP_PARSERS: dict[str, _Parser] = {
+    "implementation": _choice(IMPLEMENTATIONS),
+    "url": _ldap_url,
+    "start_tls": _flag,
+    "ca_file": _text,
+    "tls_skip_verify": _flag,
+    "bind_dn": _ldap_dn,
+    "bind_password": _password,
+    "bind_password_file": _text,
+    "base_dn": _ldap_dn,
+    "users_dn": _ldap_sub_dn,
+    "groups_dn": _ldap_sub_dn,
+    "users_filter": _ldap_filter(ldap_filters.USER_PLACEHOLDERS),
+    "groups_filter": _ldap_filter(ldap_filters.GROUP_PLACEHOLDERS),
+    "group_search_mode": _choice(GROUP_SEARCH_MODES),
+    "attributes": _sub_section(LdapAttributes, dict.fromkeys(_LDAP_ATTRIBUTE_KEYS, _ldap_attribute)),
+    "timeout": _duration(positive=True, maximum=_MAX_LDAP_TIMEOUT),
+    "pool_size": _integer(1, 64),
+    "refresh_interval": _duration_between(1.0, _MAX_REFRESH_INTERVAL),
+    "password_change": _flag,
+}
+
+
+def _ldap(value: Any, path: str, problems: Problems) -> Any:
+    """authentication_backend.ldap: parse, fill the rest from the implementation's preset, check."""
+    ldap = _sub_section(LdapConfig, _LDAP_PARSERS)(value, path, problems)
+    if ldap is _INVALID:
+        return _INVALID
+    start = len(problems)
+    for key in ("url", "base_dn", "bind_dn"):
+        if not getattr(ldap, key):
+            problems.append((f"{path}.{key}", "missing; the directory cannot be used without it"))
+    if ldap.bind_password_file:
+        if ldap.bind_password:
+            problems.append(
+                (f"{path}.bind_password_file", "both bind_password and bind_password_file are set; use one")
+            )
+        else:
+            try:
+                with open(ldap.bind_password_file, encoding="utf-8") as stream:
+                    ldap = dataclasses.replace(ldap, bind_password=stream.read().removesuffix("\n"))
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(
+                    (f"{path}.bind_password_file", f"cannot read {ldap.bind_password_file}: {_reason(exc)}")
+                )
+    if ldap.bind_dn and not ldap.bind_password and not ldap.bind_password_file:
+        # an empty password makes a simple bind "unauthenticated": it succeeds and grants nothing
+        problems.append((f"{path}.bind_password", "missing; give bind_password or bind_password_file"))
+    if ldap.url.startswith("ldap://") and not ldap.start_tls:
+        host = urlsplit(ldap.url).hostname or ""
+        if not _is_loopback_host(host):
+            problems.append(
+                (
+                    f"{path}.start_tls",
+                    f"false sends directory passwords unencrypted to {host}; allowed only to a loopback "
+                    "address: use start_tls: true or an ldaps:// URL",
+                )
+            )
+    if ldap.ca_file and not os.path.isfile(ldap.ca_file):
+        problems.append((f"{path}.ca_file", f"{_show(ldap.ca_file)} is not a readable file"))
+    if len(problems) > start:
+        return _INVALID
+    preset = PRESETS[ldap.implementation]
+    given = ldap.attributes
+    attributes = LdapAttributes(
+        **{key: getattr(given, key) or getattr(preset, key) for key in _LDAP_ATTRIBUTE_KEYS}
+    )
+    # users_dn / groups_dn: a preset's default only when the key was not given at all.
+    given_keys = value if isinstance(value, dict) else {}
+    return dataclasses.replace(
+        ldap,
+        users_dn=ldap.users_dn if given_keys.get("users_dn") is not None else preset.users_dn,
+        groups_dn=ldap.groups_dn if given_keys.get("groups_dn") is not None else preset.groups_dn,
+        users_filter=ldap.users_filter or preset.users_filter,
+        groups_filter=ldap.groups_filter or preset.groups_filter,
+        group_search_mode=ldap.group_search_mode or preset.group_search_mode,
+        disabled_rule=preset.disabled,
+        attributes=attributes,
+        timeout=ldap.timeout or preset.timeout,
+    )
+
+
 def _dsn(value: Any, path: str, problems: Problems) -> Any:
     # never echo the DSN: it may carry the password, and problems end up in logs
     if not isinstance(value, str):
@@ -1801,6 +2022,7 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
         ExternalLoginConfig,
         {"providers": _external_providers, "login_ttl": _duration_between(60.0, 3600.0)},
     ),
+    "authentication_backend": (AuthenticationBackendConfig, {"ldap": _ldap}),
 }
 
 # Keys typed `str` in the dataclasses take environment values verbatim instead of through YAML.

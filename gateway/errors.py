@@ -7,8 +7,11 @@ AuthgateError
 │   ├── NotFound           no such user / session
 │   ├── Conflict           unique value already taken (username, e-mail)
 │   └── StoreUnavailable   the database is locked, full or failing: retry later (HTTP 503)
+├── DirectoryUnavailable   the LDAP directory cannot be reached or did not answer in time (HTTP 503)
+├── PasswordChangeRefused  the directory does not let this password be changed here
 └── AuthFailed             a credential was present but wrong, expired or tampered
-    └── SessionInvalid     the session cookie does not verify or its session is gone
+    ├── SessionInvalid     the session cookie does not verify or its session is gone
+    └── DirectoryLoginFailed the directory said no (no entry, two entries, wrong password, disabled)
 """
 
 from __future__ import annotations
@@ -65,3 +68,27 @@ class AuthFailed(AuthgateError):
 
 class SessionInvalid(AuthFailed):
     """The session cookie does not verify, or its session no longer exists."""
+
+
+class DirectoryLoginFailed(AuthFailed):
+    """The directory refused a login; `reason` is for the log (never shown: no user enumeration)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class DirectoryUnavailable(AuthgateError):
+    """The LDAP directory cannot be reached, or did not answer within the timeout."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"directory unavailable: {reason}")
+
+
+class PasswordChangeRefused(AuthgateError):
+    """The directory does not let authgate change this password; `message` is shown to the user."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)

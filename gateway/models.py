@@ -51,6 +51,10 @@ class OriginalRequest:
     ambiguity: str | None = None
 
 
+SOURCE_LOCAL = "local"
+SOURCE_LDAP = "ldap"
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     """An account as stored; the password hash never leaves storage in this object."""
@@ -63,6 +67,11 @@ class User:
     disabled: bool
     created_at: float
     password_login: bool = True  # False: WebAuthn-only account, the password form is refused
+    source: str = "local"  # "local" | "ldap": where the profile, groups and password live
+
+    @property
+    def from_directory(self) -> bool:
+        return self.source == SOURCE_LDAP
 
 
 @dataclass(frozen=True, slots=True)

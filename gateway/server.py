@@ -23,7 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError, InvalidHeader, LineTooL
 
 from gateway import metrics_http
 from gateway.app import create_app, session_keys
-from gateway.config import Config, split_listen
+from gateway.config import Config, config_warnings, split_listen
 from gateway.logs import configure_logging, log_event
 from gateway.metrics import prepare_directory
 from gateway.store.engine import open_store
@@ -169,6 +169,8 @@ def serve(config: Config, *, workers: int | None = None) -> None:
     count = resolve_workers(config, workers)
     session_keys(config)  # create generated secrets once, before workers race for them
     asyncio.run(_prepare_database(config))
+    for path, message in config_warnings(config):
+        log_event("config_warning", logging.WARNING, key=path, message=message)
     log_event("starting", workers=count, loop=_install_uvloop() if count == 1 else "per worker")
     if count == 1:
         asyncio.run(_run_worker(config, reuse_port=False))

@@ -15,6 +15,7 @@ from gateway.accounts.webauthn import WebAuthnService
 from gateway.authz.decision import Decisions
 from gateway.authz.rules import CompiledRules
 from gateway.config import Config
+from gateway.directory.service import DirectoryService
 from gateway.external_login.service import ExternalLoginService
 from gateway.factors.passwords import AsyncPasswordHasher
 from gateway.metrics import Metrics
@@ -39,6 +40,7 @@ class Services:
     csrf_keys: tuple[str, ...]
     metrics: Metrics  # this worker's counts (gateway/metrics.py)
     external_login: ExternalLoginService  # sign-in through external providers
+    directory: DirectoryService | None = None  # authentication_backend.ldap; None = local users only
 
 
 SERVICES = web.AppKey("services", Services)

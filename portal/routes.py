@@ -44,6 +44,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/settings/totp/{device_id}/rename", settings.totp_rename),
     ("POST", "/settings/totp/{device_id}/delete", settings.totp_delete),
     ("POST", "/settings/recovery", settings.recovery_regenerate),
+    ("POST", "/settings/directory-password", settings.directory_password_change),
     ("POST", "/settings/webauthn/options", passkeys.register_options),
     ("POST", "/settings/webauthn/register", passkeys.register_finish),
     ("POST", "/settings/webauthn/{device_id}/rename", passkeys.rename_key),

@@ -22,7 +22,7 @@ from gateway.authz.domains import cookie_domain_attribute, match_cookie_domain
 from gateway.authz.forwarded import client_address
 from gateway.authz.redirects import safe_redirect_target
 from gateway.config import Config, CookieDomain
-from gateway.errors import StoreUnavailable
+from gateway.errors import DirectoryUnavailable, StoreUnavailable
 from gateway.factors.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from gateway.logs import log_event
 from gateway.models import User
@@ -357,6 +357,43 @@ def unavailable(request: web.Request, exc: StoreUnavailable) -> web.Response:
     return response
 
 
+DIRECTORY_UNAVAILABLE = N_(
+    "The directory is unavailable right now, so directory accounts cannot sign in. "
+    "Please try again in a few minutes."
+)
+
+
+def directory_unavailable(request: web.Request, exc: DirectoryUnavailable) -> web.Response:
+    """Answer a request the LDAP directory could not serve: a 503 page (or JSON), one log line."""
+    log_event(
+        "ldap_unavailable", logging.WARNING, method=request.method, path=request.path, reason=exc.reason
+    )
+    headers = {**SECURITY_HEADERS, "Retry-After": RETRY_AFTER}
+    tr = translator(request)
+    message = tr.gettext(DIRECTORY_UNAVAILABLE)
+    if "application/json" in request.headers.get("Accept", "") or request.content_type == "application/json":
+        return web.json_response({"error": message}, status=503, headers=headers)
+    heading = tr.gettext("The directory is unavailable")
+    response = render(request, "message.html", status=503, heading=heading, message=message)
+    response.headers["Retry-After"] = RETRY_AFTER
+    return response
+
+
+async def account_password_ok(request: web.Request, user: User, password: str) -> bool:
+    """Check a signed-in user's password: the local hash, or a bind for a directory user.
+
+    DirectoryUnavailable propagates (store_guard answers 503): "the directory cannot say" is
+    not "wrong password".
+    """
+    services = services_of(request)
+    if user.from_directory:
+        if services.directory is None:
+            return False  # the directory was removed from the configuration
+        return await services.directory.check_password(user, password)
+    found = await services.store.find_login(user.username)
+    return await services.passwords.verify(found[1] if found else None, password)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -369,6 +406,8 @@ def store_guard(handler: Handler) -> Handler:
             return await handler(request)
         except StoreUnavailable as exc:
             return unavailable(request, exc)
+        except DirectoryUnavailable as exc:
+            return directory_unavailable(request, exc)
 
     return guarded
 

@@ -10,7 +10,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-EXTRAS = ("fast",)  # optional dependencies the image carries (uvloop)
+EXTRAS = ("fast", "ldap")  # optional dependencies the image carries (uvloop, bonsai)
 
 
 def main(pyproject: str, build_requirements: str, requirements: str) -> int:

@@ -68,6 +68,9 @@ class AppPasswordService:
         self._pending_use: dict[int, tuple[float, str]] = {}
         self._suspects: dict[str, float] = {}  # client address -> last failure
         self.suspect_for = 900.0  # seconds an address stays under ban checks after a failure
+        # False when no directory is configured: nobody re-checks directory users then, so
+        # their tokens stop working instead of outliving a removed directory (docs/ldap.md).
+        self.directory_configured = True
 
     def mark_suspect(self, ip: str) -> None:
         """Remember a failure from this address: its next requests are checked against bans."""
@@ -112,6 +115,8 @@ class AppPasswordService:
         record, user = app_passwords.check_app_password(
             credentials, found, pepper=self.pepper, host=host, now=now
         )
+        if user.from_directory and not self.directory_configured:
+            raise InvalidAppPassword("a directory user, but no directory is configured")
         identity = build_identity_headers(user, self._header_names)
         entry = CachedToken(
             token_pk=record.id,

@@ -93,6 +93,9 @@ class SessionService:
         self._renewing: set[str] = set()
         # Bumped by every eviction: a read that started before one must not fill the cache.
         self._generation = 0
+        # False when no directory is configured: directory users' sessions end, since nothing
+        # re-checks them any more (docs/ldap.md, "removing the directory").
+        self.directory_configured = True
 
     async def create(self, user: User, level: Level, *, remember_me: bool, ip: str, user_agent: str) -> str:
         """Start a new session and return its signed cookie value."""
@@ -221,6 +224,8 @@ class SessionService:
         )
         if user.disabled:
             reason = "user disabled"
+        elif user.from_directory and not self.directory_configured:
+            reason = "directory not configured"
         if reason is not None:
             await self._end(record, reason)
             return None
@@ -368,7 +373,9 @@ class SessionService:
 
         def ends(item: tuple[str, CachedSession]) -> bool:
             row = found.get(item[1].id_hash)
-            return row is None or row[1].disabled or now >= row[0].expires_at
+            if row is None or row[1].disabled or now >= row[0].expires_at:
+                return True
+            return row[1].from_directory and not self.directory_configured
 
         # Every eviction bumps the generation and keeps the reads that started before it out
         # of the cache: put the live sessions first, so this batch's own endings do not

@@ -138,6 +138,32 @@ class UserStore(Protocol):
     async def user_overview(self, now: float) -> dict[int, UserOverview]:
         """Return, by user id, counts of second factors and live sessions (one query, no secrets)."""
 
+    async def upsert_directory_user(
+        self,
+        *,
+        external_id: str,
+        username: str,
+        email: str,
+        display_name: str,
+        groups: Sequence[str],
+        disabled: bool,
+        stamp: str,
+        checked_at: float,
+    ) -> User:
+        """Create or refresh a directory user's row by stable id; Conflict when a local user has the name."""
+
+    async def directory_users_due(
+        self, *, checked_before: float, now: float, limit: int = 100
+    ) -> list[tuple[User, str, str]]:
+        """Enabled directory users with a live session or app password, last checked before
+        `checked_before`: (user, external id, password stamp), oldest check first."""
+
+    async def directory_link(self, user_id: int) -> tuple[str, str] | None:
+        """Return a directory user's (external id, password stamp); None for a local user."""
+
+    async def set_directory_checked(self, user_id: int, checked_at: float) -> None:
+        """Record that the directory was asked about a user (found or not)."""
+
 
 class SessionStore(Protocol):
     """Browser sessions, looked up by the sha256 of the cookie's session id."""

@@ -458,6 +458,31 @@ CREATE TABLE external_identities (
 CREATE INDEX external_identities_user_id ON external_identities (user_id);
 """
 
+# v8: users from an LDAP directory (issue 13, docs/ldap.md): a local row per directory user, so
+# second factors, sessions and audit attach to a user id. The directory owns the profile,
+# groups and password; `external_id` is the entry's stable id (entryUUID, objectGUID ...).
+_V_LDAP: Final = """
+ALTER TABLE users ADD COLUMN source TEXT NOT NULL DEFAULT 'local';   -- local | ldap
+ALTER TABLE users ADD COLUMN external_id TEXT;          -- NULL for local users
+ALTER TABLE users ADD COLUMN directory_stamp TEXT;      -- the entry's password-change time, as last seen
+ALTER TABLE users ADD COLUMN directory_checked_at REAL; -- last time the directory confirmed the user
+
+CREATE UNIQUE INDEX users_source_external_id ON users (source, external_id) WHERE external_id IS NOT NULL;
+CREATE INDEX users_directory_checked_at ON users (directory_checked_at) WHERE external_id IS NOT NULL;
+"""
+
+
+# The same on PostgreSQL (times are DOUBLE PRECISION there).
+_V_LDAP_PG: Final = """
+ALTER TABLE users ADD COLUMN source TEXT NOT NULL DEFAULT 'local';   -- local | ldap
+ALTER TABLE users ADD COLUMN external_id TEXT;          -- NULL for local users
+ALTER TABLE users ADD COLUMN directory_stamp TEXT;      -- the entry's password-change time, as last seen
+ALTER TABLE users ADD COLUMN directory_checked_at DOUBLE PRECISION; -- last directory confirmation
+
+CREATE UNIQUE INDEX users_source_external_id ON users (source, external_id) WHERE external_id IS NOT NULL;
+CREATE INDEX users_directory_checked_at ON users (directory_checked_at) WHERE external_id IS NOT NULL;
+"""
+
 MIGRATIONS: Final[tuple[str | Migration, ...]] = (
     Migration(sqlite=_V1, postgres=_V1_PG),
     Migration(sqlite=_V2, postgres=_V2_PG),
@@ -466,7 +491,9 @@ MIGRATIONS: Final[tuple[str | Migration, ...]] = (
     _V5,  # the same SQL on both engines
     Migration(sqlite=_V6, postgres=_V6_PG),
     Migration(sqlite=_V7_EXTERNAL_IDENTITIES, postgres=_V7_EXTERNAL_IDENTITIES_PG),
+    Migration(sqlite=_V_LDAP, postgres=_V_LDAP_PG),
 )
+
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -86,28 +86,28 @@ _ERROR_KIND_NAMES = ("busy", "full", "io", "readonly", "corrupt", "other")
 
 
 _SELECT_USER_BY_ID = (
-    "SELECT id, username, email, display_name, groups, disabled, created_at, password_login FROM users "
-    "WHERE id = $1"
+    "SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source "
+    "FROM users WHERE id = $1"
 )
 _SELECT_USER_BY_NAME = (
-    "SELECT id, username, email, display_name, groups, disabled, created_at, password_login FROM users "
-    "WHERE username = $1"
+    "SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source "
+    "FROM users WHERE username = $1"
 )
 _SELECT_USER_BY_EMAIL = (
-    "SELECT id, username, email, display_name, groups, disabled, created_at, password_login FROM users "
-    "WHERE email_key = $1"
+    "SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source "
+    "FROM users WHERE email_key = $1"
 )
 _SELECT_USERS = (
-    "SELECT id, username, email, display_name, groups, disabled, created_at, password_login FROM users "
-    "ORDER BY username"
+    "SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source "
+    "FROM users ORDER BY username"
 )
 _SELECT_USER_BY_HANDLE = """
-SELECT id, username, email, display_name, groups, disabled, created_at, password_login FROM users
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source FROM users
 WHERE id = (SELECT user_id FROM webauthn_user_handles WHERE handle = $1)
 """
 # A username wins over another account's e-mail that happens to read the same.
 _SELECT_LOGIN = """
-SELECT id, username, email, display_name, groups, disabled, created_at, password_login,
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source,
        password_hash FROM users
 WHERE username = $1 OR email_key = $1
 ORDER BY (username = $1) DESC
@@ -116,7 +116,7 @@ LIMIT 1
 _INSERT_USER = """
 INSERT INTO users (username, email, email_key, display_name, groups, password_hash, disabled, created_at)
 VALUES ($1, $2, $3, $4, $5, $6, 0, $7)
-RETURNING id, username, email, display_name, groups, disabled, created_at, password_login
+RETURNING id, username, email, display_name, groups, disabled, created_at, password_login, source
 """
 # A NULL parameter keeps the current value, so one fixed statement serves every partial update.
 _UPDATE_USER = """
@@ -126,10 +126,36 @@ UPDATE users SET
     display_name = COALESCE($3, display_name),
     groups = COALESCE($4, groups)
 WHERE id = $5
-RETURNING id, username, email, display_name, groups, disabled, created_at, password_login
+RETURNING id, username, email, display_name, groups, disabled, created_at, password_login, source
+"""
+# A directory user's row, keyed by the entry's stable id (see the SQLite store for why
+# email_key is not the directory's mail).
+_UPSERT_DIRECTORY_USER = """
+INSERT INTO users (username, email, email_key, display_name, groups, password_hash, disabled, created_at,
+                   source, external_id, directory_stamp, directory_checked_at)
+VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, 'ldap', $8, $9, $10)
+ON CONFLICT (source, external_id) WHERE external_id IS NOT NULL DO UPDATE SET
+    username = excluded.username,
+    email = excluded.email,
+    display_name = excluded.display_name,
+    groups = excluded.groups,
+    disabled = excluded.disabled,
+    directory_stamp = excluded.directory_stamp,
+    directory_checked_at = excluded.directory_checked_at
+RETURNING id, username, email, display_name, groups, disabled, created_at, password_login, source
+"""
+_SELECT_DIRECTORY_DUE = """
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source,
+       external_id, COALESCE(directory_stamp, '') AS directory_stamp
+FROM users AS u
+WHERE source = 'ldap' AND disabled = 0 AND COALESCE(directory_checked_at, 0) < $1
+  AND (EXISTS (SELECT 1 FROM sessions AS s WHERE s.user_id = u.id AND s.expires_at > $2)
+       OR EXISTS (SELECT 1 FROM app_passwords AS a WHERE a.user_id = u.id AND a.revoked_at IS NULL))
+ORDER BY COALESCE(directory_checked_at, 0)
+LIMIT $3
 """
 _SEARCH_USERS = """
-SELECT id, username, email, display_name, groups, disabled, created_at, password_login FROM users
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source FROM users
 WHERE username LIKE $1 ESCAPE '\\' OR email_key LIKE $1 ESCAPE '\\' OR lower(display_name) LIKE $1 ESCAPE '\\'
 ORDER BY username
 LIMIT $2
@@ -157,7 +183,8 @@ SELECT s.id_hash, s.user_id, s.level, s.created_at, s.authenticated_at, s.last_a
        s.expires_at, s.remember_me, s.ip, s.user_agent,
        u.id AS u_id, u.username AS u_username, u.email AS u_email,
        u.display_name AS u_display_name, u.groups AS u_groups,
-       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login
+       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login,
+       u.source AS u_source
 
 FROM sessions AS s JOIN users AS u ON u.id = s.user_id
 WHERE s.id_hash = $1
@@ -167,7 +194,8 @@ SELECT s.id_hash, s.user_id, s.level, s.created_at, s.authenticated_at, s.last_a
        s.expires_at, s.remember_me, s.ip, s.user_agent,
        u.id AS u_id, u.username AS u_username, u.email AS u_email,
        u.display_name AS u_display_name, u.groups AS u_groups,
-       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login
+       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login,
+       u.source AS u_source
 
 FROM sessions AS s JOIN users AS u ON u.id = s.user_id
 WHERE s.id_hash = ANY($1::text[])
@@ -257,7 +285,8 @@ SELECT a.id, a.user_id, a.token_id, a.name, a.domains, a.level, a.created_at, a.
        a.last_used_at, a.last_used_ip, a.token_hash,
        u.id AS u_id, u.username AS u_username, u.email AS u_email,
        u.display_name AS u_display_name, u.groups AS u_groups,
-       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login
+       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login,
+       u.source AS u_source
 
 FROM app_passwords AS a JOIN users AS u ON u.id = a.user_id
 WHERE a.token_id = $1 AND a.revoked_at IS NULL
@@ -738,6 +767,72 @@ class PostgresStore:
             )
             for row in await self._rows(_USER_OVERVIEW, now)
         }
+
+    # -- directory users (docs/ldap.md) -------------------------------------
+
+    async def upsert_directory_user(
+        self,
+        *,
+        external_id: str,
+        username: str,
+        email: str,
+        display_name: str,
+        groups: Sequence[str],
+        disabled: bool,
+        stamp: str,
+        checked_at: float,
+    ) -> User:
+        """Create or refresh a directory user's row by stable id; Conflict when a local user has the name."""
+        params = (
+            username.lower(),
+            email,
+            f"ldap:{external_id}",
+            display_name,
+            groups_json(groups),
+            int(disabled),
+            self._clock(),
+            external_id,
+            stamp,
+            checked_at,
+        )
+
+        async def work(conn: asyncpg.Connection) -> User:
+            try:
+                row = await self._fetchrow(conn, _UPSERT_DIRECTORY_USER, *params)
+            except asyncpg.UniqueViolationError as exc:
+                raise _user_conflict(exc, username=username, email=email) from exc
+            assert row is not None  # noqa: S101 - INSERT ... RETURNING returns the row it wrote
+            await self._notify(conn, "u", int(row["id"]))
+            return user_from_row(row)
+
+        return await self._run(work, transaction=True)
+
+    async def directory_users_due(
+        self, *, checked_before: float, now: float, limit: int = 100
+    ) -> list[tuple[User, str, str]]:
+        """Enabled directory users with a live session or app password, last checked before
+        `checked_before`: (user, external id, password stamp), oldest check first."""
+        rows = await self._rows(_SELECT_DIRECTORY_DUE, checked_before, now, limit)
+        return [(user_from_row(row), row["external_id"], row["directory_stamp"]) for row in rows]
+
+    async def directory_link(self, user_id: int) -> tuple[str, str] | None:
+        """Return a directory user's (external id, password stamp); None for a local user."""
+        row = await self._row(
+            "SELECT external_id, COALESCE(directory_stamp, '') AS stamp FROM users "
+            "WHERE id = $1 AND source = 'ldap'",
+            user_id,
+        )
+        return (row["external_id"], row["stamp"]) if row is not None else None
+
+    async def set_directory_checked(self, user_id: int, checked_at: float) -> None:
+        """Record that the directory was asked about a user (found or not)."""
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await self._execute(
+                conn, "UPDATE users SET directory_checked_at = $1 WHERE id = $2", checked_at, user_id
+            )
+
+        await self._run(work, transaction=True)
 
     # -- sessions -----------------------------------------------------------
 

@@ -39,6 +39,8 @@ def groups_json(groups: Sequence[str]) -> str:
 
 def user_from_row(row: Row, *, prefix: str = "") -> User:
     login_key = f"{prefix}password_login"
+    source_key = f"{prefix}source"
+    keys = row.keys()
     return User(
         id=row[f"{prefix}id"],
         username=row[f"{prefix}username"],
@@ -48,7 +50,8 @@ def user_from_row(row: Row, *, prefix: str = "") -> User:
         disabled=bool(row[f"{prefix}disabled"]),
         created_at=row[f"{prefix}created_at"],
         # absent from INSERT ... RETURNING: a new account always starts with password login
-        password_login=bool(row[login_key]) if login_key in row.keys() else True,
+        password_login=bool(row[login_key]) if login_key in keys else True,
+        source=row[source_key] if source_key in keys else "local",
     )
 
 

@@ -48,30 +48,30 @@ __all__ = ["AppPasswordLimit", "Store", "UserOverview"]
 # Queries are literals, never assembled at run time (the one exception is the
 # PRAGMA that records the schema version, which takes no parameters).
 _SELECT_USER_BY_ID = """
-SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source
 FROM users WHERE id = ?
 """
 _SELECT_USER_BY_NAME = """
-SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source
 FROM users WHERE username = ?
 """
 _SELECT_USER_BY_EMAIL = """
-SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source
 FROM users WHERE email_key = ?
 """
 _SELECT_USERS = """
-SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source
 FROM users ORDER BY username
 """
 _SELECT_USER_BY_HANDLE = """
-SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source
 FROM users WHERE id = (SELECT user_id FROM webauthn_user_handles WHERE handle = ?)
 """
 _USER_HANDLE_BYTES = 32
 
 # A username wins over another account's e-mail that happens to read the same.
 _SELECT_LOGIN = """
-SELECT id, username, email, display_name, groups, disabled, created_at, password_login, password_hash
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source, password_hash
 FROM users
 WHERE username = ? OR email_key = ?
 ORDER BY username = ? DESC
@@ -84,6 +84,36 @@ VALUES (?, ?, ?, ?, ?, ?, 0, ?)
 RETURNING id, username, email, display_name, groups, disabled, created_at
 """
 
+# A directory user's row, keyed by the entry's stable id: a rename in the directory renames
+# the row. email_key is not the directory's mail: a directory user who may edit their own
+# mail attribute must not collide with (or be found as) a local account (docs/ldap.md).
+_UPSERT_DIRECTORY_USER = """
+INSERT INTO users (username, email, email_key, display_name, groups, password_hash, disabled, created_at,
+                   source, external_id, directory_stamp, directory_checked_at)
+VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 'ldap', ?, ?, ?)
+ON CONFLICT (source, external_id) WHERE external_id IS NOT NULL DO UPDATE SET
+    username = excluded.username,
+    email = excluded.email,
+    display_name = excluded.display_name,
+    groups = excluded.groups,
+    disabled = excluded.disabled,
+    directory_stamp = excluded.directory_stamp,
+    directory_checked_at = excluded.directory_checked_at
+RETURNING id, username, email, display_name, groups, disabled, created_at, password_login, source
+"""
+
+# Directory users someone may be acting as (a live session or app password), checked longest ago.
+_SELECT_DIRECTORY_DUE = """
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source,
+       external_id, COALESCE(directory_stamp, '') AS directory_stamp
+FROM users AS u
+WHERE source = 'ldap' AND disabled = 0 AND COALESCE(directory_checked_at, 0) < ?
+  AND (EXISTS (SELECT 1 FROM sessions AS s WHERE s.user_id = u.id AND s.expires_at > ?)
+       OR EXISTS (SELECT 1 FROM app_passwords AS a WHERE a.user_id = u.id AND a.revoked_at IS NULL))
+ORDER BY COALESCE(directory_checked_at, 0)
+LIMIT ?
+"""
+
 # A NULL parameter keeps the current value, so one fixed statement serves every partial update.
 _UPDATE_USER = """
 UPDATE users SET
@@ -92,7 +122,7 @@ UPDATE users SET
     display_name = COALESCE(?, display_name),
     groups = COALESCE(?, groups)
 WHERE id = ?
-RETURNING id, username, email, display_name, groups, disabled, created_at, password_login
+RETURNING id, username, email, display_name, groups, disabled, created_at, password_login, source
 """
 
 _INSERT_SESSION = """
@@ -113,7 +143,8 @@ SELECT s.id_hash, s.user_id, s.level, s.created_at, s.authenticated_at, s.last_a
        s.expires_at, s.remember_me, s.ip, s.user_agent,
        u.id AS u_id, u.username AS u_username, u.email AS u_email,
        u.display_name AS u_display_name, u.groups AS u_groups,
-       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login
+       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login,
+       u.source AS u_source
 FROM sessions AS s JOIN users AS u ON u.id = s.user_id
 WHERE s.id_hash = ?
 """
@@ -283,7 +314,8 @@ SELECT a.id, a.user_id, a.token_id, a.name, a.domains, a.level, a.created_at, a.
        a.last_used_at, a.last_used_ip, a.token_hash,
        u.id AS u_id, u.username AS u_username, u.email AS u_email,
        u.display_name AS u_display_name, u.groups AS u_groups,
-       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login
+       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login,
+       u.source AS u_source
 FROM app_passwords AS a JOIN users AS u ON u.id = a.user_id
 WHERE a.token_id = ? AND a.revoked_at IS NULL
 """
@@ -325,7 +357,7 @@ LIMIT ?
 """
 
 _SEARCH_USERS = """
-SELECT id, username, email, display_name, groups, disabled, created_at, password_login
+SELECT id, username, email, display_name, groups, disabled, created_at, password_login, source
 FROM users
 WHERE username LIKE ? ESCAPE '\\' OR email_key LIKE ? ESCAPE '\\' OR lower(display_name) LIKE ? ESCAPE '\\'
 ORDER BY username
@@ -599,6 +631,60 @@ class Store:
         except sqlite3.IntegrityError as exc:
             raise _user_conflict(exc, username=username, email=email) from exc
         return user_from_row(result.rows[0])
+
+    # -- directory users (docs/ldap.md) -------------------------------------
+
+    async def upsert_directory_user(
+        self,
+        *,
+        external_id: str,
+        username: str,
+        email: str,
+        display_name: str,
+        groups: Sequence[str],
+        disabled: bool,
+        stamp: str,
+        checked_at: float,
+    ) -> User:
+        """Create or refresh a directory user's row by stable id; Conflict when a local user has the name."""
+        params = (
+            username.lower(),
+            email,
+            f"ldap:{external_id}",
+            display_name,
+            groups_json(groups),
+            int(disabled),
+            self._clock(),
+            external_id,
+            stamp,
+            checked_at,
+        )
+        async with self._turn():
+            try:
+                result = await self._sql(_UPSERT_DIRECTORY_USER, params)
+            except sqlite3.IntegrityError as exc:
+                raise _user_conflict(exc, username=username, email=email) from exc
+        return user_from_row(result.rows[0])
+
+    async def directory_users_due(
+        self, *, checked_before: float, now: float, limit: int = 100
+    ) -> list[tuple[User, str, str]]:
+        """Return enabled directory users with a live session or app password whose last check
+        is older than `checked_before`: (user, external id, password stamp), oldest check first."""
+        result = await self._locked(_SELECT_DIRECTORY_DUE, (checked_before, now, limit))
+        return [(user_from_row(row), row["external_id"], row["directory_stamp"]) for row in result.rows]
+
+    async def directory_link(self, user_id: int) -> tuple[str, str] | None:
+        """Return a directory user's (external id, password stamp); None for a local user."""
+        result = await self._locked(
+            "SELECT external_id, COALESCE(directory_stamp, '') FROM users WHERE id = ? AND source = 'ldap'",
+            (user_id,),
+        )
+        return (result.rows[0][0], result.rows[0][1]) if result.rows else None
+
+    async def set_directory_checked(self, user_id: int, checked_at: float) -> None:
+        """Record that the directory was asked about a user (found or not)."""
+        await self._locked("UPDATE users SET directory_checked_at = ? WHERE id = ?", (checked_at, user_id))
 
     # -- sessions -----------------------------------------------------------
 

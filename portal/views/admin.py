@@ -363,6 +363,12 @@ def _token_rows(tokens: list[AppPassword], now: float) -> list[TokenRow]:
     ]
 
 
+def _directory_resets(request: web.Request) -> bool:
+    """Whether reset links may set directory passwords (authentication_backend.ldap.password_change)."""
+    directory = services_of(request).directory
+    return directory is not None and directory.cfg.password_change
+
+
 async def _user_page(
     request: web.Request,
     session: CachedSession,
@@ -398,6 +404,7 @@ async def _user_page(
         external_links=await store.list_external_links(target.id),
         external_providers=services.external_login.providers,
         link_minutes=max(1, round(services.config.account_recovery.link_ttl / 60)),
+        directory_resets=_directory_resets(request),
     )
 
 
@@ -407,19 +414,40 @@ async def user_page(request: web.Request) -> web.Response:
     return await _user_page(request, session, admin, await _target(request))
 
 
-async def _user_action(request: web.Request) -> tuple[CachedSession, User, User, Any] | web.Response:
-    """Guard an action on the user named in the URL; return (session, admin, target, form)."""
+DIRECTORY_READ_ONLY = N_(
+    "This account comes from the directory: change its details, groups or status there. "
+    "Here you can reset its second factors and end its sessions."
+)
+
+
+async def _user_action(
+    request: web.Request, *, directory_users: bool = True
+) -> tuple[CachedSession, User, User, Any] | web.Response:
+    """Guard an action on the user named in the URL; return (session, admin, target, form).
+
+    `directory_users`: False for the actions on what the directory owns (profile, groups,
+    status, the account itself), which are refused for directory users.
+    """
     session, admin = await _admin_session(request)  # 403 before anything, even for unknown names
     target = await _target(request)
     form = await _fresh_form(request, session, _user_path(request, target.username))
     if isinstance(form, web.Response):
         return form
+    if target.from_directory and not directory_users:
+        return await _user_page(
+            request,
+            session,
+            admin,
+            target,
+            error=translator(request).gettext(DIRECTORY_READ_ONLY),
+            status=409,
+        )
     return session, admin, target, form
 
 
 async def user_update(request: web.Request) -> web.Response:
     """Change a user's e-mail, display name and groups."""
-    guarded = await _user_action(request)
+    guarded = await _user_action(request, directory_users=False)
     if isinstance(guarded, web.Response):
         return guarded
     session, admin, target, form = guarded
@@ -480,7 +508,7 @@ async def _refuse_self(request: web.Request, session: CachedSession, admin: User
 
 async def disable_user(request: web.Request) -> web.Response:
     """Disable an account and end its sessions."""
-    guarded = await _user_action(request)
+    guarded = await _user_action(request, directory_users=False)
     if isinstance(guarded, web.Response):
         return guarded
     session, admin, target, _form = guarded
@@ -495,7 +523,7 @@ async def disable_user(request: web.Request) -> web.Response:
 
 
 async def enable_user(request: web.Request) -> web.Response:
-    guarded = await _user_action(request)
+    guarded = await _user_action(request, directory_users=False)
     if isinstance(guarded, web.Response):
         return guarded
     _session, admin, target, _form = guarded
@@ -506,7 +534,7 @@ async def enable_user(request: web.Request) -> web.Response:
 
 async def delete_user(request: web.Request) -> web.Response:
     """Delete an account for good, once its username is typed as confirmation."""
-    guarded = await _user_action(request)
+    guarded = await _user_action(request, directory_users=False)
     if isinstance(guarded, web.Response):
         return guarded
     session, admin, target, form = guarded
@@ -534,6 +562,15 @@ async def send_password_reset(request: web.Request) -> web.Response:
     if isinstance(guarded, web.Response):
         return guarded
     session, admin, target, _form = guarded
+    if target.from_directory and not _directory_resets(request):
+        return await _user_page(
+            request,
+            session,
+            admin,
+            target,
+            error=translator(request).gettext(DIRECTORY_READ_ONLY),
+            status=409,
+        )
     if target.disabled:
         return await _user_page(
             request,

@@ -12,6 +12,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.accounts import audit
 from gateway.accounts.regulation import banned_until
+from gateway.errors import DirectoryLoginFailed, DirectoryUnavailable
 from gateway.logs import log_event
 from gateway.models import AttemptSlot, Level, User
 from portal.flow import STEP_ENROL, STEP_VERIFY, second_factor_needed
@@ -19,6 +20,8 @@ from portal.flow import start as start_pending
 from portal.i18n import N_, Translator
 from portal.pending import set_pending
 from portal.web import (
+    DIRECTORY_UNAVAILABLE,
+    RETRY_AFTER,
     after_login_target,
     base_of,
     clear_session_cookie,
@@ -114,7 +117,7 @@ def _login_page(
 async def login_page(request: web.Request) -> web.Response:
     """Show the login form, or move on when already signed in."""
     services = services_of(request)
-    if await services.store.count_users() == 0:
+    if services.directory is None and await services.store.count_users() == 0:
         rd = safe_target(request, request.query.get("rd"))
         return redirect(f"{base_of(request)}/setup" + (f"?rd={quote(rd, safe='')}" if rd else ""))
     if await current_session(request) is not None:
@@ -203,6 +206,8 @@ async def login_submit(request: web.Request) -> web.Response:
     ip = client_ip(request)
     found = await services.store.find_login(login)
     user, password_hash = found if found else (None, None)
+    # Local accounts first; a name no local account has (or a directory user's) goes to the directory.
+    directory = services.directory if user is None or user.from_directory else None
     # Count attempts per account, whether it was named by username or e-mail.
     account = user.username if user else login
     slot = await reserve_attempt(request, account, ip)
@@ -212,8 +217,30 @@ async def login_submit(request: web.Request) -> web.Response:
         return _login_page(request, status=429, error=message, rd=rd, login=login)
 
     # From here the attempt counts as a failure unless it is settled otherwise below.
-    # Unknown users are verified against a dummy hash, so both cases cost the same time.
-    ok = await services.passwords.verify(password_hash, password)
+    if directory is not None:
+        try:
+            user = await directory.login(login, password)
+            ok = True
+        except DirectoryUnavailable as exc:
+            # Not the user's fault: not counted against them.
+            await services.store.withdraw_attempt(slot.attempt_id)
+            log_event("ldap_unavailable", logging.WARNING, login=account, client_ip=ip, reason=exc.reason)
+            error = tr.gettext(DIRECTORY_UNAVAILABLE)
+            response = _login_page(request, status=503, error=error, rd=rd, login=login)
+            response.headers["Retry-After"] = RETRY_AFTER
+            return response
+        except DirectoryLoginFailed as exc:
+            log_event(
+                "login_failed",
+                logging.WARNING,
+                login=account,
+                client_ip=ip,
+                reason=f"directory: {exc.reason}",
+            )
+            ok = False
+    else:
+        # Unknown users are verified against a dummy hash, so both cases cost the same time.
+        ok = await services.passwords.verify(password_hash, password)
     if not ok or user is None or user.disabled:
         await services.audit.record(audit.LOGIN_FAILED, actor=None, target=account, ip=ip)
         return _login_page(request, status=401, error=tr.gettext(GENERIC_FAILURE), rd=rd, login=login)

@@ -310,6 +310,20 @@ async def passkey_finish(request: web.Request) -> web.Response:
     user = assertion.user
     if await ban_remaining(request, user.username, ip) is not None:
         return json_error(tr.gettext("Too many failed sign-in attempts. Try again later."), 429)
+    if user.from_directory:
+        # No password reaches the directory here: ask it now whether the account still exists
+        # and is enabled (DirectoryUnavailable -> 503 through store_guard).
+        confirmed = await services.directory.confirm(user) if services.directory is not None else None
+        if confirmed is None:
+            await services.audit.record(
+                audit.LOGIN_FAILED,
+                actor=None,
+                target=user.username,
+                ip=ip,
+                detail="passkey: not in the directory",
+            )
+            return json_error(tr.gettext("This account is disabled."), 401)
+        user = confirmed
     return await _passkey_signed_in(request, user, assertion.user_verified, rd, ip)
 
 

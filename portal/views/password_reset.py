@@ -16,9 +16,10 @@ from typing import Final
 from aiohttp import web
 
 from gateway.accounts import audit
+from gateway.errors import DirectoryLoginFailed, PasswordChangeRefused
 from gateway.models import User
 from portal.fields import new_password_problem
-from portal.i18n import Translator
+from portal.i18n import N_, Translator
 from portal.web import (
     client_ip,
     cookie_domain_of,
@@ -132,6 +133,52 @@ async def reset_page(request: web.Request) -> web.Response:
     return _form(request, found[1])
 
 
+async def _reset_in_directory(request: web.Request, token: str, user: User, password: str) -> web.Response:
+    """Use the link up, then set the password in the directory (Password Modify as the service account)."""
+    tr = translator(request)
+    services = services_of(request)
+    if services.directory is None or not services.directory.cfg.password_change:
+        return _form(request, user, error=tr.gettext(DIRECTORY_NO_RESET), status=409)
+    # The local row keeps no password (NULL): the link is used up exactly as for a local account.
+    used_by = await services.store.use_password_reset_token(
+        reset_token_key(token), now=services.clock(), password_hash=None
+    )
+    if used_by != user.id:
+        return _already_used(request)
+    try:
+        await services.directory.reset_password(user, password)
+    except PasswordChangeRefused as exc:
+        # The directory's reason stays in English after the translated sentence (docs/translations.md).
+        error = tr.gettext(
+            "The directory did not set the password: %(reason)s Ask your administrator for a new link.",
+            reason=exc.message,
+        )
+        return _form(request, user, error=error, status=409)
+    except DirectoryLoginFailed:
+        return _form(
+            request, user, error=tr.gettext("This account is no longer in the directory."), status=409
+        )
+    ended = await services.sessions.revoke_user(user.id)
+    await services.audit.record(
+        audit.PASSWORD_CHANGED,
+        actor=user.username,
+        target=user.username,
+        ip=client_ip(request),
+        detail=f"in the directory, with a reset link; {ended} session(s) ended",
+    )
+    return render(
+        request,
+        "message.html",
+        heading=tr.gettext("Password changed"),
+        message=tr.gettext(
+            "You can now sign in as %(username)s with your new directory password.", username=user.username
+        ),
+    )
+
+
+DIRECTORY_NO_RESET = N_("Directory passwords cannot be set here; use your directory's own tools.")
+
+
 async def reset_submit(request: web.Request) -> web.Response:
     """Set the new password, use the link up and end every session of the account."""
     tr = translator(request)
@@ -154,6 +201,8 @@ async def reset_submit(request: web.Request) -> web.Response:
         problem = tr.gettext("The two passwords differ.")
     if problem is not None:
         return _form(request, user, error=problem, status=400)
+    if user.from_directory:
+        return await _reset_in_directory(request, token, user, password)
     password_hash = await services.passwords.hash(password)
     # One transaction uses the link up and sets the password: of two tabs submitting the same
     # link at once, the one whose use wins sets its password, the other changes nothing.

@@ -15,6 +15,7 @@ from portal.reauth import mark_reauthenticated
 from portal.views.login import reserve_attempt
 from portal.views.passkeys import _ceremony, _json_body, json_error, json_next
 from portal.web import (
+    account_password_ok,
     base_of,
     client_ip,
     csrf_header_ok,
@@ -91,8 +92,7 @@ async def reauth_submit(request: web.Request) -> web.Response:
             error=tr.gettext("Too many failed attempts. Try again later."),
             status=429,
         )
-    stored = await services.store.find_login(user.username)
-    ok = await services.passwords.verify(stored[1] if stored else None, form_text(form, "password"))
+    ok = await account_password_ok(request, user, form_text(form, "password"))
     if ok:
         await services.store.mark_attempt_succeeded(slot.attempt_id)
     else:

@@ -22,6 +22,7 @@ from portal.i18n import N_, Translator
 from portal.views.login import ban_remaining, reserve_attempt
 from portal.views.second_factor import start_session
 from portal.web import (
+    account_password_ok,
     base_of,
     client_ip,
     cookie_domain_of,
@@ -213,10 +214,7 @@ async def link_submit(request: web.Request) -> web.Response:
                 keys=keys,
                 error=tr.gettext("Too many failed attempts. Try again later."),
             )
-        found_login = await services.store.find_login(user.username)
-        ok = await services.passwords.verify(
-            found_login[1] if found_login else None, form_text(form, "password")
-        )
+        ok = await account_password_ok(request, user, form_text(form, "password"))
         if ok:
             await services.store.mark_attempt_succeeded(slot.attempt_id)
         else:

@@ -11,18 +11,20 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from gateway.accounts import audit
 from gateway.accounts.two_factor import FEW_RECOVERY_CODES
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, DirectoryLoginFailed, NotFound, PasswordChangeRefused
 from gateway.models import Level, User
 from gateway.sessions.codec import CachedSession
 from gateway.store.contract import Storage
-from portal.fields import device_name_problem
+from portal.fields import device_name_problem, new_password_problem
 from portal.i18n import N_, Translator
 from portal.views.second_factor import finish_login
 from portal.web import (
+    account_password_ok,
     base_of,
     client_ip,
     cookie_domain_of,
     csrf_ok,
+    current_session,
     form_text,
     passkeys_here,
     read_form,
@@ -76,9 +78,7 @@ async def strong_session(request: web.Request) -> tuple[CachedSession, User] | w
 
 async def password_ok(request: web.Request, user: User, password: str) -> bool:
     services = services_of(request)
-    found = await services.store.find_login(user.username)
-    password_hash = found[1] if found else None
-    ok = await services.passwords.verify(password_hash, password)
+    ok = await account_password_ok(request, user, password)
     await services.store.record_attempt(user.username, client_ip(request), ok, services.clock())
     return ok
 
@@ -108,6 +108,9 @@ async def settings_page(
         passkeys=passkeys_here(request),
         named=int(named) if named.isdigit() else None,
         password_login=user.password_login,
+        directory_password=user.from_directory
+        and services.directory is not None
+        and services.directory.cfg.password_change,
         recovery_left=remaining,
         recovery_low=0 < remaining <= FEW_RECOVERY_CODES,
         events=await services.store.list_security_events(user.id, limit=20),
@@ -122,6 +125,7 @@ async def settings_page(
 
 NOTICES = {
     "renamed": N_("Device renamed."),
+    "directory_password": N_("Your directory password has been changed."),
     "deleted": N_("Device removed."),
     "added": N_("Authenticator app added."),
     "password_on": N_("Password sign-in is on again."),
@@ -362,3 +366,42 @@ def device_id(request: web.Request) -> int:
         return int(request.match_info["device_id"])
     except ValueError as exc:
         raise web.HTTPNotFound(text="404 no such device\n") from exc
+
+
+async def directory_password_change(request: web.Request) -> web.Response:
+    """Change a directory user's password in the directory (RFC 3062 Password Modify, as the user)."""
+    checked = await settings_form(request)
+    if isinstance(checked, web.Response):
+        return checked
+    user, form = checked
+    tr = translator(request)
+    services = services_of(request)
+    if not user.from_directory or services.directory is None or not services.directory.cfg.password_change:
+        return await settings_page(
+            request, error=tr.gettext("Your password cannot be changed here."), status=409
+        )
+    current = form_text(form, "password")
+    new = form_text(form, "new_password")
+    problem = new_password_problem(new, tr) if new else tr.gettext("Enter a new password.")
+    if problem is None and new != form_text(form, "confirm"):
+        problem = tr.gettext("The two new passwords differ.")
+    if problem is not None:
+        return await settings_page(request, error=problem, status=400)
+    try:
+        await services.directory.change_password(user, current, new)
+    except DirectoryLoginFailed:
+        await services.store.record_attempt(user.username, client_ip(request), False, services.clock())
+        return await settings_page(
+            request, error=tr.gettext("Your current password is not correct."), status=401
+        )
+    except PasswordChangeRefused as exc:
+        # The directory's reason stays in English after the translated sentence (docs/translations.md).
+        error = tr.gettext("The directory did not change the password: %(reason)s", reason=exc.message)
+        return await settings_page(request, error=error, status=409)
+    session = await current_session(request)
+    keep = session.id_hash if session is not None else None
+    ended = await services.sessions.revoke_user(user.id, keep_id_hash=keep)
+    await record_own_event(
+        request, user, audit.PASSWORD_CHANGED, f"in the directory; {ended} other session(s) ended"
+    )
+    return redirect(f"{base_of(request)}/settings?done=directory_password")

@@ -27,8 +27,9 @@ from portal.web import (
 
 
 async def setup_page(request: web.Request) -> web.Response:
-    """Offer to create the first account, only while there is none."""
-    if await services_of(request).store.count_users() > 0:
+    """Offer to create the first account, only while there is none (and no directory is configured)."""
+    services = services_of(request)
+    if services.directory is not None or await services.store.count_users() > 0:
         return redirect(f"{base_of(request)}/login")
     return render(request, "setup.html", errors=[], values={}, rd=_rd(request, request.query.get("rd")))
 
@@ -57,7 +58,9 @@ async def setup_submit(request: web.Request) -> web.Response:
             values=values,
             rd=rd,
         )
-    if await services.store.count_users() > 0:
+    # With a directory, users (and admins: portal.admin_group) come from it; a local admin is
+    # made with `authgate users add`, so the first visitor cannot claim the gateway.
+    if services.directory is not None or await services.store.count_users() > 0:
         return redirect(f"{base_of(request)}/login")
     problems = [
         username_problem(values["username"], tr),

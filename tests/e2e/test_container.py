@@ -444,6 +444,21 @@ def test_image_metadata(image: dict[str, Any], rootfs: Path) -> None:
     )
 
 
+def test_image_carries_the_ldap_client(image: dict[str, Any], rootfs: Path) -> None:
+    """bonsai (the `ldap` extra, docs/ldap.md) and the libldap it is linked against are in the image."""
+    uid, gid, _ = _user_ids(rootfs, _config(image)["User"])
+    code = "import bonsai; print(bonsai.get_vendor_info()[0], bonsai.LDAPClient('ldaps://ldap.example').url)"
+    done = subprocess.run(
+        ["chroot", f"--userspec={uid}:{gid}", str(rootfs), "/opt/authgate/bin/python", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OpenLDAP" in done.stdout and "ldaps://ldap.example" in done.stdout
+
+
 def test_image_starts_authgate_and_answers_health(
     image: dict[str, Any], rootfs: Path, tmp_path: Path
 ) -> None:

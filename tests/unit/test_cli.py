@@ -80,6 +80,7 @@ def test_users_add_then_show(run: Run) -> None:
         "display_name": "Bob B",
         "groups": ["admins", "dev"],
         "disabled": False,
+        "source": "local",
     }
 
 
@@ -196,6 +197,7 @@ def test_users_modify(run: Run) -> None:
         "display_name": "bob",
         "groups": ["ops", "admins"],
         "disabled": False,
+        "source": "local",
     }
 
 
@@ -315,3 +317,23 @@ def test_config_check_names_the_path_matching_keys(run: Run, tmp_path: Path) -> 
     assert (
         'access_control.rules[0].path_case: "ignore" is not allowed; use one of sensitive, insensitive' in err
     )
+
+
+def test_config_check_warns_about_tls_skip_verify(run: Run, tmp_path: Path) -> None:
+    """A valid file with ldap tls_skip_verify passes, with a warning naming the key."""
+    path = tmp_path / "ldap.yml"
+    ldap = {
+        "url": "ldaps://ldap.example.com",
+        "bind_dn": "cn=authgate,dc=example,dc=com",
+        "bind_password": "service-secret",
+        "base_dn": "dc=example,dc=com",
+        "tls_skip_verify": True,
+    }
+    path.write_text(yaml.safe_dump({"authentication_backend": {"ldap": ldap}}))
+
+    code, out, err = run("config", "check", str(path))
+
+    assert code == 0
+    assert "configuration is valid" in out
+    assert "warning: authentication_backend.ldap.tls_skip_verify" in err
+    assert "service-secret" not in out + err

@@ -20,6 +20,8 @@ HTTP_LAYER = {
 }
 DRIVERS = {"aiosqlite", "sqlite3", "asyncpg", "psycopg", "psycopg_pool"}
 PURE_PACKAGES = ("gateway/factors/",)
+LDAP_CLIENTS = {"bonsai", "ldap3", "ldap"}
+LDAP_ADAPTER = "gateway/directory/client.py"
 PURE_MODULES = {
     "gateway/authz/forwarded.py",
     "gateway/authz/paths.py",
@@ -33,6 +35,9 @@ PURE_MODULES = {
     "gateway/external_login/flow.py",
     "gateway/external_login/identity.py",
     "gateway/external_login/tokens.py",
+    "gateway/directory/filters.py",
+    "gateway/directory/presets.py",
+    "gateway/directory/entries.py",
 }
 
 
@@ -65,6 +70,21 @@ def test_database_drivers_only_in_the_store(path: str) -> None:
     if path.startswith("gateway/store/"):
         return
     assert not imported_roots(path) & DRIVERS, f"{path} imports a database driver outside gateway/store/"
+
+
+@pytest.mark.parametrize("path", gateway_modules())
+def test_ldap_client_only_in_the_directory_adapter(path: str) -> None:
+    """Only gateway/directory/client.py imports the LDAP library (an optional extra)."""
+    if path == LDAP_ADAPTER:
+        return
+    assert not imported_roots(path) & LDAP_CLIENTS, f"{path} imports an LDAP client outside {LDAP_ADAPTER}"
+
+
+def test_the_ldap_adapter_is_imported_only_when_configured() -> None:
+    """gateway/app.py imports the adapter inside a function, so bonsai is needed only with a directory."""
+    tree = ast.parse((ROOT / "gateway/app.py").read_text())
+    top_level = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
+    assert "gateway.directory.client" not in top_level
 
 
 @pytest.mark.parametrize(
