@@ -27,6 +27,9 @@ from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox,
 from gateway.logs import log_event, logger
 from gateway.metrics import PUBLISH_INTERVAL, Metrics, SnapshotFiles
 from gateway.models import SessionRecord, User
+from gateway.oidc import endpoints as oidc_endpoints
+from gateway.oidc.keys import KeyRing
+from gateway.oidc.service import OidcProvider
 from gateway.secret_files import load_or_create_secret_lines
 from gateway.services import SERVICES, Services
 from gateway.sessions.codec import SessionCodec
@@ -60,6 +63,7 @@ async def _housekeeping(store: Store, clock: Callable[[], float], audit_retentio
             await store.prune_attempts(now - ATTEMPT_RETENTION)
             if audit_retention > 0:
                 await store.prune_audit(now - audit_retention)
+            await store.prune_oidc(now)
         except StoreUnavailable as exc:  # locked or full: one line, and try again next round
             log_event("housekeeping_failed", logging.WARNING, reason=exc.reason)
         except Exception:  # a busy database must not end housekeeping for good
@@ -131,6 +135,18 @@ def create_app(
             clock=clock,
         )
         sessions = SessionService(store, codec, cfg, config.identity_headers, clock, must_enrol)
+        audit_log = AuditLog(store, clock=clock, counter=metrics)
+        oidc = None
+        if config.oidc_provider.enabled:
+            oidc = OidcProvider(
+                config.oidc_provider,
+                store,
+                KeyRing(config.storage.data_dir, retention=config.oidc_provider.key_retention, clock=clock),
+                hasher,
+                config.regulation,
+                audit_log,
+                clock,
+            )
         app[SERVICES] = Services(
             config=config,
             store=store,
@@ -141,11 +157,12 @@ def create_app(
             two_factor=two_factor,
             webauthn=WebAuthnService(store, config.webauthn, clock),
             notifier=build_notifier(config.notifier),
-            audit=AuditLog(store, clock=clock, counter=metrics),
+            audit=audit_log,
             app_passwords=tokens,
             clock=clock,
             csrf_keys=keys,
             metrics=metrics,
+            oidc=oidc,
         )
         tasks = [
             asyncio.create_task(sessions.run_flusher()),
@@ -173,4 +190,7 @@ def create_app(
     if config.metrics.enabled and not config.metrics.listen:
         metrics_http.add_main_route(app)
     portal_routes.add_routes(app, portal_base_path(config))
+    if config.oidc_provider.enabled:
+        oidc_endpoints.add_routes(app, config.oidc_provider.issuer)
+        portal_routes.add_oidc_routes(app, oidc_endpoints.issuer_path(config.oidc_provider.issuer))
     return app

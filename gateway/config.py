@@ -1531,10 +1531,20 @@ def _oidc_clients(value: Any, path: str, problems: Problems) -> Any:
 
 
 def _check_oidc_provider(config: Config, failed: set[str], problems: Problems) -> None:
-    """Retired signing keys must stay published as long as the tokens they signed live."""
+    """The provider lives in the portal; retired keys stay published as long as their tokens live."""
     oidc = config.oidc_provider
     if not oidc.enabled or failed & {"oidc_provider.key_retention", "oidc_provider.clients"}:
         return
+    portals = [cookie.portal_url.rstrip("/") for cookie in config.session.cookies]
+    if not failed & {"oidc_provider.issuer", "session.cookies"} and oidc.issuer not in portals:
+        problems.append(
+            (
+                "oidc_provider.issuer",
+                f"{_show(oidc.issuer)} is not one of the portal URLs ({', '.join(portals)}); the "
+                "provider signs users in through the portal, so the issuer must be a session.cookies "
+                "portal_url (or leave it out to use the first)",
+            )
+        )
     longest = max(
         [oidc.access_token_lifespan, oidc.id_token_lifespan]
         + [c.access_token_lifespan or 0 for c in oidc.clients]

@@ -17,6 +17,7 @@ from gateway.authz.rules import CompiledRules
 from gateway.config import Config
 from gateway.factors.passwords import AsyncPasswordHasher
 from gateway.metrics import Metrics
+from gateway.oidc.service import OidcProvider
 from gateway.sessions.service import SessionService
 from gateway.store.sqlite import Store
 
@@ -37,6 +38,7 @@ class Services:
     clock: Callable[[], float]
     csrf_keys: tuple[str, ...]
     metrics: Metrics  # this worker's counts (gateway/metrics.py)
+    oidc: OidcProvider | None = None  # the OpenID Provider, when oidc_provider has clients
 
 
 SERVICES = web.AppKey("services", Services)

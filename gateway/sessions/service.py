@@ -92,8 +92,17 @@ class SessionService:
         # Bumped by every eviction: a read that started before one must not fill the cache.
         self._generation = 0
 
-    async def create(self, user: User, level: Level, *, remember_me: bool, ip: str, user_agent: str) -> str:
-        """Start a new session and return its signed cookie value."""
+    async def create(
+        self,
+        user: User,
+        level: Level,
+        *,
+        remember_me: bool,
+        ip: str,
+        user_agent: str,
+        amr: tuple[str, ...] = (),
+    ) -> str:
+        """Start a new session and return its signed cookie value (`amr`: the factors passed)."""
         now = self.clock()
         session_id = generate_session_id()
         lifetime = self.cfg.remember_me if remember_me else self.cfg.expiration
@@ -108,6 +117,7 @@ class SessionService:
             remember_me=remember_me,
             ip=ip,
             user_agent=user_agent[:512],
+            amr=amr,
         )
         await self.store.create_session(record)
         return self.codec.sign(session_id)

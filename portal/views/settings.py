@@ -12,7 +12,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from gateway.accounts import audit
 from gateway.accounts.two_factor import FEW_RECOVERY_CODES
 from gateway.errors import Conflict, NotFound
-from gateway.models import Level, User
+from gateway.models import AMR_OTP, AMR_PASSWORD, Level, User, merge_amr
 from gateway.sessions.codec import CachedSession
 from gateway.store.sqlite import Store
 from portal.views.second_factor import finish_login
@@ -259,7 +259,10 @@ async def totp_new_submit(request: web.Request) -> web.Response:
         first_codes = await services.two_factor.new_recovery_codes(user.id)
         await record_own_event(request, user, audit.RECOVERY_CODES_GENERATED)
     # Password and a current code were just checked: the session is now a two-factor one (new id).
-    response = await finish_login(request, user, remember=session.remember_me, old=session, target=target)
+    amr = merge_amr(session.record.amr or (AMR_PASSWORD,), AMR_OTP)
+    response = await finish_login(
+        request, user, remember=session.remember_me, old=session, target=target, amr=amr
+    )
     if first_codes is None:
         return response
     page = render(request, "recovery_codes.html", codes=first_codes, next_url=target, first=True)

@@ -16,6 +16,7 @@ HTTP_LAYER = {
     "gateway/authz/endpoints.py",
     "gateway/authz/tokens.py",
     "gateway/authz/prepared.py",
+    "gateway/oidc/endpoints.py",
 }
 DRIVERS = {"aiosqlite", "sqlite3", "asyncpg", "psycopg", "psycopg_pool"}
 PURE_PACKAGES = ("gateway/factors/",)
@@ -29,6 +30,8 @@ PURE_MODULES = {
     "gateway/authz/wire.py",
     "gateway/authz/memo.py",
     "gateway/sessions/codec.py",
+    "gateway/oidc/clients.py",
+    "gateway/oidc/protocol.py",
 }
 
 

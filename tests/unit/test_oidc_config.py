@@ -158,3 +158,12 @@ def test_key_retention_covers_token_lifetimes() -> None:
 def test_redirect_uris_allowed(uri: str) -> None:
     """Loopback http (RFC 8252) and https with a query are fine."""
     assert redirect_uri_problem(uri) is None
+
+
+def test_the_issuer_is_a_portal_url() -> None:
+    """The provider signs users in through the portal, so its issuer must be a portal_url."""
+    cookies = {"session": {"cookies": [{"domain": "example.com", "portal_url": "https://auth.example.com"}]}}
+    found = problems({**cookies, **oidc(client(), issuer="https://login.example.com")})
+    assert [where for where, _ in found] == ["oidc_provider.issuer"]
+    config = parse_config({**cookies, **oidc(client(), issuer="https://auth.example.com/")})
+    assert config.oidc_provider.issuer == "https://auth.example.com"
