@@ -81,6 +81,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/admin/users/{username}/tokens/{token_id}/revoke", admin.revoke_token),
     ("POST", "/admin/users/{username}/tokens/revoke-all", admin.revoke_all_tokens),
     ("GET", "/admin/audit", admin.audit_page),
+    ("POST", "/settings/apps/{client_id}/revoke", oidc.revoke_app),
+    ("GET", "/admin/oidc", oidc.admin_clients),
     ("GET", "/reset/{token}", password_reset.reset_page),
     ("POST", "/reset/{token}", password_reset.reset_submit),
 )

@@ -306,3 +306,39 @@ async def _sign_out(
     response = _found(target) if target else redirect(f"{base_of(request)}/login?signed_out=1")
     clear_session_cookie(request, response)
     return response
+
+
+# --- Settings and administration ------------------------------------------------------------------
+
+
+async def revoke_app(request: web.Request) -> web.Response:
+    """Withdraw a consent from the settings page: the client's grants and tokens end too."""
+    provider = _provider(request)
+    form = await read_form(request)
+    if not csrf_ok(request, form):
+        return _message(request, "Form expired", "Please try again.", 403)
+    found = await signed_in(request)
+    if found is None:
+        return redirect(f"{base_of(request)}/login")
+    user = found[1]
+    await provider.revoke_consent(
+        user, request.match_info["client_id"], actor=user.username, ip=client_ip(request)
+    )
+    return redirect(f"{base_of(request)}/settings?done=app_revoked")
+
+
+async def admin_clients(request: web.Request) -> web.Response:
+    """The admin console's list of OpenID Connect clients with their live grants."""
+    from portal.views.admin import _admin  # the admin gate lives with the admin views
+
+    await _admin(request)
+    services = services_of(request)
+    provider = services.oidc
+    counts = await provider.client_ids_with_grants() if provider is not None else {}
+    clients = provider.cfg.clients if provider is not None else ()
+    return render(
+        request,
+        "admin_oidc.html",
+        clients=[(c, counts.get(c.client_id, (0, 0))) for c in clients],
+        issuer=provider.issuer if provider is not None else "",
+    )

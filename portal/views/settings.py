@@ -117,11 +117,25 @@ async def settings_page(
         recovery_left=remaining,
         recovery_low=0 < remaining <= FEW_RECOVERY_CODES,
         events=await services.store.list_security_events(user.id, limit=20),
+        apps=await _connected_apps(request, user),
         notice=notice or _notice(request.query.get("done", "")),
         welcome=request.query.get("done") == "welcome",
         next_url=safe_target(request, request.query.get("next")) or f"{base_of(request)}/",
         error=error,
     )
+
+
+async def _connected_apps(request: web.Request, user: User) -> list[tuple[str, str, str, float]]:
+    """The OpenID Connect apps the user consented to: (client id, name, scopes, when)."""
+    services = services_of(request)
+    if services.oidc is None:
+        return []
+    apps = []
+    for consent in await services.store.list_oidc_consents(user.id):
+        client = services.oidc.cfg.client(consent.client_id)
+        name = client.name if client is not None else f"{consent.client_id} (no longer configured)"
+        apps.append((consent.client_id, name, " ".join(consent.scopes), consent.granted_at))
+    return apps
 
 
 def _notice(done: str) -> str | None:
@@ -132,6 +146,7 @@ def _notice(done: str) -> str | None:
         "password_on": "Password sign-in is on again.",
         "password_off": "Password sign-in is off: sign in with a security key or passkey.",
         "recovered": "Welcome back. Every other session has ended: register a new device below.",
+        "app_revoked": "Access withdrawn: the app's tokens no longer work.",
     }.get(done)
 
 

@@ -14,6 +14,8 @@ from tests.http.helpers import (
     add_totp_device,
     add_user,
     password_step,
+    portal_get,
+    portal_post,
     services,
     signed_in,
     submit_code,
@@ -643,3 +645,41 @@ async def test_logout_with_a_forged_hint(op: TestClient[Any, Any]) -> None:
         allow_redirects=False,
     )
     assert response.status == 400
+
+
+# -- settings and administration --------------------------------------------------------------------
+
+
+async def test_withdrawing_consent_on_the_settings_page_ends_the_apps_tokens(
+    op: TestClient[Any, Any],
+) -> None:
+    """The settings page lists the app; withdrawing access revokes its tokens and asks again next time."""
+    session = await signed_in(op)
+    body = await tokens_for(op, session, scope="openid offline_access")
+    page = await (await portal_get(op, "/auth/settings", session=session)).text()
+    assert "Connected apps" in page and "Grafana" in page
+    response = await portal_post(op, "/auth/settings/apps/grafana/revoke", {}, session=session)
+    assert response.status == 303 and response.headers["Location"] == "/auth/settings?done=app_revoked"
+    info = await op.get(
+        "/auth/api/oidc/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"}
+    )
+    assert info.status == 401
+    refresh = await token_request(op, {"grant_type": "refresh_token", "refresh_token": body["refresh_token"]})
+    assert (await refresh.json())["error"] == "invalid_grant"
+    again = await op.get(authorize_path(), headers=with_cookies(session), allow_redirects=False)
+    assert again.status == 200 and "oidc-consent" in await again.text()
+    assert audit.OIDC_CONSENT_REVOKED in [e.event for e in await services(op).store.list_audit()]
+
+
+async def test_the_admin_console_lists_the_clients(op: TestClient[Any, Any]) -> None:
+    """Admins see every configured client with its live grants; never a secret hash."""
+    await add_user(op, "root", groups=("admins",))
+    session = await signed_in(op)
+    await tokens_for(op, session)
+    admin = await signed_in(op, "root")
+    response = await portal_get(op, "/auth/admin/oidc", session=admin)
+    page = await response.text()
+    assert response.status == 200
+    for text in ("grafana", "spa", "vault", "public (PKCE)", "1 grant(s), 1 user(s)", APP):
+        assert text in page, text
+    assert "$argon2" not in page
