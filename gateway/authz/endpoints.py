@@ -45,8 +45,9 @@ def _wants_redirect(headers: CIMultiDictProxy[str], method: str) -> bool:
 
 
 # nginx's auth_request turns every answer but 2xx, 401 and 403 into a 500 (and logs "auth request
-# unexpected status"): to nginx a request authgate cannot judge is a 403 marked with this header,
-# which nginx.conf.example turns into a 400 for the client (docs/proxies.md).
+# unexpected status"): to nginx a request authgate cannot judge is a 403 marked with this header
+# ("bad-request", or "unavailable" when the store cannot answer), which nginx.conf.example turns
+# into a 400 or a 503 for the client (docs/proxies.md).
 BAD_REQUEST_HEADER = "X-Authgate-Error"
 
 
@@ -174,13 +175,18 @@ async def _answer(request: web.Request, parse: Parser, *, always_401: bool) -> w
     return _to_portal(services, request, original, page=page, always_401=always_401)
 
 
-def _unavailable(request: web.Request, exc: StoreUnavailable) -> web.Response:
+def _unavailable(request: web.Request, exc: StoreUnavailable, *, for_nginx: bool) -> web.Response:
     # Fail closed, clearly: the proxy refuses the request, the log says why in one line.
     # Sessions and app passwords this worker has cached still answer without the store.
+    # nginx's auth_request cannot carry a 503 (it would become a 500): a 403 marked
+    # "unavailable", which nginx.conf.example turns back into a 503 with Retry-After.
     log_event("store_unavailable", logging.ERROR, method=request.method, path=request.path, reason=exc.reason)
+    headers = {"Retry-After": "5"}
+    if for_nginx:
+        headers[BAD_REQUEST_HEADER] = "unavailable"
     return web.Response(
-        status=503,
-        headers={"Retry-After": "5"},
+        status=403 if for_nginx else 503,
+        headers=headers,
         text=f"503 service unavailable: {exc.reason}; try again shortly\n",
     )
 
@@ -190,7 +196,7 @@ async def forward_auth(request: web.Request) -> web.StreamResponse:
     try:
         return await _answer(request, parse_forward_auth, always_401=False)
     except StoreUnavailable as exc:
-        return _unavailable(request, exc)
+        return _unavailable(request, exc, for_nginx=False)
 
 
 async def auth_request(request: web.Request) -> web.StreamResponse:
@@ -198,7 +204,7 @@ async def auth_request(request: web.Request) -> web.StreamResponse:
     try:
         return await _answer(request, parse_auth_request, always_401=True)
     except StoreUnavailable as exc:
-        return _unavailable(request, exc)
+        return _unavailable(request, exc, for_nginx=True)
 
 
 async def health(request: web.Request) -> web.Response:
