@@ -333,7 +333,7 @@ class OidcProvider:
             )
         if outcome != "ok" or grant is None:
             raise OidcError("invalid_grant", f"the authorization code is {_OUTCOME_WORDS[outcome]}")
-        return await self._respond(client, grant, prepared[0], grant.scopes, ip=ip, id_token=True)
+        return await self._respond(client, grant, prepared[0], grant.scopes, ip=ip, nonce=grant.nonce)
 
     async def refresh(
         self, client: OidcClient, *, refresh_token: str, scope: str | None, ip: str
@@ -376,7 +376,8 @@ class OidcProvider:
             )
         if outcome != "ok" or grant is None:
             raise OidcError("invalid_grant", f"the refresh token is {_OUTCOME_WORDS[outcome]}")
-        return await self._respond(client, grant, prepared[0], narrowed[0], ip=ip, id_token=True)
+        # No nonce in a refreshed ID token (OIDC Core 12.2): it answers no authorization request.
+        return await self._respond(client, grant, prepared[0], narrowed[0], ip=ip, nonce="")
 
     async def _respond(
         self,
@@ -386,7 +387,7 @@ class OidcProvider:
         scopes: Sequence[str],
         *,
         ip: str,
-        id_token: bool,
+        nonce: str,
     ) -> TokenResponse:
         user = await self.store.get_user(grant.user_id)
         if user is None or user.disabled:
@@ -414,23 +415,22 @@ class OidcProvider:
             },
             typ=ACCESS_TOKEN_TYPE,
         )
-        id_token_value = None
-        if id_token:
-            claims: dict[str, Any] = {
-                **protocol.user_claims(user, sub, scopes),
-                "iss": self.issuer,
-                "aud": client.client_id,
-                "azp": client.client_id,
-                "iat": int(now),
-                "exp": int(now + self._id_lifespan(client)),
-                "auth_time": int(grant.auth_time),
-                "acr": grant.acr,
-                "amr": list(grant.amr),
-                "sid": protocol.session_id_claim(grant.session_hash),
-            }
-            if grant.nonce:
-                claims["nonce"] = grant.nonce
-            id_token_value = sign(self.keys, alg, claims, typ=ID_TOKEN_TYPE)
+        # Every response carries an ID token: both grants are OpenID Connect ones.
+        claims: dict[str, Any] = {
+            **protocol.user_claims(user, sub, scopes),
+            "iss": self.issuer,
+            "aud": client.client_id,
+            "azp": client.client_id,
+            "iat": int(now),
+            "exp": int(now + self._id_lifespan(client)),
+            "auth_time": int(grant.auth_time),
+            "acr": grant.acr,
+            "amr": list(grant.amr),
+            "sid": protocol.session_id_claim(grant.session_hash),
+        }
+        if nonce:
+            claims["nonce"] = nonce
+        id_token_value = sign(self.keys, alg, claims, typ=ID_TOKEN_TYPE)
         await self.audit.record(
             audit.OIDC_TOKENS_ISSUED,
             actor=user.username,

@@ -216,25 +216,26 @@ CREATE INDEX password_reset_tokens_user_id ON password_reset_tokens (user_id);
 
 # v7: authgate as an OpenID Provider (gateway/oidc/). Which factors a session passed (the
 # ID token's amr), and the provider's grants, codes, tokens and consents. Codes and refresh
-# tokens are stored only as sha256 digests; an access token (a JWT) by its jti.
+# tokens are stored only as sha256 digests; an access token (a JWT) by its jti. Written to run
+# unchanged on PostgreSQL too (DOUBLE PRECISION, which SQLite reads as REAL; no WITHOUT ROWID).
 _V7: Final = """
 ALTER TABLE sessions ADD COLUMN amr TEXT NOT NULL DEFAULT '';   -- space-separated RFC 8176 values
 
 CREATE TABLE oidc_grants (
     id TEXT PRIMARY KEY,                    -- random; one per completed authorization request
     client_id TEXT NOT NULL,
-    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     scopes TEXT NOT NULL,                   -- space-separated, as granted
     session_hash TEXT NOT NULL,             -- the portal session it was granted in (the sid claim)
-    auth_time REAL NOT NULL,
+    auth_time DOUBLE PRECISION NOT NULL,
     amr TEXT NOT NULL,
     acr TEXT NOT NULL,
     nonce TEXT NOT NULL,                    -- '' when the request had none
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,               -- nothing issued from it outlives this
-    revoked_at REAL,                        -- NULL while live
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,   -- nothing issued from it outlives this
+    revoked_at DOUBLE PRECISION,            -- NULL while live
     revoked_reason TEXT NOT NULL DEFAULT ''
-) WITHOUT ROWID;
+);
 
 CREATE INDEX oidc_grants_user_client ON oidc_grants (user_id, client_id);
 CREATE INDEX oidc_grants_expires_at ON oidc_grants (expires_at);
@@ -244,29 +245,29 @@ CREATE TABLE oidc_codes (
     grant_id TEXT NOT NULL REFERENCES oidc_grants (id) ON DELETE CASCADE,
     redirect_uri TEXT NOT NULL,
     code_challenge TEXT NOT NULL,           -- S256 challenge; '' when the request had none
-    expires_at REAL NOT NULL,
-    used_at REAL                            -- set once: a second use revokes the grant
-) WITHOUT ROWID;
+    expires_at DOUBLE PRECISION NOT NULL,
+    used_at DOUBLE PRECISION                -- set once: a second use revokes the grant
+);
 
 CREATE TABLE oidc_tokens (
     token_hash TEXT PRIMARY KEY,            -- sha256 of a refresh token, or an access token's jti
     kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
     grant_id TEXT NOT NULL REFERENCES oidc_grants (id) ON DELETE CASCADE,
-    issued_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    used_at REAL,                           -- a refresh token exchanged (rotated); reuse revokes the grant
-    revoked_at REAL
-) WITHOUT ROWID;
+    issued_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    used_at DOUBLE PRECISION,               -- a refresh token exchanged (rotated); reuse revokes the grant
+    revoked_at DOUBLE PRECISION
+);
 
 CREATE INDEX oidc_tokens_grant_id ON oidc_tokens (grant_id);
 
 CREATE TABLE oidc_consents (
-    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     client_id TEXT NOT NULL,
     scopes TEXT NOT NULL,                   -- space-separated, sorted
-    granted_at REAL NOT NULL,
+    granted_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (user_id, client_id)
-) WITHOUT ROWID;
+);
 """
 
 MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)

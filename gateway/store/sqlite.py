@@ -1560,16 +1560,20 @@ class Store:
         )
         return {row[0]: (int(row[1]), int(row[2])) for row in result.rows}
 
-    async def prune_oidc(self, now: float) -> int:
-        """Delete expired codes and tokens, and grants past their end; return how many rows went."""
+    async def prune_oidc(self, now: float, *, code_grace: float = 600.0) -> int:
+        """Delete expired codes and tokens, and grants past their end; return how many rows went.
+
+        Codes stay `code_grace` seconds past their expiry, so a late second use is still
+        recognised as a reuse (and revokes its grant) rather than as an unknown code.
+        """
         removed = 0
         async with self._transaction():
-            for sql in (
-                "DELETE FROM oidc_codes WHERE expires_at <= ?",
-                "DELETE FROM oidc_tokens WHERE expires_at <= ?",
-                "DELETE FROM oidc_grants WHERE expires_at <= ?",
+            for sql, before in (
+                ("DELETE FROM oidc_codes WHERE expires_at <= ?", now - code_grace),
+                ("DELETE FROM oidc_tokens WHERE expires_at <= ?", now),
+                ("DELETE FROM oidc_grants WHERE expires_at <= ?", now),
             ):
-                removed += (await self._sql(sql, (now,))).rowcount
+                removed += (await self._sql(sql, (before,))).rowcount
         return removed
 
     # -- plumbing -----------------------------------------------------------

@@ -38,6 +38,7 @@ from tests.e2e.support import (
     free_ports,
     oathtool_code,
 )
+from tests.e2e.test_accessibility import Axe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -204,6 +205,37 @@ async def test_a_replayed_callback_is_refused_by_the_app(oidc_stack: OidcStack, 
         await expect(page.locator("h1")).to_have_text("State mismatch")
     finally:
         await second.close()
+
+
+async def test_consent_and_connected_apps_pages_pass_axe(
+    oidc_stack: OidcStack, browser: Browser, axe_script: Path
+) -> None:
+    """axe-core finds nothing on the consent screen, the settings page's connected apps, and the
+    sign-out confirmation (light and dark). Runs before bob gets a TOTP device."""
+    stack = oidc_stack.stack
+    axe = Axe(axe_script)
+    context = await browser.new_context(bypass_csp=True)  # axe is injected as an inline script
+    context.set_default_timeout(TIMEOUT_MS)
+    page = await context.new_page()
+    try:
+        await page.goto(f"{oidc_stack.rp}/login?scope=openid%20email%20groups")
+        await page.fill("#username", "bob")
+        await page.fill("#password", PASSWORDS["bob"])
+        await page.click("#password-fallback button[type=submit]")
+        await expect(page.locator("#oidc-consent")).to_be_visible()
+        await axe.check(page, "consent")
+        await page.click("#oidc-consent button[value=allow]")
+        await expect(page.locator("h1")).to_have_text("Signed in")
+        await page.goto(f"{stack.portal_url}/settings")
+        await expect(page.locator("#connected-apps")).to_contain_text("Test relying party")
+        await axe.check(page, "settings with connected apps")
+        await page.goto(f"{stack.portal_url}/api/oidc/logout")
+        await expect(page.locator("h1")).to_have_text("Sign out?")
+        await axe.check(page, "sign-out confirmation")
+    finally:
+        await context.close()
+    assert axe.checked == ["consent", "settings with connected apps", "sign-out confirmation"]
+    assert not axe.found, f"axe found {len(axe.found)} violation(s):\n  " + "\n  ".join(axe.found)
 
 
 async def _enrol_totp_elsewhere(stack: Stack, oathtool: str) -> tuple[str, float]:

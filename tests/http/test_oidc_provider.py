@@ -419,6 +419,7 @@ async def test_refresh_token_rotation_and_reuse_detection(op: TestClient[Any, An
     assert second["refresh_token"] != first_refresh
     claims = await verify(op, second["id_token"])
     assert claims["preferred_username"] == "alice"
+    assert "nonce" not in claims  # a refreshed ID token answers no authorization request
     reused = await token_request(op, {"grant_type": "refresh_token", "refresh_token": first_refresh})
     assert reused.status == 400 and (await reused.json())["error"] == "invalid_grant"
     # the thief's reuse took the owner's newer tokens with it
