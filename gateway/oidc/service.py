@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -116,6 +118,34 @@ class _Issued:
     rows: tuple[OidcToken, ...]
 
 
+SECRET_CACHE_TTL = 300.0  # seconds a verified client secret skips argon2
+
+
+class VerifiedSecrets:
+    """The digest of each client's last verified secret, so its next calls skip argon2.
+
+    Compared in constant time; a config reload (restart) or a different secret misses.
+    Only a digest is kept: the secret itself is never stored.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._known: dict[str, tuple[bytes, float]] = {}
+
+    @staticmethod
+    def _digest(client_id: str, secret: str) -> bytes:
+        return hashlib.sha256(f"{client_id}\x00{secret}".encode()).digest()
+
+    def matches(self, client_id: str, secret: str, now: float) -> bool:
+        found = self._known.get(client_id)
+        if found is None or found[1] <= now:
+            return False
+        return hmac.compare_digest(found[0], self._digest(client_id, secret))
+
+    def remember(self, client_id: str, secret: str, now: float) -> None:
+        self._known[client_id] = (self._digest(client_id, secret), now + self._ttl)
+
+
 class OidcProvider:
     def __init__(
         self,
@@ -134,6 +164,7 @@ class OidcProvider:
         self.regulation = regulation
         self.audit = audit_log
         self.clock = clock
+        self._secret_cache = VerifiedSecrets(SECRET_CACHE_TTL)
 
     @property
     def issuer(self) -> str:
@@ -161,7 +192,9 @@ class OidcProvider:
     async def remembered_consent(self, user: User, client: OidcClient) -> OidcConsent | None:
         return await self.store.get_oidc_consent(user.id, client.client_id)
 
-    async def remember_consent(self, user: User, request: protocol.AuthorizationRequest, *, ip: str) -> None:
+    async def remember_consent(
+        self, user: User, request: protocol.AuthorizationRequest, *, ip: str, implicit: bool = False
+    ) -> None:
         """Store the user's consent to these scopes for this client (merged with earlier ones)."""
         client = request.client
         earlier = await self.store.get_oidc_consent(user.id, client.client_id)
@@ -172,7 +205,8 @@ class OidcProvider:
             actor=user.username,
             target=user.username,
             ip=ip,
-            detail=f"{client.client_id}: {' '.join(scopes)}",
+            detail=f"{client.client_id}: {' '.join(scopes)}"
+            + (" (implicit: no consent screen)" if implicit else ""),
         )
 
     async def revoke_consent(self, user: User, client_id: str, *, actor: str, ip: str | None) -> bool:
@@ -250,29 +284,32 @@ class OidcProvider:
             raise OidcError("invalid_client", "client authentication is required", status=401)
         now = self.clock()
         cfg = self.regulation
-
-        def ban_end(failures: Sequence[float]) -> float | None:
-            return banned_until(failures, now=now, cfg=cfg)
-
-        slot = await self.store.reserve_attempt(
-            CLIENT_ATTEMPT_PREFIX + credentials.client_id,
-            ip,
-            at=now,
-            since=now - cfg.find_time - cfg.ban_time,
-            ban_end=ban_end if cfg.max_retries > 0 else None,
-        )
-        if slot.attempt_id is None:
-            wait = max(1, round((slot.banned_until or now) - now))
-            raise OidcError(
-                "invalid_client",
-                "too many failed client authentications; try again later",
-                status=429,
-                retry_after=wait,
-            )
+        # Keyed by client and address: wrong secrets sent from elsewhere cannot lock the real
+        # app out (one client serves all its users), and the address key bans the sender.
+        key = f"{CLIENT_ATTEMPT_PREFIX}{credentials.client_id[:100]}@{ip}"
+        failures: list[float] = []
+        if cfg.max_retries > 0:
+            since = now - cfg.find_time - cfg.ban_time
+            failures = await self.store.failures_since(username=key, since=since)
+            ends = [
+                banned_until(failures, now=now, cfg=cfg),
+                banned_until(await self.store.failures_since(ip=ip, since=since), now=now, cfg=cfg),
+            ]
+            active = [end for end in ends if end is not None]
+            if active:
+                raise OidcError(
+                    "invalid_client",
+                    "too many failed client authentications; try again later",
+                    status=429,
+                    retry_after=max(1, round(max(active) - now)),
+                )
+        if client is not None and self._secret_cache.matches(client.client_id, credentials.secret, now):
+            return client
         # None makes the hasher verify a dummy hash: an unknown client costs the same time.
         stored = client.client_secret_hash if client is not None else None
         ok = await self.hasher.verify(stored, credentials.secret)
         if not ok or client is None:
+            await self.store.record_attempt(key, ip, False, now)
             await self.audit.record(
                 audit.OIDC_CLIENT_AUTH_FAILED,
                 actor=None,
@@ -281,7 +318,9 @@ class OidcProvider:
                 + ("wrong secret" if client else "unknown"),
             )
             raise OidcError("invalid_client", "client authentication failed", status=401)
-        await self.store.mark_attempt_succeeded(slot.attempt_id)
+        if failures:
+            await self.store.record_attempt(key, ip, True, now)  # a success wipes the slate
+        self._secret_cache.remember(client.client_id, credentials.secret, now)
         return client
 
     # -- the token endpoint ---------------------------------------------------------------------

@@ -117,10 +117,15 @@ async def authorize(request: web.Request) -> web.Response:
         page = "reauth" if session is not None else "login"
         return _found(f"{base_of(request)}/{page}?{back}")
     assert session is not None and user is not None  # noqa: S101 - needed_step says so
-    if protocol.consent_needed(areq, await provider.remembered_consent(user, areq.client)):
+    remembered = await provider.remembered_consent(user, areq.client)
+    if protocol.consent_needed(areq, remembered):
         if "none" in areq.prompt:
             return _refused_silently(provider, areq, "consent_required")
         return _consent_page(request, areq, user, params)
+    if remembered is None or not set(areq.scopes) <= set(remembered.scopes):
+        # A trusted (implicit) client: no screen, but the user sees it under connected apps
+        # and can withdraw it there like any other.
+        await provider.remember_consent(user, areq, ip=client_ip(request), implicit=True)
     return await _issue(request, provider, areq, session, user)
 
 

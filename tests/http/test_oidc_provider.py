@@ -482,6 +482,18 @@ async def test_client_secret_brute_force_is_counted_by_regulation(op: TestClient
     assert len(failures) == 3 and all(SECRET not in e.detail and "guess" not in e.detail for e in failures)
 
 
+async def test_wrong_secrets_from_elsewhere_do_not_lock_the_app_out(op: TestClient[Any, Any]) -> None:
+    """The ban is per client and address: the attacker's address is refused, the app's is not."""
+    form = {"grant_type": "authorization_code", "code": "x", "redirect_uri": APP}
+    attacker = {"X-Forwarded-For": "203.0.113.9"}
+    app_server = {"X-Forwarded-For": "198.51.100.7"}
+    for _ in range(3):
+        assert (await token_request(op, form, {**basic("grafana", "guess"), **attacker})).status == 401
+    assert (await token_request(op, form, {**basic(), **attacker})).status == 429
+    from_the_app = await token_request(op, form, {**basic(), **app_server})
+    assert from_the_app.status == 400 and (await from_the_app.json())["error"] == "invalid_grant"
+
+
 async def test_the_token_endpoint_refuses_bad_forms(op: TestClient[Any, Any]) -> None:
     """JSON bodies, repeated fields and unknown grant types get clear OAuth errors, never a 500."""
     as_json = await op.post(
@@ -684,3 +696,85 @@ async def test_the_admin_console_lists_the_clients(op: TestClient[Any, Any]) -> 
     for text in ("grafana", "spa", "vault", "public (PKCE)", "1 grant(s), 1 user(s)", APP):
         assert text in page, text
     assert "$argon2" not in page
+
+
+async def test_an_implicit_client_is_listed_under_connected_apps(
+    op: TestClient[Any, Any], clock: Clock
+) -> None:
+    """No consent screen for a trusted client, but the user can still see and withdraw it."""
+    user = await services(op).store.get_user_by_name("alice")
+    assert user is not None
+    secret = await add_totp_device(op, user)
+    done = await submit_code(op, totp_code(secret, clock()), pending=await password_step(op))
+    session = done.cookies["authgate_session"].value
+    response = await op.get(
+        authorize_path(client_id="vault", redirect_uri=VAULT),
+        headers=with_cookies(session),
+        allow_redirects=False,
+    )
+    assert response.headers["Location"].startswith(VAULT + "?code=")
+    page = await (await portal_get(op, "/auth/settings", session=session)).text()
+    assert "/auth/settings/apps/vault/revoke" in page
+    consents = [e for e in await services(op).store.list_audit() if e.event == audit.OIDC_CONSENT_GRANTED]
+    assert consents and "implicit" in consents[-1].detail
+
+
+# -- hostile input and races --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "client_id=%ff%fe&redirect_uri=%ff",
+        "client_id=grafana&redirect_uri=" + "%ff" * 3,
+        "client_id=grafana&client_id=spa&redirect_uri=" + APP,
+        "%00=%00",
+        "client_id=" + "g" * 5000,
+    ],
+)
+async def test_hostile_authorization_requests_get_a_clean_400(op: TestClient[Any, Any], query: str) -> None:
+    """Broken encodings, NULs, repeated client ids and huge values: a 400 page, never a 500 or a redirect."""
+    response = await op.get(f"/auth/api/oidc/authorization?{query}", allow_redirects=False)
+    assert response.status == 400
+    assert "Location" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"grant_type=authorization_code&code=%ff%fe&redirect_uri=%ff", b"\xff\xfe=\xff", b"code=" + b"x" * 5000],
+)
+async def test_hostile_token_requests_get_oauth_errors(op: TestClient[Any, Any], body: bytes) -> None:
+    """The token endpoint answers undecodable or oversized forms with a JSON error, never a 500."""
+    response = await op.post(
+        "/auth/api/oidc/token",
+        data=body,
+        headers={**basic(), "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert 400 <= response.status < 500
+    assert "error" in await response.json()
+
+
+async def test_one_code_sent_ten_times_at_once_gives_tokens_once(op: TestClient[Any, Any]) -> None:
+    """Concurrent exchanges of one code: exactly one succeeds; the others revoke its grant."""
+    import asyncio
+
+    session = await signed_in(op)
+    code, _ = await code_for(op, session)
+    replies = await asyncio.gather(*(exchange(op, code) for _ in range(10)))
+    statuses = sorted(r.status for r in replies)
+    assert statuses.count(200) == 1 and statuses.count(400) == 9
+    winner = next(r for r in replies if r.status == 200)
+    token = (await winner.json())["access_token"]
+    info = await op.get("/auth/api/oidc/userinfo", headers={"Authorization": f"Bearer {token}"})
+    assert info.status == 401  # the reuse revoked the grant the winner's tokens belong to
+
+
+async def test_prompt_none_when_a_second_factor_is_needed(op: TestClient[Any, Any]) -> None:
+    """prompt=none with a password session for a two-factor request: interaction_required."""
+    session = await signed_in(op)
+    response = await op.get(
+        authorize_path(prompt="none", acr_values="two_factor"),
+        headers=with_cookies(session),
+        allow_redirects=False,
+    )
+    assert query_of(response.headers["Location"])["error"] == "interaction_required"
