@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -646,6 +647,54 @@ async def test_logout_without_hint_asks_the_user(op: TestClient[Any, Any]) -> No
     response = await op.get("/auth/api/oidc/logout", headers=with_cookies(session), allow_redirects=False)
     assert response.status == 200 and "Sign out?" in await response.text()
     assert (await op.get("/auth/", headers=with_cookies(session), allow_redirects=False)).status == 200
+
+
+async def test_confirming_a_logout_without_hint(op: TestClient[Any, Any]) -> None:
+    """The confirmation form (CSRF-checked) ends the session and goes to the registered URI."""
+    session = await signed_in(op)
+    page = await op.get(
+        "/auth/api/oidc/logout",
+        params={"client_id": "grafana", "post_logout_redirect_uri": "https://grafana.example.com/login"},
+        headers=with_cookies(session),
+        allow_redirects=False,
+    )
+    text = await page.text()
+    blob = re.search(r'name="request" value="([^"]+)"', text)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', text)
+    assert page.status == 200 and blob and token
+    csrf = page.cookies["authgate_csrf"].value
+    forged = await op.post(
+        "/auth/api/oidc/logout/confirm",
+        data={"csrf_token": "forged", "request": blob.group(1)},
+        headers=with_cookies(session, authgate_csrf=csrf),
+        allow_redirects=False,
+    )
+    assert forged.status == 403
+    done = await op.post(
+        "/auth/api/oidc/logout/confirm",
+        data={"csrf_token": token.group(1), "request": blob.group(1)},
+        headers=with_cookies(session, authgate_csrf=csrf),
+        allow_redirects=False,
+    )
+    assert done.status == 302 and done.headers["Location"] == "https://grafana.example.com/login"
+    assert (await op.get("/auth/", headers=with_cookies(session), allow_redirects=False)).status == 303
+
+
+async def test_userinfo_by_post_and_cors_for_a_registered_origin(op: TestClient[Any, Any]) -> None:
+    """userinfo answers POST too; a browser app's origin (from its redirect URI) gets CORS, others not."""
+    session = await signed_in(op)
+    body = await tokens_for(op, session)
+    bearer = {"Authorization": f"Bearer {body['access_token']}"}
+    spa_origin = "http://127.0.0.1:5173"
+    posted = await op.post("/auth/api/oidc/userinfo", headers={**bearer, "Origin": spa_origin})
+    assert posted.status == 200 and posted.headers["Access-Control-Allow-Origin"] == spa_origin
+    other = await op.get("/auth/api/oidc/userinfo", headers={**bearer, "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    preflight = await op.options(
+        "/auth/api/oidc/token",
+        headers={"Origin": spa_origin, "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status == 204 and preflight.headers["Access-Control-Allow-Origin"] == spa_origin
 
 
 async def test_logout_with_a_forged_hint(op: TestClient[Any, Any]) -> None:
