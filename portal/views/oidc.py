@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 from itsdangerous import BadSignature
@@ -18,7 +18,7 @@ from gateway.accounts import audit
 from gateway.logs import log_event
 from gateway.models import AMR_PASSWORD, User
 from gateway.oidc import protocol
-from gateway.oidc.endpoints import AUTHORIZATION_PATH
+from gateway.oidc.endpoints import AUTHORIZATION_PATH, issuer_path
 from gateway.oidc.protocol import AuthorizationRequest, AuthorizeError
 from gateway.oidc.service import OidcProvider
 from gateway.oidc.tokens import InvalidToken
@@ -64,8 +64,10 @@ async def _params(request: web.Request) -> list[tuple[str, str]]:
     return list(request.query.items())
 
 
-def _refuse(request: web.Request, provider: OidcProvider, areq_or_exc: AuthorizeError, state: str, uri: str):
-    exc = areq_or_exc
+def _refuse(
+    request: web.Request, provider: OidcProvider, exc: AuthorizeError, state: str, uri: str
+) -> web.Response:
+    """Answer a refused authorization request: back to the app once its URI is verified, else a page."""
     log_event("oidc_authorize_refused", logging.INFO, error=exc.error, reason=exc.description)
     if exc.redirectable:
         return _found(protocol.error_redirect(uri, exc.error, exc.description, state, provider.issuer))
@@ -150,13 +152,11 @@ def _consent_page(
         scopes=[(s, protocol.SCOPE_DESCRIPTIONS[s]) for s in areq.scopes],
         request_blob=blob,
         action=f"{_issuer_base(request)}/api/oidc/consent",
-        redirect_host=areq.redirect_uri.split("/")[2],
+        redirect_host=urlsplit(areq.redirect_uri).netloc,
     )
 
 
 def _issuer_base(request: web.Request) -> str:
-    from gateway.oidc.endpoints import issuer_path
-
     return issuer_path(_provider(request).issuer)
 
 
