@@ -358,6 +358,8 @@ class OidcProvider:
             prepared.append(issued)
             return issued.rows
 
+        # The last prepared set is the one stored: an engine may retry a transaction that lost
+        # a serialization race, calling `tokens` again.
         outcome, grant, _ = await self.store.redeem_oidc_code(
             protocol.token_hash(code), now=now, tokens=tokens
         )
@@ -372,7 +374,7 @@ class OidcProvider:
             )
         if outcome != "ok" or grant is None:
             raise OidcError("invalid_grant", f"the authorization code is {_OUTCOME_WORDS[outcome]}")
-        return await self._respond(client, grant, prepared[0], grant.scopes, ip=ip, nonce=grant.nonce)
+        return await self._respond(client, grant, prepared[-1], grant.scopes, ip=ip, nonce=grant.nonce)
 
     async def refresh(
         self, client: OidcClient, *, refresh_token: str, scope: str | None, ip: str
@@ -416,7 +418,7 @@ class OidcProvider:
         if outcome != "ok" or grant is None:
             raise OidcError("invalid_grant", f"the refresh token is {_OUTCOME_WORDS[outcome]}")
         # No nonce in a refreshed ID token (OIDC Core 12.2): it answers no authorization request.
-        return await self._respond(client, grant, prepared[0], narrowed[0], ip=ip, nonce="")
+        return await self._respond(client, grant, prepared[-1], narrowed[-1], ip=ip, nonce="")
 
     async def _respond(
         self,
