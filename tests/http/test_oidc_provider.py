@@ -827,3 +827,26 @@ async def test_prompt_none_when_a_second_factor_is_needed(op: TestClient[Any, An
         allow_redirects=False,
     )
     assert query_of(response.headers["Location"])["error"] == "interaction_required"
+
+
+async def test_rotation_while_running_signs_with_the_new_key(op: TestClient[Any, Any]) -> None:
+    """After `rotate-keys` the running app signs with the new kid; tokens of the old key still work."""
+    from joserfc import jws
+
+    from gateway.oidc.keys import rotate_keys
+
+    session = await signed_in(op)
+    before = await tokens_for(op, session)
+    data_dir = services(op).config.storage.data_dir
+    rotate_keys(data_dir, now=services(op).clock(), retention=86400)
+    after = await tokens_for(op, session)
+    old_kid = jws.extract_compact(before["id_token"].encode()).headers()["kid"]
+    new_kid = jws.extract_compact(after["id_token"].encode()).headers()["kid"]
+    assert old_kid != new_kid
+    published = {k["kid"] for k in (await (await op.get("/auth/jwks.json")).json(content_type=None))["keys"]}
+    assert {old_kid, new_kid} <= published and len(published) == 4
+    assert (await verify(op, before["id_token"]))["sub"] == (await verify(op, after["id_token"]))["sub"]
+    old_access = await op.get(
+        "/auth/api/oidc/userinfo", headers={"Authorization": f"Bearer {before['access_token']}"}
+    )
+    assert old_access.status == 200
