@@ -78,9 +78,16 @@ def _refuse(
 
 
 def resume_url(provider: OidcProvider, params: Sequence[tuple[str, str]]) -> str:
-    """The authorization request to come back to after signing in, with prompt=login done."""
+    """The authorization request to come back to after signing in, with prompt=login done.
+
+    max_age goes too: every way back (login, re-authentication, second factor) has just proved
+    a factor, and max_age=0 would otherwise send the user round again forever. The ID token's
+    auth_time still lets the app check it.
+    """
     kept = []
     for key, value in params:
+        if key == "max_age":
+            continue
         if key == "prompt":
             value = " ".join(p for p in value.split() if p != "login")
             if not value:

@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.accounts import audit
 from tests.http.helpers import (
+    PASSWORD,
     Clock,
     MakeClient,
     add_totp_device,
@@ -228,6 +229,23 @@ async def test_prompt_login_and_max_age_ask_to_sign_in_again(op: TestClient[Any,
     assert old.headers["Location"].startswith("/auth/reauth?rd=")
     fresh = await op.get(authorize_path(max_age="600"), headers=with_cookies(session), allow_redirects=False)
     assert fresh.status == 200  # the consent page: the sign-in is recent enough
+
+
+async def test_max_age_zero_reauthenticates_once(op: TestClient[Any, Any], clock: Clock) -> None:
+    """max_age=0 sends the user to /reauth; confirming the password comes back to a consent page."""
+    session = await signed_in(op)
+    clock.advance(1)
+    first = await op.get(authorize_path(max_age="0"), headers=with_cookies(session), allow_redirects=False)
+    assert first.headers["Location"].startswith("/auth/reauth?rd=")
+    rd = query_of(first.headers["Location"])["rd"]
+    assert "max_age" not in query_of(rd)
+    confirmed = await portal_post(op, "/auth/reauth", {"password": PASSWORD, "rd": rd}, session=session)
+    assert confirmed.status == 303 and confirmed.headers["Location"] == rd
+    clock.advance(1)  # even a second later the fresh sign-in is not asked for again
+    back = await op.get(
+        rd.removeprefix("http://localhost:8080"), headers=with_cookies(session), allow_redirects=False
+    )
+    assert back.status == 200 and "oidc-consent" in await back.text()
 
 
 async def test_step_up_with_totp_gives_two_factor_acr_and_amr(op: TestClient[Any, Any], clock: Clock) -> None:
