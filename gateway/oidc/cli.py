@@ -68,6 +68,36 @@ def cmd_clients(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_revoke(args: argparse.Namespace, config: Config) -> int:
+    """End a user's grants (all, or one client's): their access and refresh tokens stop at once."""
+
+    async def revoke(store: Store) -> int:
+        user = await store.get_user_by_name(args.username.lower())
+        if user is None:
+            print(f"authgate: no user {args.username!r}", file=sys.stderr)
+            return 2
+        count = await store.revoke_oidc_grants(
+            user.id, args.client, now=time.time(), reason="revoked by the cli"
+        )
+        what = f"client {args.client}" if args.client else "every client"
+        await audit.AuditLog(store).record(
+            audit.OIDC_GRANT_REVOKED,
+            actor=audit.CLI_ACTOR,
+            target=user.username,
+            detail=f"{count} grant(s), {what}",
+        )
+        print(f"revoked {count} grant(s) of {user.username} ({what})")
+        return 0
+
+    result: list[int] = []
+
+    async def run(store: Store) -> None:
+        result.append(await revoke(store))
+
+    asyncio.run(_with_store(config, run))
+    return result[0]
+
+
 async def _with_store(config: Config, action: Callable[[Store], Any]) -> None:
     store = await Store.open(config.storage.database_path, busy_timeout=config.storage.busy_timeout)
     try:
@@ -88,9 +118,13 @@ def add_parser(commands: Any, load: Callable[[argparse.Namespace], Config]) -> N
         "hash-secret": cmd_hash_secret,
         "rotate-keys": cmd_rotate_keys,
         "clients": cmd_clients,
+        "revoke": cmd_revoke,
     }
     sub.add_parser("rotate-keys", help="new signing keys now; old ones published until their tokens expire")
     sub.add_parser("clients", help="list the configured clients")
+    revoke = sub.add_parser("revoke", help="end a user's grants and their tokens (all clients or one)")
+    revoke.add_argument("username")
+    revoke.add_argument("--client", help="only this client id")
 
     def run(args: argparse.Namespace) -> int:
         return actions[args.oidc_command](args, load(args))

@@ -92,3 +92,32 @@ def test_rotate_keys_adds_keys_and_writes_an_audit_row(
             await store.close()
 
     assert "oidc_keys_rotated" in asyncio.run(events())
+
+
+def test_revoke_ends_a_users_grants(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`oidc revoke USER --client ID` revokes that client's live grants and writes an audit row."""
+    from gateway.models import OidcCode, OidcGrant
+
+    data_dir = str(config_file.parent / "data")
+
+    async def setup() -> None:
+        store = await Store.open(f"{data_dir}/authgate.sqlite3")
+        try:
+            user = await store.create_user("alice", "a@example.com", "Alice", (), None)
+            for grant_id, client in (("g1", "grafana"), ("g2", "gitea")):
+                grant = OidcGrant(
+                    grant_id, client, user.id, ("openid",), "s", 0.0, ("pwd",), "one_factor", "", 0.0, 1e12
+                )
+                await store.create_oidc_grant(
+                    grant, OidcCode(f"c-{grant_id}", grant_id, "https://a/cb", "", 1e12)
+                )
+        finally:
+            await store.close()
+
+    asyncio.run(setup())
+    code, out = run(config_file, capsys, "oidc", "revoke", "alice", "--client", "grafana")
+    assert code == 0 and "revoked 1 grant(s) of alice (client grafana)" in out
+    code, out = run(config_file, capsys, "oidc", "revoke", "alice")
+    assert code == 0 and "revoked 1 grant(s)" in out
+    code, out = run(config_file, capsys, "oidc", "revoke", "nobody")
+    assert code == 2 and "no user" in out
