@@ -1,7 +1,7 @@
-"""authgate as an OpenID Provider, end to end: a real relying party process, real Caddy, real Chromium.
+"""authgate as an OpenID Provider end to end: a real relying party, real Caddy and nginx, real Chromium.
 
 The relying party (tests/e2e/oidc_rp.py: aiohttp + joserfc, no authgate code) discovers the
-provider through Caddy, sends Chromium to the authorization endpoint, and verifies the ID
+provider through the proxy, sends Chromium to the authorization endpoint, and verifies the ID
 token against the published JWKS. Alice signs in with a passkey (virtual authenticator);
 Bob, signed in with his password only, is stepped up with a TOTP code from oathtool when the
 relying party asks for acr two_factor.
@@ -61,17 +61,22 @@ class OidcStack:
         self.rp = f"http://localhost:{rp_port}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["caddy", "nginx"])
 def oidc_stack(
-    start_stack: Callable[..., Stack], caddy_bin: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    start_stack: Callable[..., Stack],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Any:
-    """Caddy + authgate with one confidential client, and the relying party process."""
+    """A proxy (Caddy, then nginx, each with the shipped example config) + authgate with one
+    confidential client, and the relying party process."""
+    kind = request.param
+    proxy_bin = request.getfixturevalue(f"{kind}_bin")
     (rp_port,) = free_ports(1)
     rp = f"http://localhost:{rp_port}"
     secret_hash = PasswordHasher(Argon2Config(time_cost=1, memory_cost=64, parallelism=1)).hash(RP_SECRET)
     stack = start_stack(
-        "caddy-oidc",
-        caddy_bin,
+        f"{kind}-oidc",
+        proxy_bin,
         overrides={
             "oidc_provider": {
                 "clients": [
