@@ -61,7 +61,7 @@ LATENCY_BOUNDS_NS: Final = (
 # Timing a request (two clock reads and a bisect) costs several times counting it, so only
 # every 16th forward-auth request is timed: a power of two, tested with a mask.
 LATENCY_SAMPLE_EVERY: Final = 16
-_SAMPLE_MASK: Final = LATENCY_SAMPLE_EVERY - 1
+SAMPLE_MASK: Final = LATENCY_SAMPLE_EVERY - 1
 PUBLISH_INTERVAL: Final = 1.0
 SNAPSHOT_VERSION: Final = 1
 
@@ -102,14 +102,14 @@ class Metrics:
         self.logins = {(factor, result): 0 for factor in FACTORS for result in RESULTS}
         self.regulation_refusals = 0
         self.store_errors: Mapping[str, int] = dict.fromkeys(STORE_ERROR_KINDS, 0)
-        self._ticker = itertools.count(1)  # next() on it is cheaper than += on an attribute
-        self._clock_ns = clock_ns
+        self.ticker = itertools.count(1)  # next() on it is cheaper than += on an attribute
+        self.clock_ns = clock_ns
 
     # -- the forward-auth hot path --
 
     def tick(self) -> int:
         """Start a forward-auth request: its start time when it is to be timed, else 0."""
-        return 0 if next(self._ticker) & _SAMPLE_MASK else self._clock_ns()
+        return 0 if next(self.ticker) & SAMPLE_MASK else self.clock_ns()
 
     def decided(self, decision: Decision, started: int) -> None:
         """Count a decision; time the request when tick() chose it."""
@@ -119,7 +119,7 @@ class Metrics:
 
     def timed(self, started: int) -> None:
         """Record the time since `started` (a tick() value other than 0)."""
-        elapsed = self._clock_ns() - started
+        elapsed = self.clock_ns() - started
         self.latency[bisect.bisect_left(LATENCY_BOUNDS_NS, elapsed)] += 1
         self.latency_sum_ns += elapsed
 

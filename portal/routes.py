@@ -10,6 +10,7 @@ from aiohttp import web
 from portal.views import (
     admin,
     devices,
+    language,
     login,
     oidc,
     passkeys,
@@ -32,6 +33,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/login", login.login_page),
     ("POST", "/login", login.login_submit),
     ("POST", "/logout", login.logout),
+    ("POST", "/language", language.choose_language),
     ("GET", "/setup", setup.setup_page),
     ("POST", "/setup", setup.setup_submit),
     ("GET", "/2fa", second_factor.second_factor_page),

@@ -8,12 +8,14 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from itsdangerous import URLSafeTimedSerializer
+from jinja2.utils import htmlsafe_json_dumps
+from markupsafe import Markup
 from multidict import MultiDictProxy
 
 from gateway.authz.domains import cookie_domain_attribute, match_cookie_domain
@@ -27,10 +29,15 @@ from gateway.models import User
 from gateway.services import SERVICES, Services
 from gateway.sessions.codec import CachedSession
 from portal.csrf import CsrfSigner, generate_csrf_secret, is_csrf_secret
+from portal.events import event_label
+from portal.i18n import LANGUAGES, N_, Translator, choose_language
+from portal.i18n import translator as translator_for
 
 CSRF_COOKIE = "authgate_csrf"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
+LANGUAGE_COOKIE = "authgate_lang"
+LANGUAGE_MAX_AGE = 365 * 86400
 
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -38,6 +45,62 @@ TEMPLATES = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     # Templates ship with the code: no stat() of every template file on every page.
     auto_reload=False,
+    extensions=["jinja2.ext.i18n"],
+)
+# {% trans %} blocks are extracted and looked up with their whitespace collapsed, so the
+# templates can wrap lines freely (babel.cfg extracts with trimmed = true to match).
+TEMPLATES.policies["ext.i18n.trimmed"] = True
+
+
+def _translator_in(context: jinja2.runtime.Context) -> Translator:
+    found = context.get("translator")
+    if not isinstance(found, Translator):
+        # An imported macro without "with context" would silently speak English: refuse instead.
+        raise RuntimeError("template rendered without a translator (import macros 'with context')")
+    return found
+
+
+@jinja2.pass_context
+def _template_gettext(context: jinja2.runtime.Context, message: str) -> str:
+    return _translator_in(context).catalogue.gettext(message)
+
+
+@jinja2.pass_context
+def _template_ngettext(context: jinja2.runtime.Context, singular: str, plural: str, num: int) -> str:
+    return _translator_in(context).catalogue.ngettext(singular, plural, num)
+
+
+@jinja2.pass_context
+def _template_event_label(context: jinja2.runtime.Context, event: str) -> str:
+    return event_label(event, _translator_in(context))
+
+
+TEMPLATES.globals["event_label"] = _template_event_label
+
+
+@functools.cache
+def _template_callables(language: str) -> dict[str, Callable[..., str]]:
+    """The gettext functions one render of a page uses, bound to its language (built once each).
+
+    Passed in the render's context, they shadow the globals above, which only catch a macro
+    imported without context. Same semantics as Jinja2's newstyle gettext (a trusted translation,
+    escaped values, %(num)s for plurals) without its per-call context lookups (~8x faster pages).
+    """
+    catalogue = translator_for(language).catalogue
+
+    def gettext(message: str, **variables: Any) -> str:
+        return Markup(catalogue.gettext(message)) % variables  # noqa: S704 - our own catalogue; % escapes values
+
+    def ngettext(singular: str, plural: str, num: int, **variables: Any) -> str:
+        variables.setdefault("num", num)
+        return Markup(catalogue.ngettext(singular, plural, num)) % variables  # noqa: S704 - as above
+
+    return {"gettext": gettext, "ngettext": ngettext, "_": gettext}
+
+
+# Newstyle: Jinja2 fills %(name)s after translating and escapes the values, as Translator does.
+TEMPLATES.install_gettext_callables(  # type: ignore[attr-defined]
+    _template_gettext, _template_ngettext, newstyle=True
 )
 
 
@@ -84,6 +147,34 @@ def portal_base_path(config: Config) -> str:
 
 def services_of(request: web.Request) -> Services:
     return request.app[SERVICES]
+
+
+def language_of(request: web.Request) -> str:
+    """Return the language this request is answered in (picker cookie, Accept-Language, English).
+
+    Not cached on the request: parsing a bounded header costs microseconds, and aiohttp's
+    typed request keys are newer than the aiohttp this project supports.
+    """
+    cookie, header = request.cookies.get(LANGUAGE_COOKIE), request.headers.get("Accept-Language")
+    return choose_language(cookie, header)
+
+
+def translator(request: web.Request) -> Translator:
+    """Return the Translator for this request's language."""
+    return translator_for(language_of(request))
+
+
+def set_language_cookie(request: web.Request, response: web.StreamResponse, language: str) -> None:
+    """Remember the picked language in this browser for a year (it is no secret, but JS needs none)."""
+    response.set_cookie(
+        LANGUAGE_COOKIE,
+        language,
+        path=base_of(request) or "/",
+        max_age=LANGUAGE_MAX_AGE,
+        httponly=True,
+        secure=services_of(request).config.session.secure,
+        samesite="Lax",
+    )
 
 
 def signer(request: web.Request, salt: str) -> URLSafeTimedSerializer:
@@ -182,14 +273,23 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
     cookie = request.cookies.get(CSRF_COOKIE)
     secret = cookie if cookie is not None and is_csrf_secret(cookie) else generate_csrf_secret()
     base = portal_base_path(services.config)
+    tr = translator(request)
     html = TEMPLATES.get_template(template).render(
         title=services.config.portal.title,
         base=base,
         csrf_field=CSRF_FIELD,
         csrf_token=_csrf(request).token_for(secret),
+        translator=tr,
+        **_template_callables(tr.language),
+        language=tr.language,
+        languages=LANGUAGES,
+        here=_here(request),
+        picker=request.method == "GET",
+        script_messages=_script_messages(tr.language),
         **context,
     )
-    response = web.Response(status=status, text=html, content_type="text/html", headers=SECURITY_HEADERS)
+    headers = {**SECURITY_HEADERS, "Content-Language": tr.language, "Vary": "Accept-Language, Cookie"}
+    response = web.Response(status=status, text=html, content_type="text/html", headers=headers)
     if cookie != secret:
         response.set_cookie(
             CSRF_COOKIE,
@@ -202,6 +302,42 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
     return response
 
 
+# What the portal's scripts (static/*.js) may show, translated into the page's language and
+# handed over in base.html as JSON keyed by the English text.
+SCRIPT_MESSAGES = (
+    N_("Copied"),
+    N_("Selected: press Ctrl+C"),
+    N_("Copied."),
+    N_("Copy failed: select the codes and copy them by hand."),
+    N_("Downloaded."),
+    N_("authgate recovery codes (%(host)s)"),
+    N_("Each code works once."),
+    N_("The server answered %(status)s"),
+    N_("The request was cancelled or timed out."),
+    N_("This device is already registered."),
+    N_("Something went wrong."),
+    N_("Follow your browser's prompt..."),
+    N_("This browser cannot use security keys or passkeys."),
+)
+
+
+def _here(request: web.Request) -> str:
+    """This page's path and query for the language picker to return to, without an unsafe rd/next."""
+    query = [
+        (key, value)
+        for key, value in request.query.items()
+        if key not in ("rd", "next") or safe_target(request, value)
+    ]
+    return f"{request.path}?{urlencode(query)}" if query else request.path
+
+
+@functools.cache
+def _script_messages(language: str) -> Markup:
+    """The scripts' messages in `language` as HTML-safe JSON, encoded once per language."""
+    catalogue = translator_for(language).catalogue
+    return htmlsafe_json_dumps({message: catalogue.gettext(message) for message in SCRIPT_MESSAGES})
+
+
 RETRY_AFTER = "5"  # seconds a client is asked to wait when the database cannot take a request
 
 
@@ -209,10 +345,14 @@ def unavailable(request: web.Request, exc: StoreUnavailable) -> web.Response:
     """Answer a request the store could not serve: one log line, a 503 page (or JSON), no traceback."""
     log_event("store_unavailable", logging.ERROR, method=request.method, path=request.path, reason=exc.reason)
     headers = {**SECURITY_HEADERS, "Retry-After": RETRY_AFTER}
-    message = "The sign-in service cannot reach its database right now. Please try again in a moment."
+    tr = translator(request)
+    message = tr.gettext(
+        "The sign-in service cannot reach its database right now. Please try again in a moment."
+    )
     if "application/json" in request.headers.get("Accept", "") or request.content_type == "application/json":
         return web.json_response({"error": message}, status=503, headers=headers)
-    response = render(request, "message.html", status=503, heading="Temporarily unavailable", message=message)
+    heading = tr.gettext("Temporarily unavailable")
+    response = render(request, "message.html", status=503, heading=heading, message=message)
     response.headers["Retry-After"] = RETRY_AFTER
     return response
 
@@ -231,6 +371,13 @@ def store_guard(handler: Handler) -> Handler:
             return unavailable(request, exc)
 
     return guarded
+
+
+def form_expired(request: web.Request) -> web.Response:
+    """The 403 page for a form whose CSRF token did not match (expired or forged)."""
+    tr = translator(request)
+    heading, message = tr.gettext("Form expired"), tr.gettext("Please try again.")
+    return render(request, "message.html", status=403, heading=heading, message=message)
 
 
 def redirect(location: str) -> web.Response:

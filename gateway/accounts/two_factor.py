@@ -60,8 +60,13 @@ class TwoFactorService:
         """True when the user has a real second factor (recovery codes alone are only a fallback)."""
         return bool({TOTP, WEBAUTHN} & set(await self.kinds(user_id)))
 
-    def new_enrolment(self, *, account: str, secret: str | None = None) -> Enrolment:
-        """Offer a TOTP secret (a fresh one unless given) with its otpauth URI and QR code."""
+    def new_enrolment(
+        self, *, account: str, secret: str | None = None, qr_title: str = "TOTP QR code"
+    ) -> Enrolment:
+        """Offer a TOTP secret (a fresh one unless given) with its otpauth URI and QR code.
+
+        `qr_title` names the QR code for screen readers (the portal passes it in the page's language).
+        """
         secret = secret or totp.generate_secret()
         settings = self.cfg.totp
         uri = totp.provisioning_uri(
@@ -72,7 +77,7 @@ class TwoFactorService:
             period=settings.period,
             algorithm=settings.algorithm,
         )
-        return Enrolment(secret=secret, uri=uri, qr_svg=totp.qr_svg(uri))
+        return Enrolment(secret=secret, uri=uri, qr_svg=totp.qr_svg(uri, title=qr_title))
 
     def check_new_code(self, secret: str, code: str) -> int | None:
         """Return the time step a code for a not-yet-stored secret is valid for, or None."""

@@ -55,26 +55,40 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def describe(user_agent: str | None) -> str:
     """Name the browser or client and its system in a few words, or "Unknown device"."""
-    if not user_agent:
+    client, system = describe_parts(user_agent)
+    if client is None and system is None:
         return UNKNOWN
+    if client is None:
+        return bounded(f"Browser on {system}")
+    return bounded(_join(client, system))
+
+
+def describe_parts(user_agent: str | None) -> tuple[str | None, str | None]:
+    """Return (client, system) of a User-Agent, each None when unknown, for callers that word them.
+
+    The portal uses it to say "Firefox 128 on Linux" in the reader's language; `describe` is the
+    English wording of the same parts.
+    """
+    if not user_agent:
+        return None, None
     text = _CONTROL.sub(" ", user_agent[:MAX_INPUT]).strip()
     if not text:
-        return UNKNOWN
+        return None, None
     system = _system(text)
     for name, pattern in _TOOLS:
         match = pattern.search(text)
         if match:
-            return _bounded(_join(f"{name} {match.group(1)}", system))
+            return f"{name} {match.group(1)}", system
     for name, pattern in _BROWSERS:
         match = pattern.search(text)
         if match:
-            return _bounded(_join(f"{name} {match.group(1)}", system))
+            return f"{name} {match.group(1)}", system
     if text.startswith("Mozilla/") and system:
-        return _bounded(f"Browser on {system}")
+        return None, system
     match = _PRODUCT.match(text)
     if match and match.group(1) != "Mozilla":
-        return _bounded(_join(f"{match.group(1)} {match.group(2)}", system))
-    return UNKNOWN
+        return f"{match.group(1)} {match.group(2)}", system
+    return None, None
 
 
 def _system(text: str) -> str | None:
@@ -88,5 +102,6 @@ def _join(client: str, system: str | None) -> str:
     return f"{client} on {system}" if system else client
 
 
-def _bounded(text: str) -> str:
+def bounded(text: str) -> str:
+    """Cut `text` to MAX_OUTPUT characters (with an ellipsis)."""
     return text if len(text) <= MAX_OUTPUT else text[: MAX_OUTPUT - 1] + "…"

@@ -58,10 +58,10 @@ def provisioning_uri(
     return f"otpauth://totp/{label}?{query}"
 
 
-def qr_svg(uri: str) -> str:
-    """Return `uri` as a QR code in an inline <svg> element (no XML declaration)."""
+def qr_svg(uri: str, *, title: str = "TOTP QR code") -> str:
+    """Return `uri` as a QR code in an inline <svg> element (no XML declaration); segno escapes `title`."""
     qr = segno.make_qr(uri, error="m")
-    return str(qr.svg_inline(scale=4, border=4, dark="#000", light="#fff", title="TOTP QR code"))
+    return str(qr.svg_inline(scale=4, border=4, dark="#000", light="#fff", title=title))
 
 
 def code_at(secret: str, step: int, *, digits: int, algorithm: str) -> str:

@@ -38,13 +38,6 @@ SCOPE_CLAIMS = {
     "email": ("email", "email_verified"),
     "groups": ("groups",),
 }
-SCOPE_DESCRIPTIONS = {
-    "openid": "Know who you are (a stable identifier for your account)",
-    "profile": "See your name and username",
-    "email": "See your e-mail address",
-    "groups": "See the groups you belong to",
-    "offline_access": "Stay connected while you are away (refresh tokens)",
-}
 
 
 class AuthorizeError(Exception):

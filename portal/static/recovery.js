@@ -1,17 +1,18 @@
 // Copy, download and print the recovery codes shown once on this page.
 (function () {
   "use strict";
+  const t = window.authgateText || ((message) => message);
   const list = document.getElementById("recovery-codes");
   const status = document.getElementById("codes-status");
   if (!list) return;
   const codes = Array.from(list.querySelectorAll("code")).map((el) => el.textContent.trim());
-  const text = "authgate recovery codes (" + location.host + ")\n" +
-    "Each code works once.\n\n" + codes.join("\n") + "\n";
+  const text = t("authgate recovery codes (%(host)s)", { host: location.host }) + "\n" +
+    t("Each code works once.") + "\n\n" + codes.join("\n") + "\n";
   const say = (message) => { if (status) status.textContent = message; };
   const actions = {
     copy: async () => {
-      try { await navigator.clipboard.writeText(text); say("Copied."); }
-      catch (e) { say("Copy failed: select the codes and copy them by hand."); }
+      try { await navigator.clipboard.writeText(text); say(t("Copied.")); }
+      catch (e) { say(t("Copy failed: select the codes and copy them by hand.")); }
     },
     download: () => {
       const link = document.createElement("a");
@@ -20,7 +21,7 @@
       document.body.appendChild(link);
       link.click();
       link.remove();
-      say("Downloaded.");
+      say(t("Downloaded."));
     },
     print: () => window.print(),
   };

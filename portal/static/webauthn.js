@@ -3,6 +3,7 @@
 // this script only moves JSON between navigator.credentials and the portal.
 (function () {
   "use strict";
+  const t = window.authgateText || ((message) => message);
   const root = document.documentElement;
   const base = root.dataset.base || "";
   const csrf = root.dataset.csrf || "";
@@ -29,19 +30,19 @@
     });
     let data = {};
     try { data = await response.json(); } catch (e) { data = {}; }
-    if (!response.ok) { throw new Error(data.error || ("The server answered " + response.status)); }
+    if (!response.ok) { throw new Error(data.error || t("The server answered %(status)s", { status: response.status })); }
     return data;
   }
 
   function explain(error) {
-    if (error && error.name === "NotAllowedError") { return "The request was cancelled or timed out."; }
-    if (error && error.name === "InvalidStateError") { return "This device is already registered."; }
-    return (error && error.message) || "Something went wrong.";
+    if (error && error.name === "NotAllowedError") { return t("The request was cancelled or timed out."); }
+    if (error && error.name === "InvalidStateError") { return t("This device is already registered."); }
+    return (error && error.message) || t("Something went wrong.");
   }
 
   async function register(button) {
     const statusId = button.dataset.status;
-    say(statusId, "Follow your browser's prompt...");
+    say(statusId, t("Follow your browser's prompt..."));
     try {
       const start = await post("/settings/webauthn/options", {});
       const options = PublicKeyCredential.parseCreationOptionsFromJSON(start.options);
@@ -75,7 +76,7 @@
   function bind() {
     if (!supported) {
       document.querySelectorAll("[data-webauthn]").forEach((el) => { el.hidden = true; });
-      say("webauthn-unsupported", "This browser cannot use security keys or passkeys.");
+      say("webauthn-unsupported", t("This browser cannot use security keys or passkeys."));
       return;
     }
     document.querySelectorAll("[data-webauthn='register']").forEach((button) => {
@@ -86,7 +87,7 @@
     document.querySelectorAll("[data-webauthn='second-factor']").forEach((button) => {
       button.hidden = false;
       button.addEventListener("click", () => {
-        say(button.dataset.status, "Follow your browser's prompt...");
+        say(button.dataset.status, t("Follow your browser's prompt..."));
         const extra = { rd: button.dataset.rd || "" };
         authenticate("/2fa/webauthn/options", "/2fa/webauthn", extra, null, button.dataset.status)
           .catch((error) => fail(button.dataset.status, error));
@@ -95,7 +96,7 @@
     document.querySelectorAll("[data-webauthn='reauth']").forEach((button) => {
       button.hidden = false;
       button.addEventListener("click", () => {
-        say(button.dataset.status, "Follow your browser's prompt...");
+        say(button.dataset.status, t("Follow your browser's prompt..."));
         const extra = { rd: button.dataset.rd || "" };
         authenticate("/reauth/webauthn/options", "/reauth/webauthn", extra, null, button.dataset.status)
           .catch((error) => fail(button.dataset.status, error));
@@ -105,7 +106,7 @@
       button.hidden = false;
       button.addEventListener("click", () => {
         if (conditional) { conditional.abort(); }
-        say(button.dataset.status, "Follow your browser's prompt...");
+        say(button.dataset.status, t("Follow your browser's prompt..."));
         const extra = { rd: button.dataset.rd || "" };
         authenticate("/login/passkey/options", "/login/passkey", extra, null, button.dataset.status)
           .catch((error) => fail(button.dataset.status, error));

@@ -21,18 +21,20 @@ from aiohttp import web
 
 from gateway.accounts import audit, useragent
 from gateway.accounts.notify import NotificationFailed
-from gateway.accounts.validation import (
-    parse_groups,
-    validate_display_name,
-    validate_email,
-    validate_groups,
-    validate_username,
-)
+from gateway.accounts.validation import parse_groups
 from gateway.errors import Conflict
-from gateway.factors.passwords import validate_new_password
 from gateway.logs import log_event
 from gateway.models import AppPassword, Level, SessionRecord, User
 from gateway.sessions.codec import CachedSession
+from portal.events import device_label
+from portal.fields import (
+    display_name_problem,
+    email_problem,
+    groups_problem,
+    new_password_problem,
+    username_problem,
+)
+from portal.i18n import N_, Translator
 from portal.reauth import require_recent
 from portal.views.password_reset import MAX_PASSWORD_FIELD, issue_link, link_mail
 from portal.web import (
@@ -45,6 +47,7 @@ from portal.web import (
     redirect,
     render,
     services_of,
+    translator,
 )
 
 SEARCH_LIMIT: Final = 200
@@ -65,19 +68,19 @@ AUDIT_EVENTS: Final = tuple(
 )
 
 NOTICES: Final = {
-    "created": "User created.",
-    "created_mail_failed": "User created, but the set-password e-mail could not be sent.",
-    "saved": "Changes saved.",
-    "unchanged": "Nothing to change.",
-    "disabled": "Account disabled; its sessions were ended.",
-    "enabled": "Account enabled.",
-    "reset_sent": "Password reset link sent.",
-    "factors_reset": "Second factors removed.",
-    "session_revoked": "Session ended.",
-    "sessions_revoked": "Sessions ended.",
-    "token_revoked": "App password revoked.",
-    "tokens_revoked": "App passwords revoked.",
-    "deleted": "User deleted.",
+    "created": N_("User created."),
+    "created_mail_failed": N_("User created, but the set-password e-mail could not be sent."),
+    "saved": N_("Changes saved."),
+    "unchanged": N_("Nothing to change."),
+    "disabled": N_("Account disabled; its sessions were ended."),
+    "enabled": N_("Account enabled."),
+    "reset_sent": N_("Password reset link sent."),
+    "factors_reset": N_("Second factors removed."),
+    "session_revoked": N_("Session ended."),
+    "sessions_revoked": N_("Sessions ended."),
+    "token_revoked": N_("App password revoked."),
+    "tokens_revoked": N_("App passwords revoked."),
+    "deleted": N_("User deleted."),
 }
 
 
@@ -162,10 +165,15 @@ async def _fresh_form(request: web.Request, session: CachedSession, back: str) -
 
     Call it after the admin check, so non-admins get 403 and never a trip to /reauth.
     """
+    tr = translator(request)
     form = await read_form(request)
     if not csrf_ok(request, form):
         return render(
-            request, "message.html", status=403, heading="Form expired", message="Please try again."
+            request,
+            "message.html",
+            status=403,
+            heading=tr.gettext("Form expired"),
+            message=tr.gettext("Please try again."),
         )
     services = services_of(request)
     again = require_recent(request, session, services.config.admin.reauth_after, back=back)
@@ -213,7 +221,8 @@ async def users_page(request: web.Request) -> web.Response:
             )
     notice = NOTICES["factors_reset"] if request.query.get("reset") else None
     notice = NOTICES.get(request.query.get("done", "")) or notice
-    return render(request, "admin_users.html", rows=rows, q=query, notice=notice)
+    shown = translator(request).gettext(notice) if notice else None
+    return render(request, "admin_users.html", rows=rows, q=query, notice=shown)
 
 
 # -- creating a user ----------------------------------------------------------------
@@ -240,21 +249,20 @@ async def new_user_page(request: web.Request) -> web.Response:
     return _new_user_form(request)
 
 
-def _new_user_errors(values: dict[str, str], password: str) -> dict[str, str]:
+def _new_user_errors(values: dict[str, str], password: str, tr: Translator) -> dict[str, str]:
     """Return field name -> problem for the create form (empty when it is fine)."""
     groups = parse_groups(values["groups"])
+    reserved = tr.gettext("The username %(value)s is reserved.", value=repr(values["username"]))
     problems = {
-        "username": validate_username(values["username"])
-        or (
-            f"username {values['username']!r} is reserved"
-            if values["username"] in RESERVED_USERNAMES
-            else None
-        ),
-        "email": validate_email(values["email"]),
-        "display_name": validate_display_name(values["display_name"] or values["username"] or "-"),
-        "groups": validate_groups(groups),
-        "setup": None if values["setup"] in ("password", "link") else "choose how to set the password",
-        "password": validate_new_password(password) if values["setup"] == "password" else None,
+        "username": username_problem(values["username"], tr)
+        or (reserved if values["username"] in RESERVED_USERNAMES else None),
+        "email": email_problem(values["email"], tr),
+        "display_name": display_name_problem(values["display_name"] or values["username"] or "-", tr),
+        "groups": groups_problem(groups, tr),
+        "setup": None
+        if values["setup"] in ("password", "link")
+        else tr.gettext("Choose how to set the password."),
+        "password": new_password_problem(password, tr) if values["setup"] == "password" else None,
     }
     return {field: message for field, message in problems.items() if message}
 
@@ -274,7 +282,7 @@ async def new_user_submit(request: web.Request) -> web.Response:
         "setup": form_text(form, "setup", limit=16),
     }
     password = form_text(form, "password", limit=MAX_PASSWORD_FIELD)
-    errors = _new_user_errors(values, password)
+    errors = _new_user_errors(values, password, translator(request))
     if errors:
         return _new_user_form(request, values=values, errors=errors, status=400)
     link = values["setup"] == "link"
@@ -307,7 +315,10 @@ async def _mail_link(request: web.Request, user: User, admin: User, *, new_accou
     """Mail the user a single-use password link; False (and a log line) when it could not be sent."""
     services = services_of(request)
     link, minutes = await issue_link(request, user, admin=admin.username)
-    subject, body = link_mail(services.config.portal.title, user, link, minutes, new_account=new_account)
+    tr = translator(request)
+    subject, body = link_mail(
+        services.config.portal.title, user, link, minutes, new_account=new_account, tr=tr
+    )
     try:
         await services.notifier.send(to=user.email, subject=subject, body=body)
     except NotificationFailed as exc:
@@ -319,15 +330,15 @@ async def _mail_link(request: web.Request, user: User, admin: User, *, new_accou
 # -- one user -----------------------------------------------------------------------------
 
 
-def _session_rows(records: list[SessionRecord], current: str, now: float) -> list[SessionRow]:
+def _session_rows(records: list[SessionRecord], current: str, now: float, tr: Translator) -> list[SessionRow]:
     return [
         SessionRow(
             ref=r.id_hash[:SESSION_REF_LENGTH],
-            device=useragent.describe(r.user_agent),
+            device=device_label(r.user_agent, tr),
             ip=r.ip,
             created_at=r.created_at,
             last_active=r.last_active,
-            level="two factors" if r.level >= Level.TWO_FACTOR else "password",
+            level=tr.gettext("two factors") if r.level >= Level.TWO_FACTOR else tr.gettext("password"),
             current=r.id_hash == current,
         )
         for r in records
@@ -365,6 +376,8 @@ async def _user_page(
     services = services_of(request)
     store = services.store
     now = services.clock()
+    tr = translator(request)
+    done = request.query.get("done", "")
     return render(
         request,
         "admin_user.html",
@@ -375,11 +388,11 @@ async def _user_page(
         or {"email": target.email, "display_name": target.display_name, "groups": ", ".join(target.groups)},
         errors=errors or {},
         error=error,
-        notice=NOTICES.get(request.query.get("done", "")) if status == 200 else None,
+        notice=tr.gettext(NOTICES[done]) if status == 200 and done in NOTICES else None,
         totp_devices=await store.list_totp_devices(target.id),
         keys=await store.list_webauthn_credentials(target.id),
         recovery_left=await store.count_unused_recovery_codes(target.id),
-        sessions=_session_rows(await store.list_user_sessions(target.id), session.id_hash, now),
+        sessions=_session_rows(await store.list_user_sessions(target.id), session.id_hash, now, tr),
         tokens=_token_rows(await store.list_app_passwords(target.id), now),
         link_minutes=max(1, round(services.config.account_recovery.link_ttl / 60)),
     )
@@ -414,13 +427,16 @@ async def user_update(request: web.Request) -> web.Response:
         "groups": form_text(form, "groups", limit=2048),
     }
     groups = parse_groups(values["groups"])
+    tr = translator(request)
     problems = {
-        "email": validate_email(values["email"]),
-        "display_name": validate_display_name(values["display_name"]),
-        "groups": validate_groups(groups),
+        "email": email_problem(values["email"], tr),
+        "display_name": display_name_problem(values["display_name"], tr),
+        "groups": groups_problem(groups, tr),
     }
     if target.id == admin.id and services.config.portal.admin_group not in groups and not problems["groups"]:
-        problems["groups"] = f"you cannot remove yourself from {services.config.portal.admin_group!r}"
+        problems["groups"] = tr.gettext(
+            "You cannot remove yourself from %(group)s.", group=repr(services.config.portal.admin_group)
+        )
     errors = {field: message for field, message in problems.items() if message}
     if errors:
         return await _user_page(request, session, admin, target, values=values, errors=errors, status=400)
@@ -451,9 +467,12 @@ async def user_update(request: web.Request) -> web.Response:
 
 
 async def _refuse_self(request: web.Request, session: CachedSession, admin: User, target: User, what: str):
-    return await _user_page(
-        request, session, admin, target, error=f"You cannot {what} your own account here.", status=400
-    )
+    tr = translator(request)
+    refusals = {
+        "disable": tr.gettext("You cannot disable your own account here."),
+        "delete": tr.gettext("You cannot delete your own account here."),
+    }
+    return await _user_page(request, session, admin, target, error=refusals[what], status=400)
 
 
 async def disable_user(request: web.Request) -> web.Response:
@@ -491,7 +510,9 @@ async def delete_user(request: web.Request) -> web.Response:
     if target.id == admin.id:
         return await _refuse_self(request, session, admin, target, "delete")
     if form_text(form, "confirm", limit=64).strip().lower() != target.username:
-        errors = {"confirm": f"type {target.username!r} to confirm"}
+        errors = {
+            "confirm": translator(request).gettext("Type %(name)s to confirm.", name=repr(target.username))
+        }
         return await _user_page(request, session, admin, target, errors=errors, status=400)
     services = services_of(request)
     ended = await services.sessions.revoke_user(target.id)
@@ -505,6 +526,7 @@ async def delete_user(request: web.Request) -> web.Response:
 
 async def send_password_reset(request: web.Request) -> web.Response:
     """Mail the user a single-use, short-lived link to choose a new password."""
+    tr = translator(request)
     guarded = await _user_action(request)
     if isinstance(guarded, web.Response):
         return guarded
@@ -515,7 +537,7 @@ async def send_password_reset(request: web.Request) -> web.Response:
             session,
             admin,
             target,
-            error="Enable the account first: the link would not work.",
+            error=tr.gettext("Enable the account first: the link would not work."),
             status=409,
         )
     if not await _mail_link(request, target, admin, new_account=False):
@@ -524,7 +546,7 @@ async def send_password_reset(request: web.Request) -> web.Response:
             session,
             admin,
             target,
-            error="The e-mail could not be sent; see the server log.",
+            error=tr.gettext("The e-mail could not be sent; see the server log."),
             status=502,
         )
     minutes = max(1, round(services_of(request).config.account_recovery.link_ttl / 60))
@@ -554,6 +576,7 @@ async def reset_second_factors(request: web.Request) -> web.Response:
 
 async def revoke_session(request: web.Request) -> web.Response:
     """End one session of the user (named by a prefix of its id hash)."""
+    tr = translator(request)
     guarded = await _user_action(request)
     if isinstance(guarded, web.Response):
         return guarded
@@ -564,7 +587,12 @@ async def revoke_session(request: web.Request) -> web.Response:
     matches = [r for r in records if r.id_hash.startswith(ref)]
     if len(matches) != 1 or not await services.sessions.revoke(matches[0].id_hash):
         return await _user_page(
-            request, session, admin, target, error="That session has ended already.", status=404
+            request,
+            session,
+            admin,
+            target,
+            error=tr.gettext("That session has ended already."),
+            status=404,
         )
     device = useragent.describe(matches[0].user_agent)
     await _record(
@@ -587,6 +615,7 @@ async def revoke_all_sessions(request: web.Request) -> web.Response:
 
 async def revoke_token(request: web.Request) -> web.Response:
     """Revoke one app password of the user."""
+    tr = translator(request)
     guarded = await _user_action(request)
     if isinstance(guarded, web.Response):
         return guarded
@@ -598,7 +627,12 @@ async def revoke_token(request: web.Request) -> web.Response:
     token = tokens.get(pk)
     if token is None or not await services.store.revoke_app_password(target.id, pk, services.clock()):
         return await _user_page(
-            request, session, admin, target, error="That app password is revoked already.", status=404
+            request,
+            session,
+            admin,
+            target,
+            error=tr.gettext("That app password is revoked already."),
+            status=404,
         )
     services.app_passwords.evict(token.token_id)
     await _record(
@@ -634,6 +668,7 @@ def _day_start(text: str) -> float | None:
 
 async def audit_page(request: web.Request) -> web.Response:
     """Show the audit log, newest first, filtered by actor, target, event and day range, a page at a time."""
+    tr = translator(request)
     await _admin(request)
     store = services_of(request).store
     query = request.query
@@ -657,7 +692,7 @@ async def audit_page(request: web.Request) -> web.Response:
             filters_qs="",
             page=1,
             more=False,
-            error="Dates must look like 2025-01-31, and the page must be a positive number.",
+            error=tr.gettext("Dates must look like 2025-01-31, and the page must be a positive number."),
         )
     rows = await store.list_audit(
         actor=filters["actor"].lower() or None,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.accounts import audit
-from gateway.accounts.useragent import describe
 from gateway.models import SessionRecord
+from portal.events import device_label
 from portal.web import (
     base_of,
     clear_session_cookie,
@@ -23,6 +23,7 @@ from portal.web import (
     redirect,
     render,
     services_of,
+    translator,
 )
 
 PAGE = "/settings/devices"
@@ -37,13 +38,14 @@ class DeviceRow:
 
 async def devices_page(request: web.Request) -> web.Response:
     """List the user's sessions (this device first) and app passwords."""
+    tr = translator(request)
     services = services_of(request)
     session = await current_session(request)
     if session is None:
         return redirect(f"{base_of(request)}/login")
     records = await services.store.list_user_sessions(session.user_id)
     rows = sorted(
-        (DeviceRow(r, describe(r.user_agent), r.id_hash == session.id_hash) for r in records),
+        (DeviceRow(r, device_label(r.user_agent, tr), r.id_hash == session.id_hash) for r in records),
         key=lambda row: (not row.current, -row.record.last_active),
     )
     return render(
@@ -52,7 +54,7 @@ async def devices_page(request: web.Request) -> web.Response:
         rows=rows,
         tokens=await services.store.list_app_passwords(session.user_id),
         now=services.clock(),
-        notice={"one": "Session ended.", "others": "Signed out everywhere else."}.get(
+        notice={"one": tr.gettext("Session ended."), "others": tr.gettext("Signed out everywhere else.")}.get(
             request.query.get("done", "")
         ),
     )
@@ -60,6 +62,7 @@ async def devices_page(request: web.Request) -> web.Response:
 
 async def revoke_session(request: web.Request) -> web.Response:
     """End one of the user's sessions (the current one signs this browser out)."""
+    tr = translator(request)
     services = services_of(request)
     session = await current_session(request)
     if session is None:
@@ -67,7 +70,11 @@ async def revoke_session(request: web.Request) -> web.Response:
     form = await read_form(request)
     if not csrf_ok(request, form):
         return render(
-            request, "message.html", status=403, heading="Form expired", message="Please try again."
+            request,
+            "message.html",
+            status=403,
+            heading=tr.gettext("Form expired"),
+            message=tr.gettext("Please try again."),
         )
     target = request.match_info["id_hash"]
     owned = {r.id_hash for r in await services.store.list_user_sessions(session.user_id)}
@@ -90,6 +97,7 @@ async def revoke_session(request: web.Request) -> web.Response:
 
 async def revoke_other_sessions(request: web.Request) -> web.Response:
     """Sign out everywhere else: end every session but this one."""
+    tr = translator(request)
     services = services_of(request)
     session = await current_session(request)
     if session is None:
@@ -97,7 +105,11 @@ async def revoke_other_sessions(request: web.Request) -> web.Response:
     form = await read_form(request)
     if not csrf_ok(request, form):
         return render(
-            request, "message.html", status=403, heading="Form expired", message="Please try again."
+            request,
+            "message.html",
+            status=403,
+            heading=tr.gettext("Form expired"),
+            message=tr.gettext("Please try again."),
         )
     ended = await services.sessions.revoke_user(session.user_id, keep_id_hash=session.id_hash)
     await services.audit.record(

@@ -16,6 +16,7 @@ from gateway.logs import log_event
 from gateway.models import AMR_PASSWORD, AttemptSlot, Level, User
 from portal.flow import STEP_ENROL, STEP_VERIFY, second_factor_needed
 from portal.flow import start as start_pending
+from portal.i18n import N_, Translator
 from portal.pending import set_pending
 from portal.web import (
     after_login_target,
@@ -25,6 +26,7 @@ from portal.web import (
     csrf_ok,
     current_session,
     fmt_time,
+    form_expired,
     form_text,
     passkeys_here,
     read_form,
@@ -34,10 +36,12 @@ from portal.web import (
     services_of,
     set_session_cookie,
     signer,
+    translator,
 )
 
-GENERIC_FAILURE = "Incorrect username or password."
-PASSWORDLESS_FAILURE = "This account signs in with a security key or passkey only."
+GENERIC_FAILURE = N_("Incorrect username or password.")
+PASSWORDLESS_FAILURE = N_("This account signs in with a security key or passkey only.")
+LEVEL_NAMES = {1: N_("one factor"), 2: N_("two factors")}
 LAST_LOGIN_COOKIE = "authgate_last"
 LAST_LOGIN_SALT = "authgate.last-login.v1"
 LAST_LOGIN_MAX_AGE = 365 * 86400
@@ -115,12 +119,13 @@ async def login_page(request: web.Request) -> web.Response:
     if await current_session(request) is not None:
         return redirect(after_login_target(request, request.query.get("rd")))
     notice = None
+    tr = translator(request)
     if request.query.get("signed_out"):
-        notice = "You have been signed out."
+        notice = tr.gettext("You have been signed out.")
     elif request.query.get("expired"):
-        notice = "Sign-in took too long. Please enter your password again."
+        notice = tr.gettext("Sign-in took too long. Please enter your password again.")
     elif request.query.get("retry"):
-        notice = "Too many wrong codes. Please enter your password again."
+        notice = tr.gettext("Too many wrong codes. Please enter your password again.")
     return _login_page(request, notice=notice)
 
 
@@ -169,9 +174,13 @@ async def reserve_attempt(request: web.Request, login: str, ip: str) -> AttemptS
     return slot
 
 
-def ban_message(slot: AttemptSlot, now: float) -> str:
+def ban_message(slot: AttemptSlot, now: float, tr: Translator) -> str:
     minutes = max(1, round(((slot.banned_until or now) - now) / 60))
-    return f"Too many failed sign-in attempts. Try again in about {minutes} minute(s)."
+    return tr.ngettext(
+        "Too many failed sign-in attempts. Try again in about %(num)s minute.",
+        "Too many failed sign-in attempts. Try again in about %(num)s minutes.",
+        minutes,
+    )
 
 
 async def login_submit(request: web.Request) -> web.Response:
@@ -182,10 +191,14 @@ async def login_submit(request: web.Request) -> web.Response:
     password = form_text(form, "password")
     rd = form_text(form, "rd", limit=4096)
     remember = form_text(form, "remember_me") == "on" and services.config.session.remember_me > 0
+    tr = translator(request)
     if not csrf_ok(request, form):
-        return _login_page(request, status=403, error="The form expired. Please try again.", rd=rd)
+        return _login_page(
+            request, status=403, error=tr.gettext("The form expired. Please try again."), rd=rd
+        )
     if not login or not password:
-        return _login_page(request, status=400, error="Enter your username and password.", rd=rd, login=login)
+        error = tr.gettext("Enter your username and password.")
+        return _login_page(request, status=400, error=error, rd=rd, login=login)
     ip = client_ip(request)
     found = await services.store.find_login(login)
     user, password_hash = found if found else (None, None)
@@ -194,7 +207,7 @@ async def login_submit(request: web.Request) -> web.Response:
     slot = await reserve_attempt(request, account, ip)
     if slot.attempt_id is None:
         await services.audit.record(audit.LOGIN_BANNED, actor=None, target=account, ip=ip)
-        message = ban_message(slot, services.clock())
+        message = ban_message(slot, services.clock(), tr)
         return _login_page(request, status=429, error=message, rd=rd, login=login)
 
     # From here the attempt counts as a failure unless it is settled otherwise below.
@@ -202,14 +215,14 @@ async def login_submit(request: web.Request) -> web.Response:
     ok = await services.passwords.verify(password_hash, password)
     if not ok or user is None or user.disabled:
         await services.audit.record(audit.LOGIN_FAILED, actor=None, target=account, ip=ip)
-        return _login_page(request, status=401, error=GENERIC_FAILURE, rd=rd, login=login)
+        return _login_page(request, status=401, error=tr.gettext(GENERIC_FAILURE), rd=rd, login=login)
 
     if not user.password_login:
         # The password was right, so saying why leaks nothing the caller does not know.
         log_event(
             "login_failed", logging.WARNING, login=account, client_ip=ip, reason="password login disabled"
         )
-        return _login_page(request, status=401, error=PASSWORDLESS_FAILURE, rd=rd, login=login)
+        return _login_page(request, status=401, error=tr.gettext(PASSWORDLESS_FAILURE), rd=rd, login=login)
     if password_hash and services.passwords.needs_rehash(password_hash):
         await services.store.set_password_hash(user.id, await services.passwords.hash(password))
     kinds = await services.two_factor.kinds(user.id)
@@ -246,7 +259,7 @@ async def login_submit(request: web.Request) -> web.Response:
         user_agent=request.headers.get("User-Agent", ""),
         amr=(AMR_PASSWORD,),
     )
-    detail = "password, remember me" if remember else "password"
+    detail = "password, remember me" if remember else "password"  # audit text: not translated
     await services.audit.record(
         audit.LOGIN_SUCCEEDED, actor=user.username, target=user.username, ip=ip, detail=detail
     )
@@ -266,9 +279,7 @@ async def logout(request: web.Request) -> web.Response:
     services = services_of(request)
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return render(
-            request, "message.html", status=403, heading="Form expired", message="Please try again."
-        )
+        return form_expired(request)
     session = await current_session(request)
     if session is not None:
         await services.sessions.revoke(session.id_hash)
@@ -281,6 +292,7 @@ async def logout(request: web.Request) -> web.Response:
 
 async def home(request: web.Request) -> web.Response:
     """Show who is signed in and their session."""
+    tr = translator(request)
     session = await current_session(request)
     if session is None:
         return redirect(f"{base_of(request)}/login")
@@ -295,6 +307,6 @@ async def home(request: web.Request) -> web.Response:
         user=user,
         is_admin=services.config.portal.admin_group in user.groups,
         session=rec,
-        level_name={1: "one factor", 2: "two factors"}.get(int(rec.level), "none"),
+        level_name=tr.gettext(LEVEL_NAMES.get(int(rec.level), N_("none"))),
         fmt_time=fmt_time,
     )

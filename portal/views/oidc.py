@@ -23,6 +23,7 @@ from gateway.oidc.protocol import AuthorizationRequest, AuthorizeError
 from gateway.oidc.service import OidcProvider
 from gateway.oidc.tokens import InvalidToken
 from gateway.sessions.codec import CachedSession
+from portal.i18n import N_
 from portal.web import (
     base_of,
     clear_session_cookie,
@@ -35,9 +36,18 @@ from portal.web import (
     services_of,
     signed_in,
     signer,
+    translator,
 )
 
 CONSENT_SALT = "authgate.oidc.consent.v1"
+# What the consent screen says each scope lets the app do.
+SCOPE_DESCRIPTIONS = {
+    "openid": N_("Know who you are (a stable identifier for your account)"),
+    "profile": N_("See your name and username"),
+    "email": N_("See your e-mail address"),
+    "groups": N_("See the groups you belong to"),
+    "offline_access": N_("Stay connected while you are away (refresh tokens)"),
+}
 CONSENT_MAX_AGE = 600  # seconds the consent page's form stays valid
 
 
@@ -48,8 +58,16 @@ def _provider(request: web.Request) -> OidcProvider:
     return provider
 
 
-def _message(request: web.Request, heading: str, message: str, status: int) -> web.Response:
-    return render(request, "message.html", status=status, heading=heading, message=message)
+def _message(request: web.Request, heading: str, message: str, status: int, **variables: str) -> web.Response:
+    """A message page; `heading` and `message` are marked with N_ where written and translated here."""
+    tr = translator(request)
+    return render(
+        request,
+        "message.html",
+        status=status,
+        heading=tr.gettext(heading),
+        message=tr.gettext(message, **variables),
+    )
 
 
 def _found(location: str) -> web.Response:
@@ -72,8 +90,13 @@ def _refuse(
     if exc.redirectable:
         return _found(protocol.error_redirect(uri, exc.error, exc.description, state, provider.issuer))
     # Never redirect to an unverified URI: the user sees why the app's request was refused.
+    # The reason stays in English, like the protocol's own error descriptions.
     return _message(
-        request, "This sign-in request is not valid", f"{exc.description}. Tell the app's administrator.", 400
+        request,
+        N_("This sign-in request is not valid"),
+        N_("%(reason)s. Tell the app's administrator."),
+        400,
+        reason=exc.description,
     )
 
 
@@ -156,7 +179,7 @@ def _consent_page(
         "oidc_consent.html",
         client=areq.client,
         user=user,
-        scopes=[(s, protocol.SCOPE_DESCRIPTIONS[s]) for s in areq.scopes],
+        scopes=[(s, translator(request).gettext(SCOPE_DESCRIPTIONS[s])) for s in areq.scopes],
         request_blob=blob,
         action=f"{_issuer_base(request)}/api/oidc/consent",
         redirect_host=urlsplit(areq.redirect_uri).netloc,
@@ -172,10 +195,10 @@ async def consent_submit(request: web.Request) -> web.Response:
     provider = _provider(request)
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return _message(request, "Form expired", "Go back to the app and sign in again.", 403)
+        return _message(request, N_("Form expired"), N_("Go back to the app and sign in again."), 403)
     found = await signed_in(request)
     if found is None:
-        return _message(request, "Signed out", "Go back to the app and sign in again.", 401)
+        return _message(request, N_("Signed out"), N_("Go back to the app and sign in again."), 401)
     session, user = found
     try:
         data = signer(request, CONSENT_SALT).loads(
@@ -185,7 +208,7 @@ async def consent_submit(request: web.Request) -> web.Response:
         if data["user"] != user.id:
             raise BadSignature("consent form of another user")
     except (BadSignature, KeyError, TypeError, ValueError):
-        return _message(request, "Form expired", "Go back to the app and sign in again.", 400)
+        return _message(request, N_("Form expired"), N_("Go back to the app and sign in again."), 400)
     try:
         areq = protocol.parse_authorization_request(params, provider.cfg)
     except AuthorizeError as exc:
@@ -250,26 +273,31 @@ async def end_session(request: web.Request) -> web.Response:
             claims = provider.read_id_token_hint(hint)
         except InvalidToken:
             return _message(
-                request, "Sign-out request not valid", "The app sent an id_token_hint that is not ours.", 400
+                request,
+                N_("Sign-out request not valid"),
+                N_("The app sent an id_token_hint that is not ours."),
+                400,
             )
         hinted = provider.cfg.client(str(claims["aud"]))
         if client is not None and hinted is not client:
             return _message(
-                request, "Sign-out request not valid", "client_id and id_token_hint disagree.", 400
+                request, N_("Sign-out request not valid"), N_("client_id and id_token_hint disagree."), 400
             )
         client = hinted
     if target:
         if client is None or not protocol.redirect_uri_matches(target, client.post_logout_redirect_uris):
             return _message(
                 request,
-                "Sign-out request not valid",
-                "post_logout_redirect_uri is not registered for this app (it must match exactly).",
+                N_("Sign-out request not valid"),
+                N_("post_logout_redirect_uri is not registered for this app (it must match exactly)."),
                 400,
             )
         target = protocol.add_query(target, {"state": params["state"]} if params.get("state") else {})
     found = await signed_in(request)
     if found is None:
-        return _found(target) if target else _message(request, "Signed out", "You are signed out.", 200)
+        return (
+            _found(target) if target else _message(request, N_("Signed out"), N_("You are signed out."), 200)
+        )
     session, user = found
     sub = await provider.subject(user)
     if claims is not None and claims.get("sub") == sub:
@@ -289,7 +317,7 @@ async def logout_confirm(request: web.Request) -> web.Response:
     """The user confirmed the sign-out an app asked for."""
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return _message(request, "Form expired", "Please try again.", 403)
+        return _message(request, N_("Form expired"), N_("Please try again."), 403)
     found = await signed_in(request)
     try:
         data = signer(request, CONSENT_SALT + ".logout").loads(
@@ -297,10 +325,16 @@ async def logout_confirm(request: web.Request) -> web.Response:
         )
         target = str(data["target"])
     except (BadSignature, KeyError, TypeError):
-        return _message(request, "Form expired", "Please try again.", 400)
+        return _message(request, N_("Form expired"), N_("Please try again."), 400)
     if found is None or data.get("user") != found[1].id:
-        return _found(target) if target else _message(request, "Signed out", "You are signed out.", 200)
+        return (
+            _found(target) if target else _message(request, N_("Signed out"), N_("You are signed out."), 200)
+        )
     return await _sign_out(request, found[0], found[1], target, "")
+
+
+def _signed_out_page(request: web.Request) -> web.Response:
+    return _message(request, N_("Signed out"), N_("You are signed out."), 200)
 
 
 async def _sign_out(
@@ -328,7 +362,7 @@ async def revoke_app(request: web.Request) -> web.Response:
     provider = _provider(request)
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return _message(request, "Form expired", "Please try again.", 403)
+        return _message(request, N_("Form expired"), N_("Please try again."), 403)
     found = await signed_in(request)
     if found is None:
         return redirect(f"{base_of(request)}/login")

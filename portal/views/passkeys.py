@@ -53,6 +53,7 @@ from portal.web import (
     redirect,
     safe_target,
     services_of,
+    translator,
 )
 
 WEBAUTHN = "webauthn"
@@ -92,25 +93,27 @@ def _ceremony(challenge_id: str, options_json: str) -> web.Response:
 
 async def register_options(request: web.Request) -> web.Response:
     """Start registering a security key or passkey for the signed-in user."""
+    tr = translator(request)
     if not csrf_header_ok(request):
-        return json_error("The page expired. Reload it and try again.", 403)
+        return json_error(tr.gettext("The page expired. Reload it and try again."), 403)
     found = await strong_session(request)
     if isinstance(found, web.Response):
-        return json_error("Please sign in again.", 401, next=found.headers.get("Location", ""))
+        return json_error(tr.gettext("Please sign in again."), 401, next=found.headers.get("Location", ""))
     services = services_of(request)
     if not passkeys_here(request):
-        return json_error("Security keys and passkeys are not available here.", 403)
+        return json_error(tr.gettext("Security keys and passkeys are not available here."), 403)
     ceremony = await services.webauthn.begin_registration(found[1])
     return _ceremony(ceremony.challenge_id, ceremony.options_json)
 
 
 async def register_finish(request: web.Request) -> web.Response:
     """Verify and store the new device; it gets a default name the user can change."""
+    tr = translator(request)
     if not csrf_header_ok(request):
-        return json_error("The page expired. Reload it and try again.", 403)
+        return json_error(tr.gettext("The page expired. Reload it and try again."), 403)
     found = await strong_session(request)
     if isinstance(found, web.Response):
-        return json_error("Please sign in again.", 401, next=found.headers.get("Location", ""))
+        return json_error(tr.gettext("Please sign in again."), 401, next=found.headers.get("Location", ""))
     session, user = found
     services = services_of(request)
     body = await _json_body(request)
@@ -120,7 +123,7 @@ async def register_finish(request: web.Request) -> web.Response:
         )
     except (InvalidWebAuthn, Conflict) as exc:
         log_event("webauthn_register_failed", logging.WARNING, user=user.username, reason=str(exc))
-        return json_error(f"The device was not registered: {exc}")
+        return json_error(tr.gettext("The device was not registered: %(reason)s", reason=str(exc)))
     await record_own_event(
         request, user, audit.WEBAUTHN_ADDED, f"{credential.name} ({credential.device_type})"
     )
@@ -138,6 +141,7 @@ async def rename_key(request: web.Request) -> web.Response:
 
 async def revoke_device(request: web.Request) -> web.Response:
     """Revoke a device for good (asks for the password as confirmation)."""
+    tr = translator(request)
     checked = await settings_form(request)
     if isinstance(checked, web.Response):
         return checked
@@ -146,15 +150,17 @@ async def revoke_device(request: web.Request) -> web.Response:
     devices = await services.store.list_webauthn_credentials(user.id)
     device = next((d for d in devices if d.id == device_id(request)), None)
     if device is None:
-        return await settings_page(request, error="No such device.", status=404)
+        return await settings_page(request, error=tr.gettext("No such device."), status=404)
     if len(devices) == 1 and not user.password_login:
         return await settings_page(
             request,
-            error="This is your only way to sign in: turn password sign-in back on first.",
+            error=tr.gettext("This is your only way to sign in: turn password sign-in back on first."),
             status=409,
         )
     if not await password_ok(request, user, form_text(form, "password")):
-        return await settings_page(request, error="Your current password is not correct.", status=401)
+        return await settings_page(
+            request, error=tr.gettext("Your current password is not correct."), status=401
+        )
     await services.store.delete_webauthn_credential(user.id, device.id)
     await record_own_event(request, user, audit.WEBAUTHN_REVOKED, device.name)
     return redirect(f"{base_of(request)}/settings?done=deleted")
@@ -162,6 +168,7 @@ async def revoke_device(request: web.Request) -> web.Response:
 
 async def password_login_toggle(request: web.Request) -> web.Response:
     """Switch password sign-in off (passkeys only) or back on for one's own account."""
+    tr = translator(request)
     checked = await settings_form(request)
     if isinstance(checked, web.Response):
         return checked
@@ -169,9 +176,15 @@ async def password_login_toggle(request: web.Request) -> web.Response:
     services = services_of(request)
     enable = form_text(form, "enabled") == "on"
     if not enable and not await services.store.list_webauthn_credentials(user.id):
-        return await settings_page(request, error="Register a security key or passkey first.", status=409)
+        return await settings_page(
+            request,
+            error=tr.gettext("Register a security key or passkey first."),
+            status=409,
+        )
     if not await password_ok(request, user, form_text(form, "password")):
-        return await settings_page(request, error="Your current password is not correct.", status=401)
+        return await settings_page(
+            request, error=tr.gettext("Your current password is not correct."), status=401
+        )
     await services.store.set_password_login(user.id, enable)
     await record_own_event(
         request, user, audit.PASSWORD_LOGIN_ENABLED if enable else audit.PASSWORD_LOGIN_DISABLED
@@ -185,20 +198,27 @@ async def password_login_toggle(request: web.Request) -> web.Response:
 
 
 async def _factor_context(request: web.Request, body: dict[str, Any]) -> FactorContext | web.Response:
+    tr = translator(request)
     rd = body.get("rd") if isinstance(body.get("rd"), str) else None
     ctx = await resolve_context(request, rd)
     if isinstance(ctx, web.Response):
         return json_error(
-            "Your sign-in expired. Please start again.", 401, next=ctx.headers.get("Location", "")
+            tr.gettext("Your sign-in expired. Please start again."),
+            401,
+            next=ctx.headers.get("Location", ""),
         )
     if ctx.pending is not None and ctx.pending.first_factor == WEBAUTHN:
-        return json_error("Use your authenticator app or a recovery code for the second step.", 400)
+        return json_error(
+            tr.gettext("Use your authenticator app or a recovery code for the second step."),
+            400,
+        )
     return ctx
 
 
 async def second_factor_options(request: web.Request) -> web.Response:
+    tr = translator(request)
     if not csrf_header_ok(request):
-        return json_error("The page expired. Reload it and try again.", 403)
+        return json_error(tr.gettext("The page expired. Reload it and try again."), 403)
     ctx = await _factor_context(request, await _json_body(request))
     if isinstance(ctx, web.Response):
         return ctx
@@ -211,8 +231,9 @@ async def second_factor_options(request: web.Request) -> web.Response:
 
 async def second_factor_finish(request: web.Request) -> web.Response:
     """Complete the second-factor step with a security key or passkey."""
+    tr = translator(request)
     if not csrf_header_ok(request):
-        return json_error("The page expired. Reload it and try again.", 403)
+        return json_error(tr.gettext("The page expired. Reload it and try again."), 403)
     body = await _json_body(request)
     ctx = await _factor_context(request, body)
     if isinstance(ctx, web.Response):
@@ -220,7 +241,7 @@ async def second_factor_finish(request: web.Request) -> web.Response:
     services = services_of(request)
     ip = client_ip(request)
     if await ban_remaining(request, ctx.user.username, ip) is not None:
-        return json_error("Too many failed sign-in attempts. Try again later.", 429)
+        return json_error(tr.gettext("Too many failed sign-in attempts. Try again later."), 429)
     try:
         assertion = await services.webauthn.finish_authentication(
             body.get("challenge_id"), body.get("credential"), SECOND_FACTOR
@@ -231,9 +252,15 @@ async def second_factor_finish(request: web.Request) -> web.Response:
         left = await record_wrong_code(request, ctx, WEBAUTHN, ip)
         if left is not None and left <= 0:
             return start_over(
-                request, ctx, json_error("Too many failed attempts.", 401, next=login_retry_url(request, ctx))
+                request,
+                ctx,
+                json_error(
+                    tr.gettext("Too many failed attempts."),
+                    401,
+                    next=login_retry_url(request, ctx),
+                ),
             )
-        return json_error(f"The security key was not accepted: {exc}", 401)
+        return json_error(tr.gettext("The security key was not accepted: %(reason)s", reason=str(exc)), 401)
     await services.store.record_attempt(ctx.user.username, ip, True, services.clock())
     await services.store.set_last_method(ctx.user.id, WEBAUTHN)
     name = ctx.user.username
@@ -257,27 +284,29 @@ async def second_factor_finish(request: web.Request) -> web.Response:
 
 async def passkey_options(request: web.Request) -> web.Response:
     """Start a passkey login: no user yet, so any discoverable credential may answer."""
+    tr = translator(request)
     if not csrf_header_ok(request):
-        return json_error("The page expired. Reload it and try again.", 403)
+        return json_error(tr.gettext("The page expired. Reload it and try again."), 403)
     services = services_of(request)
     if not passkeys_here(request):
-        return json_error("Passkey sign-in is not available here.", 403)
+        return json_error(tr.gettext("Passkey sign-in is not available here."), 403)
     ceremony = await services.webauthn.begin_authentication(None, PASSKEY_LOGIN)
     return _ceremony(ceremony.challenge_id, ceremony.options_json)
 
 
 async def passkey_finish(request: web.Request) -> web.Response:
     """Sign in with a passkey: two factors with user verification, one without."""
+    tr = translator(request)
     if not csrf_header_ok(request):
-        return json_error("The page expired. Reload it and try again.", 403)
+        return json_error(tr.gettext("The page expired. Reload it and try again."), 403)
     services = services_of(request)
     if not passkeys_here(request):
-        return json_error("Passkey sign-in is not available here.", 403)
+        return json_error(tr.gettext("Passkey sign-in is not available here."), 403)
     body = await _json_body(request)
     rd = safe_target(request, body.get("rd") if isinstance(body.get("rd"), str) else None) or ""
     ip = client_ip(request)
     if await ban_remaining(request, f"ip:{ip}", ip) is not None:
-        return json_error("Too many failed sign-in attempts. Try again later.", 429)
+        return json_error(tr.gettext("Too many failed sign-in attempts. Try again later."), 429)
     try:
         assertion = await services.webauthn.finish_authentication(
             body.get("challenge_id"), body.get("credential"), PASSKEY_LOGIN
@@ -287,10 +316,10 @@ async def passkey_finish(request: web.Request) -> web.Response:
         await services.audit.record(
             audit.LOGIN_FAILED, actor=None, target=None, ip=ip, detail=f"passkey: {exc}"
         )
-        return json_error(f"The passkey was not accepted: {exc}", 401)
+        return json_error(tr.gettext("The passkey was not accepted: %(reason)s", reason=str(exc)), 401)
     user = assertion.user
     if await ban_remaining(request, user.username, ip) is not None:
-        return json_error("Too many failed sign-in attempts. Try again later.", 429)
+        return json_error(tr.gettext("Too many failed sign-in attempts. Try again later."), 429)
     return await _passkey_signed_in(request, user, assertion.user_verified, rd, ip)
 
 

@@ -16,8 +16,9 @@ from typing import Final
 from aiohttp import web
 
 from gateway.accounts import audit
-from gateway.factors.passwords import validate_new_password
 from gateway.models import User
+from portal.fields import new_password_problem
+from portal.i18n import Translator
 from portal.web import (
     client_ip,
     cookie_domain_of,
@@ -26,6 +27,7 @@ from portal.web import (
     read_form,
     render,
     services_of,
+    translator,
 )
 
 RESET_PATH: Final = "/reset"
@@ -51,19 +53,29 @@ async def issue_link(request: web.Request, user: User, *, admin: str) -> tuple[s
     return f"{cookie_domain_of(request).portal_url}{RESET_PATH}/{token}", max(1, round(ttl / 60))
 
 
-def link_mail(title: str, user: User, link: str, minutes: int, *, new_account: bool) -> tuple[str, str]:
-    """Return (subject, body) of the mail carrying a reset or set-password link."""
+def link_mail(
+    title: str, user: User, link: str, minutes: int, *, new_account: bool, tr: Translator
+) -> tuple[str, str]:
+    """Return (subject, body) of the mail carrying a reset or set-password link, in `tr`'s language."""
+    names = {"title": title, "username": user.username}
     if new_account:
-        subject = f"Set your password for {title}"
-        intro = f"an account '{user.username}' was created for you on {title}."
+        subject = tr.gettext("Set your password for %(title)s", **names)
+        intro = tr.gettext("an account '%(username)s' was created for you on %(title)s.", **names)
     else:
-        subject = f"Reset your password for {title}"
-        intro = f"an administrator of {title} sent you a link to choose a new password for '{user.username}'."
-    body = (
-        f"Hello {user.display_name},\n\n{intro}\n\n"
-        f"Open this link within {minutes} minutes to choose your password. It works once:\n\n{link}\n\n"
+        subject = tr.gettext("Reset your password for %(title)s", **names)
+        intro = tr.gettext(
+            "an administrator of %(title)s sent you a link to choose a new password for '%(username)s'.",
+            **names,
+        )
+    body = tr.gettext(
+        "Hello %(name)s,\n\n%(intro)s\n\n"
+        "Open this link within %(minutes)s minutes to choose your password. It works once:\n\n%(link)s\n\n"
         "Choosing a new password signs your account out everywhere. If you did not expect this\n"
-        "message, ignore it: nothing changes unless the link is used.\n"
+        "message, ignore it: nothing changes unless the link is used.\n",
+        name=user.display_name,
+        intro=intro,
+        minutes=minutes,
+        link=link,
     )
     return subject, body
 
@@ -81,24 +93,30 @@ async def _token_user(request: web.Request) -> tuple[str, User] | None:
 
 
 def _invalid(request: web.Request) -> web.Response:
+    tr = translator(request)
     return render(
         request,
         "message.html",
         status=410,
-        heading="This link no longer works",
-        message="Password links work once and only for a short time. Ask your administrator for a new one.",
+        heading=tr.gettext("This link no longer works"),
+        message=tr.gettext(
+            "Password links work once and only for a short time. Ask your administrator for a new one."
+        ),
     )
 
 
 def _already_used(request: web.Request) -> web.Response:
     # Seen by the loser when the same link is submitted twice at once (two tabs, a double click).
+    tr = translator(request)
     return render(
         request,
         "message.html",
         status=410,
-        heading="This link was already used",
-        message="A password link works once, and this one has just been used to set a password. "
-        "If that was not you, ask your administrator for a new link.",
+        heading=tr.gettext("This link was already used"),
+        message=tr.gettext(
+            "A password link works once, and this one has just been used to set a password. "
+            "If that was not you, ask your administrator for a new link."
+        ),
     )
 
 
@@ -116,6 +134,7 @@ async def reset_page(request: web.Request) -> web.Response:
 
 async def reset_submit(request: web.Request) -> web.Response:
     """Set the new password, use the link up and end every session of the account."""
+    tr = translator(request)
     services = services_of(request)
     found = await _token_user(request)
     if found is None:
@@ -123,11 +142,16 @@ async def reset_submit(request: web.Request) -> web.Response:
     token, user = found
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return _form(request, user, error="The form expired. Please try again.", status=403)
+        return _form(
+            request,
+            user,
+            error=tr.gettext("The form expired. Please try again."),
+            status=403,
+        )
     password = form_text(form, "password", limit=MAX_PASSWORD_FIELD)
-    problem = validate_new_password(password) if password else "Enter a new password."
+    problem = new_password_problem(password, tr) if password else tr.gettext("Enter a new password.")
     if problem is None and password != form_text(form, "confirm", limit=MAX_PASSWORD_FIELD):
-        problem = "The two passwords differ."
+        problem = tr.gettext("The two passwords differ.")
     if problem is not None:
         return _form(request, user, error=problem, status=400)
     password_hash = await services.passwords.hash(password)
@@ -149,6 +173,6 @@ async def reset_submit(request: web.Request) -> web.Response:
     return render(
         request,
         "message.html",
-        heading="Password changed",
-        message=f"You can now sign in as {user.username} with your new password.",
+        heading=tr.gettext("Password changed"),
+        message=tr.gettext("You can now sign in as %(name)s with your new password.", name=user.username),
     )

@@ -27,6 +27,7 @@ from portal.web import (
     safe_target,
     services_of,
     signed_in,
+    translator,
 )
 
 
@@ -56,6 +57,7 @@ async def reauth_page(request: web.Request) -> web.Response:
 
 
 async def reauth_submit(request: web.Request) -> web.Response:
+    tr = translator(request)
     found = await signed_in(request)
     if found is None:
         return redirect(f"{base_of(request)}/login")
@@ -64,31 +66,50 @@ async def reauth_submit(request: web.Request) -> web.Response:
     form = await read_form(request)
     rd = safe_target(request, form_text(form, "rd", limit=4096)) or ""
     if not csrf_ok(request, form):
-        return await _page(request, user, rd, error="The form expired. Please try again.", status=403)
+        return await _page(
+            request,
+            user,
+            rd,
+            error=tr.gettext("The form expired. Please try again."),
+            status=403,
+        )
     if not user.password_login:
-        return await _page(request, user, rd, error="Use your security key or passkey.", status=400)
+        return await _page(
+            request,
+            user,
+            rd,
+            error=tr.gettext("Use your security key or passkey."),
+            status=400,
+        )
     ip = client_ip(request)
     slot = await reserve_attempt(request, user.username, ip)
     if slot.attempt_id is None:
-        return await _page(request, user, rd, error="Too many failed attempts. Try again later.", status=429)
+        return await _page(
+            request,
+            user,
+            rd,
+            error=tr.gettext("Too many failed attempts. Try again later."),
+            status=429,
+        )
     stored = await services.store.find_login(user.username)
     ok = await services.passwords.verify(stored[1] if stored else None, form_text(form, "password"))
     if ok:
         await services.store.mark_attempt_succeeded(slot.attempt_id)
     else:
         await services.audit.record(audit.REAUTH_FAILED, actor=user.username, target=user.username, ip=ip)
-        return await _page(request, user, rd, error="Your password is not correct.", status=401)
+        return await _page(request, user, rd, error=tr.gettext("Your password is not correct."), status=401)
     await mark_reauthenticated(request, session)
     await services.audit.record(audit.REAUTH_SUCCEEDED, actor=user.username, target=user.username, ip=ip)
     return redirect(_target(request, rd))
 
 
 async def reauth_webauthn_options(request: web.Request) -> web.Response:
+    tr = translator(request)
     if not csrf_header_ok(request):
-        return json_error("The page expired. Reload it and try again.", 403)
+        return json_error(tr.gettext("The page expired. Reload it and try again."), 403)
     found = await signed_in(request)
     if found is None:
-        return json_error("Please sign in again.", 401)
+        return json_error(tr.gettext("Please sign in again."), 401)
     try:
         ceremony = await services_of(request).webauthn.begin_authentication(found[1], REAUTH)
     except InvalidWebAuthn as exc:
@@ -98,11 +119,12 @@ async def reauth_webauthn_options(request: web.Request) -> web.Response:
 
 async def reauth_webauthn_finish(request: web.Request) -> web.Response:
     """Re-authenticate with a registered security key or passkey."""
+    tr = translator(request)
     if not csrf_header_ok(request):
-        return json_error("The page expired. Reload it and try again.", 403)
+        return json_error(tr.gettext("The page expired. Reload it and try again."), 403)
     found = await signed_in(request)
     if found is None:
-        return json_error("Please sign in again.", 401)
+        return json_error(tr.gettext("Please sign in again."), 401)
     session, user = found
     services = services_of(request)
     body = await _json_body(request)
@@ -117,7 +139,7 @@ async def reauth_webauthn_finish(request: web.Request) -> web.Response:
         await services.store.record_attempt(user.username, ip, False, services.clock())
         await services.audit.record(audit.REAUTH_FAILED, actor=user.username, target=user.username, ip=ip)
         log_event("reauth_failed", logging.WARNING, user=user.username, reason=str(exc))
-        return json_error(f"The security key was not accepted: {exc}", 401)
+        return json_error(tr.gettext("The security key was not accepted: %(reason)s", reason=str(exc)), 401)
     await mark_reauthenticated(request, session)
     await services.audit.record(audit.REAUTH_SUCCEEDED, actor=user.username, target=user.username, ip=ip)
     rd = body.get("rd") if isinstance(body.get("rd"), str) else None

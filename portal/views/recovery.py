@@ -18,6 +18,7 @@ from gateway.accounts import audit
 from gateway.accounts.notify import NotificationFailed
 from gateway.logs import log_event
 from gateway.models import AMR_OTP, AMR_PASSWORD, User, merge_amr
+from portal.i18n import N_, Translator
 from portal.views.login import ban_remaining, reserve_attempt
 from portal.views.second_factor import start_session
 from portal.web import (
@@ -32,11 +33,12 @@ from portal.web import (
     redirect,
     render,
     services_of,
+    translator,
 )
 
-SENT_MESSAGE = (
+SENT_MESSAGE = N_(
     "If an account uses that address, we have sent it a link. "
-    "The link works once, for {minutes} minutes. Check your spam folder too."
+    "The link works once, for %(minutes)s minutes. Check your spam folder too."
 )
 _background: set[asyncio.Task[None]] = set()
 
@@ -51,19 +53,28 @@ async def request_page(request: web.Request) -> web.Response:
 
 async def request_submit(request: web.Request) -> web.Response:
     """Send a recovery link when the address belongs to an account; answer the same either way."""
+    tr = translator(request)
     services = services_of(request)
     form = await read_form(request)
     if not csrf_ok(request, form):
         return render(
-            request, "recover_request.html", status=403, sent=None, error="The form expired. Try again."
+            request,
+            "recover_request.html",
+            status=403,
+            sent=None,
+            error=tr.gettext("The form expired. Try again."),
         )
     email = form_text(form, "email", limit=254).strip()
     ip = client_ip(request)
     minutes = max(1, round(services.config.account_recovery.link_ttl / 60))
-    sent = SENT_MESSAGE.format(minutes=minutes)
+    sent = tr.gettext(SENT_MESSAGE, minutes=minutes)
     if not email:
         return render(
-            request, "recover_request.html", status=400, sent=None, error="Enter your e-mail address."
+            request,
+            "recover_request.html",
+            status=400,
+            sent=None,
+            error=tr.gettext("Enter your e-mail address."),
         )
     # Each request counts like a failed login for this address and this client, so the form
     # cannot flood a mailbox; both keys live apart from logins, so asking for links never
@@ -84,29 +95,37 @@ async def request_submit(request: web.Request) -> web.Response:
             expires_at=now + services.config.account_recovery.link_ttl,
         )
         link = f"{cookie_domain_of(request).portal_url}/recover/{token}"
-        task = asyncio.create_task(_send_link(request.app, user, link, minutes, ip))
+        # The mail is in the language the request was made in: the person asking reads it.
+        task = asyncio.create_task(_send_link(request.app, user, link, minutes, ip, tr))
         _background.add(task)
         task.add_done_callback(_background.discard)
     log_event("recovery_requested", client_ip=ip)
     return render(request, "recover_request.html", sent=sent, error=None)
 
 
-async def _send_link(app: web.Application, user: User, link: str, minutes: int, ip: str) -> None:
+async def _send_link(
+    app: web.Application, user: User, link: str, minutes: int, ip: str, tr: Translator
+) -> None:
     from gateway.services import SERVICES
 
     services = app[SERVICES]
-    body = (
-        f"Hello {user.display_name},\n\n"
-        f"someone (hopefully you) asked to recover the {services.config.portal.title} account "
-        f"'{user.username}' from {ip}.\n\n"
-        f"To get back in, open this link within {minutes} minutes. It works once:\n\n{link}\n\n"
+    title = services.config.portal.title
+    body = tr.gettext(
+        "Hello %(name)s,\n\n"
+        "someone (hopefully you) asked to recover the %(title)s account '%(username)s' from %(ip)s.\n\n"
+        "To get back in, open this link within %(minutes)s minutes. It works once:\n\n%(link)s\n\n"
         "Signing in this way ends every session of your account. If this was not you, ignore this\n"
-        "message: nothing changes unless the link is used.\n"
+        "message: nothing changes unless the link is used.\n",
+        name=user.display_name,
+        title=title,
+        username=user.username,
+        ip=ip,
+        minutes=minutes,
+        link=link,
     )
+    subject = tr.gettext("Recover your %(title)s account", title=title)
     try:
-        await services.notifier.send(
-            to=user.email, subject=f"Recover your {services.config.portal.title} account", body=body
-        )
+        await services.notifier.send(to=user.email, subject=subject, body=body)
     except NotificationFailed as exc:
         log_event("recovery_mail_failed", logging.ERROR, user=user.username, reason=exc.reason)
         return
@@ -126,24 +145,30 @@ async def _token_user(request: web.Request) -> tuple[str, User] | None:
 
 
 def _invalid(request: web.Request) -> web.Response:
+    tr = translator(request)
     return render(
         request,
         "message.html",
         status=410,
-        heading="This link no longer works",
-        message="Recovery links work once and only for a short time. Ask for a new one on the sign-in page.",
+        heading=tr.gettext("This link no longer works"),
+        message=tr.gettext(
+            "Recovery links work once and only for a short time. Ask for a new one on the sign-in page."
+        ),
     )
 
 
 def _already_used(request: web.Request) -> web.Response:
     # Seen by the loser when the same link is submitted twice at once (two tabs, a double click).
+    tr = translator(request)
     return render(
         request,
         "message.html",
         status=410,
-        heading="This link was already used",
-        message="A recovery link works once, and this one has just been used. "
-        "If that was not you, ask for a new link on the sign-in page.",
+        heading=tr.gettext("This link was already used"),
+        message=tr.gettext(
+            "A recovery link works once, and this one has just been used. "
+            "If that was not you, ask for a new link on the sign-in page."
+        ),
     )
 
 
@@ -159,6 +184,7 @@ async def link_page(request: web.Request) -> web.Response:
 
 async def link_submit(request: web.Request) -> web.Response:
     """Use the link: end every session, optionally revoke all devices, and sign in to add a new one."""
+    tr = translator(request)
     services = services_of(request)
     found = await _token_user(request)
     if found is None:
@@ -168,7 +194,12 @@ async def link_submit(request: web.Request) -> web.Response:
     keys = len(await services.store.list_webauthn_credentials(user.id))
     if not csrf_ok(request, form):
         return render(
-            request, "recover_link.html", status=403, user=user, keys=keys, error="The form expired."
+            request,
+            "recover_link.html",
+            status=403,
+            user=user,
+            keys=keys,
+            error=tr.gettext("The form expired."),
         )
     ip = client_ip(request)
     if user.password_login:
@@ -180,7 +211,7 @@ async def link_submit(request: web.Request) -> web.Response:
                 status=429,
                 user=user,
                 keys=keys,
-                error="Too many failed attempts. Try again later.",
+                error=tr.gettext("Too many failed attempts. Try again later."),
             )
         found_login = await services.store.find_login(user.username)
         ok = await services.passwords.verify(
@@ -195,7 +226,7 @@ async def link_submit(request: web.Request) -> web.Response:
                 status=401,
                 user=user,
                 keys=keys,
-                error="Your password is not correct.",
+                error=tr.gettext("Your password is not correct."),
             )
     # The atomic use decides: two tabs submitting the same link cannot both get in.
     if await services.store.use_recovery_token(_token_key(token), now=services.clock()) != user.id:

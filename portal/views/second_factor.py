@@ -14,6 +14,7 @@ from gateway.accounts.two_factor import RECOVERY, TOTP
 from gateway.models import AMR_HARDWARE_KEY, AMR_OTP, AMR_PASSWORD, AttemptSlot, Level, User, merge_amr
 from gateway.sessions.codec import CachedSession
 from portal.flow import PendingLogin, PendingLoginError, check, default_method
+from portal.i18n import N_
 from portal.pending import attempts_key, attempts_left, clear_pending, load_pending
 from portal.views.login import ban_message, reserve_attempt
 from portal.web import (
@@ -30,10 +31,15 @@ from portal.web import (
     safe_target,
     services_of,
     set_session_cookie,
+    translator,
 )
 
 WEBAUTHN = "webauthn"
-METHOD_LABELS = {WEBAUTHN: "Security key or passkey", TOTP: "Authenticator app", RECOVERY: "Recovery code"}
+METHOD_LABELS = {
+    WEBAUTHN: N_("Security key or passkey"),
+    TOTP: N_("Authenticator app"),
+    RECOVERY: N_("Recovery code"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +160,17 @@ def _page(
     error: str | None = None,
     status: int = 200,
 ) -> web.Response:
+    tr = translator(request)
     return render(
         request,
         "second_factor.html",
         user=ctx.user,
         method=method,
-        others=[(kind, METHOD_LABELS[kind]) for kind in kinds if kind != method and kind in METHOD_LABELS],
+        others=[
+            (kind, tr.gettext(METHOD_LABELS[kind]))
+            for kind in kinds
+            if kind != method and kind in METHOD_LABELS
+        ],
         rd=ctx.rd,
         step_up=ctx.session is not None,
         error=error,
@@ -205,14 +216,16 @@ async def second_factor_submit(request: web.Request) -> web.Response:
     method = form_text(form, "method")
     if method not in (TOTP, RECOVERY) or method not in kinds:
         method = TOTP if TOTP in kinds else RECOVERY
+    tr = translator(request)
     if not csrf_ok(request, form):
-        return _page(request, ctx, kinds, method, error="The form expired. Please try again.", status=403)
+        error = tr.gettext("The form expired. Please try again.")
+        return _page(request, ctx, kinds, method, error=error, status=403)
     ip = client_ip(request)
     # Both counts are reserved before the code is checked (see reserve_attempt): parallel
     # guesses on one pending login get at most its attempts, and the user's regulation holds.
     slot = await reserve_attempt(request, ctx.user.username, ip)
     if slot.attempt_id is None:
-        return _page(request, ctx, kinds, method, error=ban_message(slot, services.clock()), status=429)
+        return _page(request, ctx, kinds, method, error=ban_message(slot, services.clock(), tr), status=429)
     pending_slot = None
     if ctx.pending is not None:
         pending_slot = await _reserve_pending_attempt(request, ctx.pending)
@@ -301,10 +314,14 @@ async def _wrong_code(
         audit.SECOND_FACTOR_FAILED, actor=None, target=ctx.user.username, ip=ip, detail=method
     )
     left = None if ctx.pending is None else await attempts_left(request, ctx.pending)
+    tr = translator(request)
     if left is None:
-        return _page(request, ctx, kinds, method, error="That code is not valid.", status=401)
+        return _page(request, ctx, kinds, method, error=tr.gettext("That code is not valid."), status=401)
     if left <= 0:
         return start_over(request, ctx)
-    return _page(
-        request, ctx, kinds, method, error=f"That code is not valid. {left} attempt(s) left.", status=401
+    error = tr.ngettext(
+        "That code is not valid. %(num)s attempt left.",
+        "That code is not valid. %(num)s attempts left.",
+        left,
     )
+    return _page(request, ctx, kinds, method, error=error, status=401)

@@ -15,6 +15,8 @@ from gateway.errors import Conflict, NotFound
 from gateway.models import AMR_OTP, AMR_PASSWORD, Level, User, merge_amr
 from gateway.sessions.codec import CachedSession
 from gateway.store.sqlite import Store
+from portal.fields import device_name_problem
+from portal.i18n import N_, Translator
 from portal.views.second_factor import finish_login
 from portal.web import (
     base_of,
@@ -31,25 +33,17 @@ from portal.web import (
     services_of,
     signed_in,
     signer,
+    translator,
 )
 
 ENROL_SALT = "authgate.totp-enrol.v1"
 ENROL_MAX_AGE = 15 * 60  # seconds a displayed secret stays valid for confirmation
-DEFAULT_DEVICE_NAME = "Authenticator app"
+DEFAULT_DEVICE_NAME = N_("Authenticator app")  # offered in the reader's language
 Renamer = Callable[[Store, int, int, str], Awaitable[None]]
 
 
 def _enrol_signer(request: web.Request) -> URLSafeTimedSerializer:
     return signer(request, ENROL_SALT)
-
-
-def validate_device_name(name: str) -> str | None:
-    """Return an error message for a device name, or None."""
-    if not name.strip() or len(name) > 64:
-        return "Give the device a name of 1-64 characters."
-    if any(ch < " " or ch == "\x7f" for ch in name):
-        return "The device name must not contain control characters."
-    return None
 
 
 async def _signed_in(request: web.Request) -> tuple[CachedSession, User] | web.Response:
@@ -118,7 +112,7 @@ async def settings_page(
         recovery_low=0 < remaining <= FEW_RECOVERY_CODES,
         events=await services.store.list_security_events(user.id, limit=20),
         apps=await _connected_apps(request, user),
-        notice=notice or _notice(request.query.get("done", "")),
+        notice=notice or _notice(request.query.get("done", ""), translator(request)),
         welcome=request.query.get("done") == "welcome",
         next_url=safe_target(request, request.query.get("next")) or f"{base_of(request)}/",
         error=error,
@@ -133,21 +127,28 @@ async def _connected_apps(request: web.Request, user: User) -> list[tuple[str, s
     apps = []
     for consent in await services.store.list_oidc_consents(user.id):
         client = services.oidc.cfg.client(consent.client_id)
-        name = client.name if client is not None else f"{consent.client_id} (no longer configured)"
+        name = (
+            client.name
+            if client is not None
+            else translator(request).gettext("%(client)s (no longer configured)", client=consent.client_id)
+        )
         apps.append((consent.client_id, name, " ".join(consent.scopes), consent.granted_at))
     return apps
 
 
-def _notice(done: str) -> str | None:
-    return {
-        "renamed": "Device renamed.",
-        "deleted": "Device removed.",
-        "added": "Authenticator app added.",
-        "password_on": "Password sign-in is on again.",
-        "password_off": "Password sign-in is off: sign in with a security key or passkey.",
-        "recovered": "Welcome back. Every other session has ended: register a new device below.",
-        "app_revoked": "Access withdrawn: the app's tokens no longer work.",
-    }.get(done)
+NOTICES = {
+    "renamed": N_("Device renamed."),
+    "deleted": N_("Device removed."),
+    "added": N_("Authenticator app added."),
+    "password_on": N_("Password sign-in is on again."),
+    "password_off": N_("Password sign-in is off: sign in with a security key or passkey."),
+    "recovered": N_("Welcome back. Every other session has ended: register a new device below."),
+    "app_revoked": N_("Access withdrawn: the app's tokens no longer work."),
+}
+
+
+def _notice(done: str, tr: Translator) -> str | None:
+    return tr.gettext(NOTICES[done]) if done in NOTICES else None
 
 
 async def totp_new_page(request: web.Request) -> web.Response:
@@ -165,20 +166,22 @@ def _enrol_form(
     *,
     secret: str | None,
     rd: str,
-    name: str = DEFAULT_DEVICE_NAME,
+    name: str | None = None,
     error: str | None = None,
     status: int = 200,
 ) -> web.Response:
+    tr = translator(request)
     services = services_of(request)
     if not services.two_factor.enabled:
         return render(
             request,
             "message.html",
             status=403,
-            heading="Two-factor authentication is off",
-            message="The administrator has disabled two-factor authentication.",
+            heading=tr.gettext("Two-factor authentication is off"),
+            message=tr.gettext("The administrator has disabled two-factor authentication."),
         )
-    enrolment = services.two_factor.new_enrolment(account=user.username, secret=secret)
+    qr_title = translator(request).gettext("QR code for your authenticator app")
+    enrolment = services.two_factor.new_enrolment(account=user.username, secret=secret, qr_title=qr_title)
     settings = services.config.two_factor.totp
     return render(
         request,
@@ -190,7 +193,7 @@ def _enrol_form(
         digits=settings.digits,
         period=settings.period,
         algorithm=settings.algorithm,
-        name=name,
+        name=name if name is not None else translator(request).gettext(DEFAULT_DEVICE_NAME),
         rd=rd,
         error=error,
     )
@@ -198,6 +201,7 @@ def _enrol_form(
 
 async def totp_new_submit(request: web.Request) -> web.Response:
     """Store a TOTP device once the password and a current code confirm it."""
+    tr = translator(request)
     found = await strong_session(request)
     if isinstance(found, web.Response):
         return found
@@ -205,7 +209,7 @@ async def totp_new_submit(request: web.Request) -> web.Response:
     services = services_of(request)
     form = await read_form(request)
     rd = safe_target(request, form_text(form, "rd", limit=4096)) or ""
-    name = form_text(form, "name", limit=256).strip() or DEFAULT_DEVICE_NAME
+    name = form_text(form, "name", limit=256).strip() or tr.gettext(DEFAULT_DEVICE_NAME)
     try:
         offered = _enrol_signer(request).loads(form_text(form, "token", limit=2048), max_age=ENROL_MAX_AGE)
     except BadSignature:
@@ -218,7 +222,7 @@ async def totp_new_submit(request: web.Request) -> web.Response:
             rd=rd,
             name=name,
             status=400,
-            error="This setup expired. Scan the new code below and try again.",
+            error=tr.gettext("This setup expired. Scan the new code below and try again."),
         )
     secret = offered["s"]
     if not csrf_ok(request, form):
@@ -229,9 +233,9 @@ async def totp_new_submit(request: web.Request) -> web.Response:
             rd=rd,
             name=name,
             status=403,
-            error="The form expired. Please try again.",
+            error=tr.gettext("The form expired. Please try again."),
         )
-    name_problem = validate_device_name(name)
+    name_problem = device_name_problem(name, tr)
     if name_problem:
         return _enrol_form(request, user, secret=secret, rd=rd, name=name, status=400, error=name_problem)
     if not await password_ok(request, user, form_text(form, "password")):
@@ -242,7 +246,7 @@ async def totp_new_submit(request: web.Request) -> web.Response:
             rd=rd,
             name=name,
             status=401,
-            error="Your current password is not correct.",
+            error=tr.gettext("Your current password is not correct."),
         )
     step = services.two_factor.check_new_code(secret, form_text(form, "code", limit=64))
     if step is None:
@@ -253,7 +257,7 @@ async def totp_new_submit(request: web.Request) -> web.Response:
             rd=rd,
             name=name,
             status=400,
-            error="That code is not valid. Check the time on your phone and try the next code.",
+            error=tr.gettext("That code is not valid. Check the time on your phone and try the next code."),
         )
     try:
         await services.two_factor.add_totp(user.id, name, secret, step)
@@ -265,7 +269,9 @@ async def totp_new_submit(request: web.Request) -> web.Response:
             rd=rd,
             name=name,
             status=409,
-            error=f"You already have a device named {name!r}; choose another name.",
+            error=tr.gettext(
+                "You already have a device named %(name)s; choose another name.", name=repr(name)
+            ),
         )
     await record_own_event(request, user, audit.TOTP_ADDED, name)
     target = rd or f"{base_of(request)}/settings?done=added"
@@ -288,31 +294,36 @@ async def totp_new_submit(request: web.Request) -> web.Response:
 
 async def settings_form(request: web.Request) -> tuple[User, Any] | web.Response:
     """Check a settings POST: a strong session and a valid CSRF token; return the user and form."""
+    tr = translator(request)
     found = await strong_session(request)
     if isinstance(found, web.Response):
         return found
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return await settings_page(request, error="The form expired. Please try again.", status=403)
+        return await settings_page(
+            request, error=tr.gettext("The form expired. Please try again."), status=403
+        )
     return found[1], form
 
 
 async def rename_device(request: web.Request, rename: Renamer) -> web.Response:
     """Rename one of the user's devices (TOTP app or security key) with `rename`."""
+    tr = translator(request)
     checked = await settings_form(request)
     if isinstance(checked, web.Response):
         return checked
     user, form = checked
     name = form_text(form, "name", limit=256).strip()
-    problem = validate_device_name(name)
+    problem = device_name_problem(name, tr)
     if problem:
         return await settings_page(request, error=problem, status=400)
     try:
         await rename(services_of(request).store, user.id, device_id(request), name)
     except NotFound:
-        return await settings_page(request, error="No such device.", status=404)
+        return await settings_page(request, error=tr.gettext("No such device."), status=404)
     except Conflict:
-        return await settings_page(request, error=f"You already have a device named {name!r}.", status=409)
+        error = tr.gettext("You already have a device named %(name)s.", name=repr(name))
+        return await settings_page(request, error=error, status=409)
     return redirect(f"{base_of(request)}/settings?done=renamed")
 
 
@@ -321,6 +332,7 @@ async def totp_rename(request: web.Request) -> web.Response:
 
 
 async def totp_delete(request: web.Request) -> web.Response:
+    tr = translator(request)
     checked = await settings_form(request)
     if isinstance(checked, web.Response):
         return checked
@@ -328,9 +340,11 @@ async def totp_delete(request: web.Request) -> web.Response:
     services = services_of(request)
     device = await services.store.get_totp_device(user.id, device_id(request))
     if device is None:
-        return await settings_page(request, error="No such device.", status=404)
+        return await settings_page(request, error=tr.gettext("No such device."), status=404)
     if not await password_ok(request, user, form_text(form, "password")):
-        return await settings_page(request, error="Your current password is not correct.", status=401)
+        return await settings_page(
+            request, error=tr.gettext("Your current password is not correct."), status=401
+        )
     await services.store.delete_totp_device(user.id, device.id)
     await record_own_event(request, user, audit.TOTP_REMOVED, device.name)
     return redirect(f"{base_of(request)}/settings?done=deleted")
@@ -338,6 +352,7 @@ async def totp_delete(request: web.Request) -> web.Response:
 
 async def recovery_regenerate(request: web.Request) -> web.Response:
     """Replace the recovery codes (the old set stops working) and show the new ones once."""
+    tr = translator(request)
     checked = await settings_form(request)
     if isinstance(checked, web.Response):
         return checked
@@ -345,10 +360,14 @@ async def recovery_regenerate(request: web.Request) -> web.Response:
     services = services_of(request)
     if not services.two_factor.enabled or not await services.two_factor.has_factor(user.id):
         return await settings_page(
-            request, error="Add an authenticator app or security key first.", status=400
+            request,
+            error=tr.gettext("Add an authenticator app or security key first."),
+            status=400,
         )
     if not await password_ok(request, user, form_text(form, "password")):
-        return await settings_page(request, error="Your current password is not correct.", status=401)
+        return await settings_page(
+            request, error=tr.gettext("Your current password is not correct."), status=401
+        )
     codes = await services.two_factor.new_recovery_codes(user.id)
     await record_own_event(request, user, audit.RECOVERY_CODES_GENERATED)
     return render(

@@ -7,10 +7,9 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from gateway.accounts import audit
-from gateway.accounts.validation import validate_display_name, validate_email, validate_username
 from gateway.errors import Conflict
-from gateway.factors.passwords import validate_new_password
 from gateway.models import AMR_PASSWORD, Level
+from portal.fields import display_name_problem, email_problem, new_password_problem, username_problem
 from portal.web import (
     base_of,
     client_ip,
@@ -23,6 +22,7 @@ from portal.web import (
     safe_target,
     services_of,
     set_session_cookie,
+    translator,
 )
 
 
@@ -39,6 +39,7 @@ def _rd(request: web.Request, rd: str | None) -> str:
 
 async def setup_submit(request: web.Request) -> web.Response:
     """Create the first account as an admin and sign it in; closed once any user exists."""
+    tr = translator(request)
     services = services_of(request)
     form = await read_form(request)
     values = {
@@ -52,18 +53,18 @@ async def setup_submit(request: web.Request) -> web.Response:
             request,
             "setup.html",
             status=403,
-            errors=["The form expired. Please try again."],
+            errors=[tr.gettext("The form expired. Please try again.")],
             values=values,
             rd=rd,
         )
     if await services.store.count_users() > 0:
         return redirect(f"{base_of(request)}/login")
     problems = [
-        validate_username(values["username"]),
-        validate_email(values["email"]),
-        validate_display_name(values["display_name"] or values["username"]),
-        validate_new_password(password),
-        None if password == form_text(form, "password_confirm") else "The two passwords differ.",
+        username_problem(values["username"], tr),
+        email_problem(values["email"], tr),
+        display_name_problem(values["display_name"] or values["username"], tr),
+        new_password_problem(password, tr),
+        None if password == form_text(form, "password_confirm") else tr.gettext("The two passwords differ."),
     ]
     errors = [p for p in problems if p]
     if errors:

@@ -13,6 +13,8 @@ from gateway.errors import Conflict
 from gateway.factors import app_passwords
 from gateway.models import AppPassword, User
 from gateway.sessions.codec import CachedSession
+from portal.fields import token_name_problem
+from portal.i18n import N_
 from portal.reauth import require_recent
 from portal.web import (
     base_of,
@@ -25,9 +27,10 @@ from portal.web import (
     render,
     services_of,
     signed_in,
+    translator,
 )
 
-EXPIRY_CHOICES = (("0", "Never"), ("30", "30 days"), ("90", "90 days"), ("365", "1 year"))
+EXPIRY_CHOICES = (("0", N_("Never")), ("30", N_("30 days")), ("90", N_("90 days")), ("365", N_("1 year")))
 PAGE = "/settings/tokens"
 
 
@@ -63,7 +66,7 @@ async def _page(
         new_name=new_name,
         error=error,
         values=values or {"name": "", "domains": "", "expiry": _default_expiry_days(request)},
-        expiry_choices=EXPIRY_CHOICES,
+        expiry_choices=[(value, translator(request).gettext(label)) for value, label in EXPIRY_CHOICES],
         portal_host=cookie_domain_of(request).portal_url.split("/")[2],
         level_name=services_of(request).config.app_passwords.level.name.lower(),
         request_revoked=bool(request.query.get("revoked")),
@@ -80,6 +83,7 @@ async def tokens_page(request: web.Request) -> web.Response:
 
 async def create_token(request: web.Request) -> web.Response:
     """Create an app password and show it once."""
+    tr = translator(request)
     found = await _signed_in(request)
     if isinstance(found, web.Response):
         return found
@@ -97,16 +101,20 @@ async def create_token(request: web.Request) -> web.Response:
     }
     if not csrf_ok(request, form):
         return await _page(
-            request, user, error="The form expired. Please try again.", values=values, status=403
+            request,
+            user,
+            error=tr.gettext("The form expired. Please try again."),
+            values=values,
+            status=403,
         )
-    problem = app_passwords.validate_name(values["name"])
+    problem = token_name_problem(values["name"], tr)
     try:
         domains = app_passwords.parse_domains(values["domains"].replace("\n", ",").split(","))
     except ValueError as exc:
-        problem = problem or f"Domains: {exc}"
+        problem = problem or tr.gettext("Domains: %(reason)s", reason=str(exc))
         domains = ()
     if values["expiry"] not in dict(EXPIRY_CHOICES):
-        problem = problem or "Choose an expiry from the list."
+        problem = problem or tr.gettext("Choose an expiry from the list.")
     if problem:
         return await _page(request, user, error=problem[0].upper() + problem[1:], values=values, status=400)
     now = services.clock()
@@ -137,6 +145,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 async def revoke_token(request: web.Request) -> web.Response:
     """Revoke one app password; forward-auth stops accepting it within session.cache_ttl."""
+    tr = translator(request)
     found = await _signed_in(request)
     if isinstance(found, web.Response):
         return found
@@ -144,16 +153,21 @@ async def revoke_token(request: web.Request) -> web.Response:
     services = services_of(request)
     form = await read_form(request)
     if not csrf_ok(request, form):
-        return await _page(request, user, error="The form expired. Please try again.", status=403)
+        return await _page(
+            request,
+            user,
+            error=tr.gettext("The form expired. Please try again."),
+            status=403,
+        )
     try:
         token_pk = int(request.match_info["token_id"])
     except ValueError:
-        return await _page(request, user, error="No such app password.", status=404)
+        return await _page(request, user, error=tr.gettext("No such app password."), status=404)
     tokens = {t.id: t for t in await services.store.list_app_passwords(user.id)}
     if token_pk not in tokens or not await services.store.revoke_app_password(
         user.id, token_pk, services.clock()
     ):
-        return await _page(request, user, error="No such app password.", status=404)
+        return await _page(request, user, error=tr.gettext("No such app password."), status=404)
     services.app_passwords.evict(tokens[token_pk].token_id)
     await services.audit.record(
         audit.TOKEN_REVOKED,

@@ -216,8 +216,8 @@ async def test_pending_login_caps_wrong_codes(make_client: MakeClient, clock: Cl
     third = await submit_code(client, bad, pending=pending)
 
     assert (first.status, second.status) == (401, 401)
-    assert "2 attempt(s) left" in await first.text()
-    assert "1 attempt(s) left" in await second.text()
+    assert "2 attempts left" in await first.text()
+    assert "1 attempt left" in await second.text()
     assert third.status == 303
     assert third.headers["Location"] == "/auth/login?retry=1"
     assert third.cookies[PENDING_COOKIE].value == ""

@@ -90,9 +90,9 @@ async def test_settings_show_remaining_codes_and_warn_when_few(make_client: Make
         await portal_get(client, "/auth/settings", session=used.cookies[SESSION_COOKIE].value)
     ).text()
 
-    assert '<p id="recovery-left">4 unused recovery code(s).</p>' in full
+    assert '<p id="recovery-left">4 unused recovery codes.</p>' in full
     assert "Only a few recovery codes are left" not in full
-    assert '<p id="recovery-left">3 unused recovery code(s).</p>' in low
+    assert '<p id="recovery-left">3 unused recovery codes.</p>' in low
     assert "Only a few recovery codes are left" in low
 
 

@@ -107,8 +107,8 @@ async def test_admin_users_page_lists_counts_and_never_secrets(client: Client, c
     html = await response.text()
     assert response.status == 200
     assert "alice" in html
-    assert "1 app(s), 10 recovery code(s)" in html
-    assert "0 app(s), 0 recovery code(s)" in html  # root
+    assert "1 app, 10 recovery codes" in html
+    assert "0 apps, 0 recovery codes" in html  # root
     lowered = html.lower()
     for value in (secret, secret.replace(" ", "")):
         assert value.lower() not in lowered

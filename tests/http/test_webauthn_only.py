@@ -162,7 +162,7 @@ async def test_passkey_account_creates_recovery_codes_on_their_own(client: Clien
     assert len(events) == 1
     again = await (await portal_get(client, "/auth/settings", session=session)).text()
     assert recovery_codes_in(again) == []  # shown once: the settings page only counts them
-    assert f'<p id="recovery-left">{len(codes) - 1} unused recovery code(s).</p>' in again
+    assert f'<p id="recovery-left">{len(codes) - 1} unused recovery codes.</p>' in again
 
 
 async def test_account_without_a_factor_is_told_what_recovery_codes_need(client: Client) -> None:

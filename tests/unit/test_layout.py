@@ -76,3 +76,16 @@ def test_pure_modules_do_no_io(path: str) -> None:
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert "aiohttp" not in roots
     assert not any(m.startswith("gateway.store") for m in modules), f"{path} imports the store"
+
+
+PORTAL_PURE_MODULES = ("portal/i18n.py", "portal/events.py", "portal/fields.py", "portal/flow.py")
+
+
+@pytest.mark.parametrize("path", PORTAL_PURE_MODULES)
+def test_portal_pure_modules_do_no_io(path: str) -> None:
+    """The portal's pure modules (language choice, labels, field wording, login flow) need no server."""
+    roots = imported_roots(path)
+    tree = ast.parse((ROOT / path).read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "aiohttp" not in roots, f"{path} imports aiohttp"
+    assert not any(m.startswith(("gateway.store", "portal.web")) for m in modules), f"{path} does I/O"
