@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit lint bench translations clean
+.PHONY: run test unit lint bench bench-revocation translations clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	bash deploy/ensure-test-tools.sh
 	$(PY) deploy/bench/run.py $(ARGS)
+
+# Revocation latency between two instances on PostgreSQL (docs/scaling.md).
+bench-revocation: $(STAMP)
+	bash deploy/ensure-test-tools.sh
+	$(PY) deploy/bench/revocation_latency.py $(ARGS)
 
 # Extract the portal's messages into every catalogue, then compile them (docs/translations.md).
 translations: $(STAMP)

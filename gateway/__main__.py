@@ -1,4 +1,5 @@
-"""The `authgate` command line: serve, config check, users (with tokens and sessions), audit export."""
+"""The `authgate` command line: serve, config check, users (with tokens and sessions), audit export,
+db copy."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.accounts import audit, useragent
@@ -27,7 +29,8 @@ from gateway.errors import AuthgateError, ConfigError, Conflict, NotFound
 from gateway.factors.passwords import PasswordHasher, validate_new_password
 from gateway.logs import configure_logging, logger
 from gateway.models import AppPassword, SessionRecord, User
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
+from gateway.store.engine import open_store
 
 
 class CliError(Exception):
@@ -83,15 +86,15 @@ def _user_dict(user: User) -> dict[str, Any]:
     }
 
 
-async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]]) -> int:
-    store = await Store.open(config.storage.database_path, busy_timeout=config.storage.busy_timeout)
+async def _with_store(config: Config, action: Callable[[Storage], Awaitable[int]]) -> int:
+    store = await open_store(config.storage)
     try:
         return await action(store)
     finally:
         await store.close()
 
 
-async def _record(store: Store, event: str, target: str | None, detail: str = "") -> None:
+async def _record(store: Storage, event: str, target: str | None, detail: str = "") -> None:
     """Write the audit row of a CLI admin action (actor "cli", no client address)."""
     await audit.AuditLog(store).record(event, actor=audit.CLI_ACTOR, target=target, ip=None, detail=detail)
 
@@ -180,7 +183,7 @@ def _output(path: str | None) -> Iterator[TextIO]:
         yield stream
 
 
-async def _require_user(store: Store, username: str) -> User:
+async def _require_user(store: Storage, username: str) -> User:
     user = await store.get_user_by_name(username.lower())
     if user is None:
         raise CliError(f"no user named {username!r}")
@@ -190,7 +193,7 @@ async def _require_user(store: Store, username: str) -> User:
 def cmd_users(args: argparse.Namespace) -> int:
     config = _load(args)
 
-    async def add(store: Store) -> int:
+    async def add(store: Storage) -> int:
         username = args.username.lower()
         groups = parse_groups(args.groups or "")
         problems = [
@@ -211,7 +214,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         print(f"created user {user.username}")
         return 0
 
-    async def list_(store: Store) -> int:
+    async def list_(store: Storage) -> int:
         users = await store.list_users()
         if args.json:
             print(json.dumps([_user_dict(u) for u in users], indent=2))
@@ -221,12 +224,12 @@ def cmd_users(args: argparse.Namespace) -> int:
             print(f"{u.username:20} {u.email:30} {state:8} {','.join(u.groups)}")
         return 0
 
-    async def show(store: Store) -> int:
+    async def show(store: Storage) -> int:
         user = await _require_user(store, args.username)
         print(json.dumps(_user_dict(user), indent=2))
         return 0
 
-    async def passwd(store: Store) -> int:
+    async def passwd(store: Storage) -> int:
         user = await _require_user(store, args.username)
         password = _read_password(args)
         password_hash = await asyncio.to_thread(PasswordHasher(config.password).hash, password)
@@ -236,7 +239,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         print(f"password changed for {user.username}; {ended} session(s) ended")
         return 0
 
-    async def set_disabled(store: Store, disabled: bool) -> int:
+    async def set_disabled(store: Storage, disabled: bool) -> int:
         user = await _require_user(store, args.username)
         await store.set_disabled(user.id, disabled)
         event = audit.ADMIN_USER_DISABLED if disabled else audit.ADMIN_USER_ENABLED
@@ -244,7 +247,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         print(f"{'disabled' if disabled else 'enabled'} {user.username}")
         return 0
 
-    async def modify(store: Store) -> int:
+    async def modify(store: Storage) -> int:
         user = await _require_user(store, args.username)
         groups = parse_groups(args.groups) if args.groups is not None else None
         problems = [
@@ -267,7 +270,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         print(f"updated {user.username}")
         return 0
 
-    async def delete(store: Store) -> int:
+    async def delete(store: Storage) -> int:
         user = await _require_user(store, args.username)
         if not args.yes:
             raise CliError(f"deleting {user.username} is permanent; repeat with --yes")
@@ -276,7 +279,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         print(f"deleted {user.username}")
         return 0
 
-    async def two_factor(store: Store) -> int:
+    async def two_factor(store: Storage) -> int:
         user = await _require_user(store, args.username)
         if args.twofa_command == "reset":
             if not args.yes:
@@ -308,7 +311,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
 
-    async def tokens(store: Store) -> int:
+    async def tokens(store: Storage) -> int:
         user = await _require_user(store, args.username)
         live = await store.list_app_passwords(user.id)
         now = time.time()
@@ -343,7 +346,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         print(f"revoked app password {token.name!r} of {user.username}")
         return 0
 
-    async def sessions(store: Store) -> int:
+    async def sessions(store: Storage) -> int:
         user = await _require_user(store, args.username)
         records = await store.list_user_sessions(user.id)
         if args.sessions_command == "list":
@@ -378,7 +381,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         print(f"ended session {prefix} of {user.username}")
         return 0
 
-    actions: dict[str, Callable[[Store], Awaitable[int]]] = {
+    actions: dict[str, Callable[[Storage], Awaitable[int]]] = {
         "add": add,
         "list": list_,
         "show": show,
@@ -399,7 +402,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     config = _load(args)
     since = _parse_since(args.since) if args.since else None
 
-    async def export(store: Store) -> int:
+    async def export(store: Storage) -> int:
         count = 0
         with _output(args.output) as stream:
             async for event in store.iter_audit(since):
@@ -413,6 +416,30 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     with _logging(config):
         return asyncio.run(_with_store(config, export))
+
+
+def cmd_db_copy(args: argparse.Namespace) -> int:
+    # Imported here: only this command needs the PostgreSQL driver on a SQLite install.
+    from gateway.store.copy import copy_sqlite_to_postgres, sqlite_path
+    from gateway.store.dsn import dsn_problem, redact_dsn
+
+    config = _load(args)
+    source = sqlite_path(args.source) if args.source else Path(config.storage.database_path)
+    target = args.target or config.storage.postgres.dsn
+    if not target:
+        raise CliError("give --to postgresql://... or set storage.postgres.dsn (or its _FILE variable)")
+    problem = dsn_problem(target)
+    if problem is not None:
+        raise CliError(f"--to {problem}")
+    with _logging(config):
+        copied = asyncio.run(copy_sqlite_to_postgres(source, target))
+    width = max(len(c.table) for c in copied)
+    for c in copied:
+        print(f"{c.table:<{width}}  {c.target_rows:>8} row(s)")
+    total = sum(c.target_rows for c in copied)
+    print(f"copied {total} row(s) in {len(copied)} tables from {source} to {redact_dsn(target)}")
+    print("row counts verified table by table")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -490,6 +517,25 @@ def build_parser() -> argparse.ArgumentParser:
     sessions_revoke.add_argument("username")
     sessions_revoke.add_argument("session_id", nargs="?")
     sessions_revoke.add_argument("--all", action="store_true", help="end every session of the user")
+
+    db = commands.add_parser("db", help="database tools")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_copy = db_commands.add_parser(
+        "copy",
+        help="copy every row from a SQLite database into an empty PostgreSQL one (docs/scaling.md)",
+    )
+    db_copy.add_argument(
+        "--from",
+        dest="source",
+        help="sqlite:///path/to/authgate.sqlite3 (default: the configured data_dir's)",
+    )
+    db_copy.add_argument(
+        "--to",
+        dest="target",
+        help="postgresql://user:password@host:port/database (default: storage.postgres.dsn, which can "
+        "come from a file so the password stays out of the process list)",
+    )
+    db_copy.set_defaults(func=cmd_db_copy)
 
     audit_parser = commands.add_parser("audit", help="the audit log")
     audit_parser.set_defaults(func=cmd_audit)

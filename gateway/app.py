@@ -33,8 +33,10 @@ from gateway.oidc.service import OidcProvider
 from gateway.secret_files import load_or_create_secret_lines
 from gateway.services import SERVICES, Services
 from gateway.sessions.codec import SessionCodec
+from gateway.sessions.revocations import cache_dropper
 from gateway.sessions.service import SessionService
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
+from gateway.store.engine import open_store
 from portal import routes as portal_routes
 from portal.web import portal_base_path
 
@@ -50,7 +52,7 @@ HOUSEKEEPING_INTERVAL = 60.0
 ATTEMPT_RETENTION = 86400.0  # login attempts older than a day can no longer affect any ban
 
 
-async def _housekeeping(store: Store, clock: Callable[[], float], audit_retention: float) -> None:
+async def _housekeeping(store: Storage, clock: Callable[[], float], audit_retention: float) -> None:
     """Prune expired challenges, recovery links, old login attempts (and old audit rows when a
     retention is configured); runs until cancelled."""
     while True:
@@ -104,7 +106,7 @@ def create_app(
     snapshot_files = SnapshotFiles(metrics_dir) if metrics_dir is not None else None
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        store = await Store.open(config.storage.database_path, busy_timeout=config.storage.busy_timeout)
+        store = await open_store(config.storage)
         metrics.store_errors = store.error_counts
         hasher = AsyncPasswordHasher(
             PasswordHasher(config.password),
@@ -164,6 +166,9 @@ def create_app(
             metrics=metrics,
             oidc=oidc,
         )
+        # Other instances' revocations reach this one's caches at once (PostgreSQL); on
+        # SQLite the store never calls it and cache_ttl bounds them.
+        store.subscribe_revocations(cache_dropper(sessions, tokens))
         tasks = [
             asyncio.create_task(sessions.run_flusher()),
             asyncio.create_task(_housekeeping(store, clock, config.audit.retention)),

@@ -39,6 +39,7 @@ from gateway.oidc.clients import (
     redirect_uri_problem,
     secret_hash_problem,
 )
+from gateway.store.dsn import dsn_problem
 
 Network = IPv4Network | IPv6Network
 
@@ -60,11 +61,28 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class PostgresConfig:
+    # postgresql://user:password@host:port/database; AUTHGATE_STORAGE_POSTGRES_DSN_FILE or
+    # dsn_file read it from a file. Never logged: errors show it with the password as ***.
+    dsn: str = field(default="", repr=False)
+    dsn_file: str = ""
+    pool_size: int = 10  # most connections one authgate process holds open
+    connect_timeout: float = 5.0  # seconds to open a connection (or get one from the pool)
+    statement_timeout: float = 5.0  # seconds a statement may run on the server (then a 503)
+    # Prepared-statement cache off, for PgBouncer in transaction mode (costs a little per query).
+    pgbouncer: bool = False
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     data_dir: str = "./data"  # SQLite database and generated secrets live here
     # Longest a request waits for a database another writer holds (SQLite's busy timeout, and
     # the wait for this process's own connection); then it fails with a 503, never hangs.
     busy_timeout: float = 5.0
+    # sqlite (one machine, the default) | postgres (several instances; docs/scaling.md).
+    # Left out, it is postgres when storage.postgres.dsn is set.
+    engine: str = "sqlite"
+    postgres: PostgresConfig = field(default_factory=PostgresConfig)
 
     @property
     def database_path(self) -> str:
@@ -310,6 +328,7 @@ _MAX_REAUTH_AFTER = 86400.0
 _MIN_AUDIT_RETENTION = 86400.0  # shorter would erase the trail of an attack before anyone looks
 _TOKEN_LEVELS = {"one_factor": Level.ONE_FACTOR, "two_factor": Level.TWO_FACTOR}
 _NOTIFIER_TYPES = ("file", "smtp")
+_STORAGE_ENGINES = ("sqlite", "postgres")
 _SMTP_SECURITY = ("starttls", "tls", "none")
 _LOCAL_SMTP_HOSTS = ("localhost", "127.0.0.1", "::1")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -376,11 +395,20 @@ def parse_config(data: object, environ: Mapping[str, str] = _NO_ENVIRONMENT) -> 
 
 def env_variable_names() -> dict[str, str]:
     """Map every AUTHGATE_* variable to the key path it overrides."""
-    return {
-        f"{ENV_PREFIX}{section}_{key}".upper(): f"{section}.{key}"
-        for section, (_, parsers) in _SCHEMA.items()
-        for key in parsers
-    }
+    names: dict[str, str] = {}
+    for section, (_, parsers) in _SCHEMA.items():
+        for key in parsers:
+            path = f"{section}.{key}"
+            nested = _NESTED_SECTIONS.get(path)
+            if nested is None:
+                names[f"{ENV_PREFIX}{section}_{key}".upper()] = path
+                continue
+            # A variable per nested key (AUTHGATE_STORAGE_POSTGRES_DSN); *_file keys have
+            # none, since every variable has its own _FILE form.
+            for sub in nested:
+                if not sub.endswith("_file"):
+                    names[f"{ENV_PREFIX}{section}_{key}_{sub}".upper()] = f"{path}.{sub}"
+    return names
 
 
 # --- Sections and environment -------------------------------------------------------------------------
@@ -402,6 +430,10 @@ def _parse_section(
         raw = {}
     _check_keys(raw, parsers, name, problems)
     values = {**raw, **overrides}
+    for key, override in overrides.items():
+        # a nested key set by a variable joins the file's mapping rather than replacing it
+        if isinstance(override, dict) and isinstance(raw.get(key), dict):
+            values[key] = {**raw[key], **override}
     kwargs: dict[str, Any] = {}
     for key, parse in parsers.items():
         # null means "not set", so `inactivity:` with nothing after it keeps the default
@@ -410,8 +442,11 @@ def _parse_section(
         leaf = f"{name}.{key}"
         found: Problems = []
         value = parse(values[key], leaf, found)
-        if leaf in sources:
-            found = [(where, f"{message} (set by {sources[leaf]})") for where, message in found]
+        found = [
+            (where, f"{message} (set by {sources[source]})") if source in sources else (where, message)
+            for where, message in found
+            for source in (where if where in sources else leaf,)
+        ]
         problems.extend(found)
         if value is _INVALID:
             failed.add(leaf)
@@ -458,8 +493,13 @@ def _environment_overrides(
             continue
         if value is _INVALID:
             continue
-        section, leaf = key.split(".")
-        overrides.setdefault(section, {})[leaf] = value
+        section, leaf, *nested = key.split(".")
+        if nested:
+            inner = overrides.setdefault(section, {}).setdefault(leaf, {})
+            assert isinstance(inner, dict)  # noqa: S101 - only nested keys put dicts here
+            inner[nested[0]] = value
+        else:
+            overrides.setdefault(section, {})[leaf] = value
         sources[key] = source
     return overrides, sources
 
@@ -594,11 +634,45 @@ def _resolve_defaults(
         notifier = dataclasses.replace(notifier, file=FileNotifierConfig(directory=directory))
     if "notifier.type" not in failed and "notifier.smtp" not in failed and notifier.type == "smtp":
         _check_smtp(notifier.smtp, problems)
+    storage = _resolve_storage(config.storage, data, overrides, failed, problems)
     oidc = config.oidc_provider
     if oidc.enabled and not oidc.issuer:
         # The provider lives where the portal does unless told otherwise.
         oidc = dataclasses.replace(oidc, issuer=config.session.cookies[0].portal_url.rstrip("/"))
-    return dataclasses.replace(config, webauthn=webauthn, notifier=notifier, oidc_provider=oidc)
+    return dataclasses.replace(
+        config, webauthn=webauthn, notifier=notifier, storage=storage, oidc_provider=oidc
+    )
+
+
+def _resolve_storage(
+    storage: StorageConfig,
+    data: object,
+    overrides: dict[str, dict[str, object]],
+    failed: set[str],
+    problems: Problems,
+) -> StorageConfig:
+    """Infer storage.engine from storage.postgres.dsn, and refuse an engine without what it needs."""
+    if failed & {"storage.engine", "storage.postgres"}:
+        return storage
+    has_dsn = bool(storage.postgres.dsn)
+    if not _was_set(data, overrides, "storage", "engine"):
+        return dataclasses.replace(storage, engine="postgres") if has_dsn else storage
+    if storage.engine == "postgres" and not has_dsn:
+        problems.append(
+            (
+                "storage.postgres.dsn",
+                "required when storage.engine is postgres; set it (or storage.postgres.dsn_file, "
+                "or AUTHGATE_STORAGE_POSTGRES_DSN_FILE) to a URI like postgresql://authgate@db:5432/authgate",
+            )
+        )
+    if storage.engine == "sqlite" and has_dsn:
+        problems.append(
+            (
+                "storage.engine",
+                "sqlite, but storage.postgres.dsn is set; use engine: postgres, or remove the dsn",
+            )
+        )
+    return storage
 
 
 def _check_metrics(config: Config, failed: set[str], problems: Problems) -> None:
@@ -1070,6 +1144,43 @@ def _smtp(value: Any, path: str, problems: Problems) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         return _fail(problems, f"{path}.password_file", f"cannot read {smtp.password_file}: {_reason(exc)}")
     return dataclasses.replace(smtp, password=password)
+
+
+def _dsn(value: Any, path: str, problems: Problems) -> Any:
+    # never echo the DSN: it may carry the password, and problems end up in logs
+    if not isinstance(value, str):
+        return _fail(problems, path, "this value is not a string")
+    reason = dsn_problem(value)
+    if reason is not None:
+        return _fail(problems, path, reason)
+    return value.strip()
+
+
+_POSTGRES_PARSERS: dict[str, _Parser] = {
+    "dsn": _dsn,
+    "dsn_file": _text,
+    "pool_size": _integer(1, 1000),
+    "connect_timeout": _duration(positive=True, maximum=300.0),
+    "statement_timeout": _duration(positive=True, maximum=3600.0),
+    "pgbouncer": _flag,
+}
+
+
+def _postgres(value: Any, path: str, problems: Problems) -> Any:
+    pg = _sub_section(PostgresConfig, _POSTGRES_PARSERS)(value, path, problems)
+    if pg is _INVALID or not pg.dsn_file:
+        return pg
+    if pg.dsn:
+        return _fail(problems, f"{path}.dsn_file", "both dsn and dsn_file are set; use one")
+    try:
+        with open(pg.dsn_file, encoding="utf-8") as stream:
+            dsn = stream.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        return _fail(problems, f"{path}.dsn_file", f"cannot read {pg.dsn_file}: {_reason(exc)}")
+    reason = dsn_problem(dsn)
+    if reason is not None:
+        return _fail(problems, f"{path}.dsn_file", f"the connection string in {pg.dsn_file} {reason}")
+    return dataclasses.replace(pg, dsn=dsn)
 
 
 _LISTEN_HELP = 'use host:port, e.g. 127.0.0.1:9959 or [::1]:9959 ("" = the main listener)'
@@ -1568,7 +1679,12 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
     "log": (LogConfig, {"level": _choice(_LOG_LEVELS), "format": _choice(_LOG_FORMATS)}),
     "storage": (
         StorageConfig,
-        {"data_dir": _text, "busy_timeout": _duration(positive=True, maximum=_MAX_BUSY_TIMEOUT)},
+        {
+            "data_dir": _text,
+            "busy_timeout": _duration(positive=True, maximum=_MAX_BUSY_TIMEOUT),
+            "engine": _choice(_STORAGE_ENGINES),
+            "postgres": _postgres,
+        },
     ),
     "secrets": (SecretsConfig, {"session_keys": _session_keys, "storage_key": _storage_key}),
     "session": (
@@ -1673,7 +1789,10 @@ _STRING_KEYS = frozenset(
     for section, (cls, _) in _SCHEMA.items()
     for item in fields(cls)
     if item.type == "str"
-)
+) | {"storage.postgres.dsn"}
+
+# Sub-sections whose keys each get an AUTHGATE_* variable, instead of one for the mapping.
+_NESTED_SECTIONS: dict[str, dict[str, _Parser]] = {"storage.postgres": _POSTGRES_PARSERS}
 
 
 # --- YAML and message helpers --------------------------------------------------------------------------

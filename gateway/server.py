@@ -26,7 +26,7 @@ from gateway.app import create_app, session_keys
 from gateway.config import Config, split_listen
 from gateway.logs import configure_logging, log_event
 from gateway.metrics import prepare_directory
-from gateway.store.sqlite import Store
+from gateway.store.engine import open_store
 from portal.web import compile_templates
 
 
@@ -140,7 +140,7 @@ async def _run_worker(config: Config, reuse_port: bool, metrics_dir: str | None 
 
 async def _prepare_database(config: Config) -> None:
     # Migrate once here so that workers never race to migrate the same file.
-    store = await Store.open(config.storage.database_path, busy_timeout=config.storage.busy_timeout)
+    store = await open_store(config.storage)
     await store.close()
 
 

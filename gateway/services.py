@@ -19,13 +19,13 @@ from gateway.factors.passwords import AsyncPasswordHasher
 from gateway.metrics import Metrics
 from gateway.oidc.service import OidcProvider
 from gateway.sessions.service import SessionService
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
 
 
 @dataclass
 class Services:
     config: Config
-    store: Store
+    store: Storage
     sessions: SessionService
     rules: CompiledRules
     decisions: Decisions  # decide() over `rules`, memoised

@@ -25,7 +25,7 @@ from gateway.factors.app_passwords import (
 from gateway.logs import log_event
 from gateway.models import Level, Subject
 from gateway.sessions.codec import build_identity_headers
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
 
 MAX_CACHED = 50_000
 
@@ -50,7 +50,7 @@ class CachedToken:
 class AppPasswordService:
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         cfg: AppPasswordsConfig,
         headers: IdentityHeadersConfig,
         *,
@@ -137,8 +137,13 @@ class AppPasswordService:
             del self._cache[key]
 
     def evict_user(self, user_id: int) -> None:
+        """Forget a user's tokens on this worker at once (their account or tokens changed)."""
         for key in [k for k, e in self._cache.items() if e.user_id == user_id]:
             del self._cache[key]
+
+    def evict_all(self) -> None:
+        """Forget every cached token (revocations may have been missed)."""
+        self._cache.clear()
 
     async def flush_use(self) -> None:
         """Write pending last-use times in one batch."""

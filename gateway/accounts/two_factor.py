@@ -13,7 +13,7 @@ from gateway.config import TwoFactorConfig
 from gateway.factors import recovery, totp
 from gateway.factors.secretbox import SecretBox
 from gateway.models import TotpDevice
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
 
 TOTP = "totp"
 RECOVERY = "recovery"
@@ -33,7 +33,7 @@ class Enrolment:
 class TwoFactorService:
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         box: SecretBox,
         cfg: TwoFactorConfig,
         *,

@@ -12,7 +12,7 @@ from gateway.config import WebAuthnConfig
 from gateway.factors import passkeys
 from gateway.factors.passkeys import InvalidWebAuthn
 from gateway.models import User, WebAuthnCredential
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
 
 REGISTER = "register"
 SECOND_FACTOR = "second-factor"
@@ -40,7 +40,7 @@ def _challenge_key(challenge_id: str) -> str:
 
 
 class WebAuthnService:
-    def __init__(self, store: Store, cfg: WebAuthnConfig, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Storage, cfg: WebAuthnConfig, clock: Callable[[], float]) -> None:
         self.store = store
         self.cfg = cfg
         self.clock = clock

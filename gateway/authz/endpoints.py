@@ -213,13 +213,18 @@ async def auth_request(request: web.Request) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Report whether the database answers."""
+    """Report whether the database answers (and, on PostgreSQL, whether revocations are heard live)."""
+    store = request.app[SERVICES].store
     try:
-        await request.app[SERVICES].store.ping()
+        await store.ping()
     except Exception as exc:  # any storage failure means unhealthy, never a 500
         log_event("health_failed", logging.ERROR, error=type(exc).__name__)
         return web.json_response({"status": "error", "database": "unreachable"}, status=503)
-    return web.json_response({"status": "ok"})
+    if store.engine == "sqlite":
+        return web.json_response({"status": "ok"})
+    # Still healthy without the channel: revocations then take up to session.cache_ttl.
+    channel = "live" if store.revocations_live else "reconnecting"
+    return web.json_response({"status": "ok", "engine": store.engine, "revocations": channel})
 
 
 def add_routes(app: web.Application) -> None:

@@ -14,7 +14,8 @@ from gateway.accounts import audit
 from gateway.config import Config
 from gateway.factors.passwords import PasswordHasher
 from gateway.oidc.keys import key_path, rotate_keys
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
+from gateway.store.engine import open_store
 
 MIN_SECRET_LENGTH = 32  # characters; a generated secret has 43
 
@@ -48,7 +49,7 @@ def cmd_rotate_keys(args: argparse.Namespace, config: Config) -> int:
     print(f"the previous keys stay published for {retention:g}s; dropped {len(dropped)} expired key(s)")
     print(f"({key_path(config.storage.data_dir)}; running workers pick the change up by themselves)")
 
-    async def record(store: Store) -> None:
+    async def record(store: Storage) -> None:
         await audit.AuditLog(store).record(
             audit.OIDC_KEYS_ROTATED, actor=audit.CLI_ACTOR, detail=f"new keys {kids}; dropped {len(dropped)}"
         )
@@ -71,7 +72,7 @@ def cmd_clients(args: argparse.Namespace, config: Config) -> int:
 def cmd_revoke(args: argparse.Namespace, config: Config) -> int:
     """End a user's grants (all, or one client's): their access and refresh tokens stop at once."""
 
-    async def revoke(store: Store) -> int:
+    async def revoke(store: Storage) -> int:
         user = await store.get_user_by_name(args.username.lower())
         if user is None:
             print(f"authgate: no user {args.username!r}", file=sys.stderr)
@@ -91,15 +92,15 @@ def cmd_revoke(args: argparse.Namespace, config: Config) -> int:
 
     result: list[int] = []
 
-    async def run(store: Store) -> None:
+    async def run(store: Storage) -> None:
         result.append(await revoke(store))
 
     asyncio.run(_with_store(config, run))
     return result[0]
 
 
-async def _with_store(config: Config, action: Callable[[Store], Any]) -> None:
-    store = await Store.open(config.storage.database_path, busy_timeout=config.storage.busy_timeout)
+async def _with_store(config: Config, action: Callable[[Storage], Any]) -> None:
+    store = await open_store(config.storage)
     try:
         await action(store)
     finally:

@@ -29,7 +29,7 @@ from gateway.oidc import protocol
 from gateway.oidc.clients import OidcClient, OidcProviderConfig
 from gateway.oidc.keys import KeyRing
 from gateway.oidc.tokens import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, InvalidToken, read, sign
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
 
 CLIENT_ATTEMPT_PREFIX = "oidc-client:"  # login_attempts key; ':' never occurs in a username
 
@@ -150,7 +150,7 @@ class OidcProvider:
     def __init__(
         self,
         cfg: OidcProviderConfig,
-        store: Store,
+        store: Storage,
         keys: KeyRing,
         hasher: AsyncPasswordHasher,
         regulation: RegulationConfig,

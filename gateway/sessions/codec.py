@@ -175,5 +175,9 @@ class SessionCache:
         for key in doomed:
             del self._entries[key]
 
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()
+
     def __len__(self) -> int:
         return len(self._entries)

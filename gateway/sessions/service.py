@@ -3,7 +3,9 @@
 Staleness bound: a cached session is never used more than `cache_ttl` seconds
 after it was read from storage, so a revocation made by another worker (or the
 CLI) takes effect within `cache_ttl`. Revocations made by this worker take
-effect at once. Last activity is kept in memory and written in batches every
+effect at once, and so do those of other instances on a store with a revocation
+channel (PostgreSQL's LISTEN/NOTIFY: gateway/sessions/revocations.py). Last
+activity is kept in memory and written in batches every
 `activity_flush_interval` seconds (and at shutdown).
 
 Sessions in use are re-read ahead of that bound, in the background: from
@@ -40,7 +42,7 @@ from gateway.sessions.codec import (
     hash_session_id,
     session_end_reason,
 )
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
 
 Clock = Callable[[], float]
 
@@ -71,7 +73,7 @@ async def _never(_user: User, _record: SessionRecord) -> bool:
 class SessionService:
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         codec: SessionCodec,
         cfg: SessionConfig,
         headers: IdentityHeadersConfig,
@@ -309,10 +311,19 @@ class SessionService:
         await self.store.set_session_authenticated(id_hash, self.clock())
         self._evict_session(id_hash)
 
-    def forget_user(self, user_id: int) -> None:
-        """Re-read a user's sessions on next use (their identity or groups changed)."""
+    def forget_user(self, user_id: int, *, keep_id_hash: str | None = None) -> None:
+        """Re-read a user's sessions (but `keep_id_hash`) on next use (their identity or groups changed)."""
         self._generation += 1
-        self.cache.evict_user(user_id)
+        self.cache.evict_user(user_id, keep_id_hash=keep_id_hash)
+
+    def forget_session(self, id_hash: str) -> None:
+        """Re-read one session on next use (another instance ended or changed it)."""
+        self._evict_session(id_hash)
+
+    def forget_all(self) -> None:
+        """Re-read every session on next use (revocations may have been missed)."""
+        self._generation += 1
+        self.cache.clear()
 
     async def revoke_user(self, user_id: int, *, keep_id_hash: str | None = None) -> int:
         """End every session of a user (optionally but one)."""

@@ -1,13 +1,35 @@
-"""The versioned SQLite schema: MIGRATIONS[n] takes a database from version n to n + 1.
+"""The versioned schema of both engines: MIGRATIONS[n] takes a database from version n to n + 1.
 
-`PRAGMA user_version` holds the version reached. Append new scripts; never edit one
-that has shipped, since databases in the field have already run it.
+One list for SQLite and PostgreSQL, so a version number means the same tables on both
+(and `authgate db copy` can move rows between them). An entry is either one script that
+runs unchanged on both engines, or a Migration with a script per engine where their types
+differ (INTEGER PRIMARY KEY vs BIGSERIAL, REAL vs DOUBLE PRECISION, BLOB vs BYTEA,
+COLLATE NOCASE vs a unique index on lower(name), a trigger body). Column names and
+meanings are the same on both: flags are 0/1 integers, lists are JSON text, times are
+float seconds. SQLite keeps the version reached in `PRAGMA user_version`, PostgreSQL in
+the one-row table schema_version (gateway/store/postgres.py, under an advisory lock so two
+instances starting at once cannot both run a script).
+
+Append new entries; never edit one that has shipped, since databases in the field have
+already run it. Every entry runs on both engines in the tests: from an empty file on SQLite
+(tests/unit/test_store.py) and from an empty database on PostgreSQL (tests/pg.py migrates its
+template that way; tests/unit/test_store_postgres.py starts three instances at once on an empty one).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from typing import Final
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step written once per engine."""
+
+    sqlite: str
+    postgres: str
+
 
 _V1: Final = """
 CREATE TABLE users (
@@ -214,6 +236,197 @@ CREATE TABLE password_reset_tokens (
 CREATE INDEX password_reset_tokens_user_id ON password_reset_tokens (user_id);
 """
 
+
+_V1_PG: Final = """
+CREATE TABLE users (
+    id BIGSERIAL PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    email TEXT NOT NULL,
+    email_key TEXT NOT NULL UNIQUE,
+    display_name TEXT NOT NULL,
+    groups TEXT NOT NULL DEFAULT '[]',
+    password_hash TEXT,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL
+);
+
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    level INTEGER NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    authenticated_at DOUBLE PRECISION NOT NULL,
+    last_active DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    remember_me INTEGER NOT NULL,
+    ip TEXT NOT NULL,
+    user_agent TEXT NOT NULL
+);
+
+CREATE INDEX sessions_user_id ON sessions (user_id);
+CREATE INDEX sessions_expires_at ON sessions (expires_at);
+
+CREATE TABLE login_attempts (
+    id BIGSERIAL PRIMARY KEY,
+    username TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    success INTEGER NOT NULL,
+    at DOUBLE PRECISION NOT NULL
+);
+
+CREATE INDEX login_attempts_username_at ON login_attempts (username, at);
+CREATE INDEX login_attempts_ip_at ON login_attempts (ip, at);
+CREATE INDEX login_attempts_at ON login_attempts (at);
+"""
+
+# Names unique per user "in any case": SQLite's COLLATE NOCASE, here a unique index on lower(name).
+_V2_PG: Final = """
+CREATE TABLE totp_devices (
+    id BIGSERIAL PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    secret_sealed TEXT NOT NULL,
+    digits INTEGER NOT NULL,
+    period INTEGER NOT NULL,
+    algorithm TEXT NOT NULL,
+    last_step BIGINT,
+    created_at DOUBLE PRECISION NOT NULL,
+    last_used_at DOUBLE PRECISION
+);
+
+CREATE UNIQUE INDEX totp_devices_user_name ON totp_devices (user_id, lower(name));
+
+CREATE TABLE recovery_codes (
+    id BIGSERIAL PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    code_hash TEXT NOT NULL,
+    used_at DOUBLE PRECISION,
+    created_at DOUBLE PRECISION NOT NULL
+);
+
+CREATE INDEX recovery_codes_user_id ON recovery_codes (user_id);
+
+CREATE TABLE user_factor_prefs (
+    user_id BIGINT PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    last_method TEXT NOT NULL
+);
+
+CREATE TABLE security_events (
+    id BIGSERIAL PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL
+);
+
+CREATE INDEX security_events_user_id_at ON security_events (user_id, at);
+"""
+
+_V3_PG: Final = """
+ALTER TABLE users ADD COLUMN password_login INTEGER NOT NULL DEFAULT 1;
+
+CREATE TABLE webauthn_credentials (
+    id BIGSERIAL PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    credential_id BYTEA NOT NULL UNIQUE,
+    public_key BYTEA NOT NULL,
+    sign_count BIGINT NOT NULL,
+    transports TEXT NOT NULL DEFAULT '[]',
+    aaguid TEXT NOT NULL,
+    backup_eligible INTEGER NOT NULL,
+    backed_up INTEGER NOT NULL,
+    device_type TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    last_used_at DOUBLE PRECISION
+);
+
+CREATE UNIQUE INDEX webauthn_credentials_user_name ON webauthn_credentials (user_id, lower(name));
+
+CREATE TABLE webauthn_user_handles (
+    user_id BIGINT PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    handle BYTEA NOT NULL UNIQUE
+);
+
+CREATE TABLE webauthn_challenges (
+    id_hash TEXT PRIMARY KEY,
+    user_id BIGINT REFERENCES users (id) ON DELETE CASCADE,
+    purpose TEXT NOT NULL,
+    challenge BYTEA NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+
+CREATE INDEX webauthn_challenges_expires_at ON webauthn_challenges (expires_at);
+
+CREATE TABLE account_recovery_tokens (
+    id_hash TEXT PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    used_at DOUBLE PRECISION
+);
+
+CREATE INDEX account_recovery_tokens_user_id ON account_recovery_tokens (user_id);
+"""
+
+_V4_PG: Final = """
+CREATE TABLE app_passwords (
+    id BIGSERIAL PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    token_id TEXT NOT NULL UNIQUE,
+    token_hash TEXT NOT NULL,
+    name TEXT NOT NULL,
+    domains TEXT NOT NULL DEFAULT '[]',
+    level INTEGER NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION,
+    last_used_at DOUBLE PRECISION,
+    last_used_ip TEXT,
+    revoked_at DOUBLE PRECISION
+);
+
+CREATE INDEX app_passwords_user_id ON app_passwords (user_id);
+CREATE UNIQUE INDEX app_passwords_user_name ON app_passwords (user_id, lower(name)) WHERE revoked_at IS NULL;
+
+CREATE TABLE audit_log (
+    id BIGSERIAL PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    event TEXT NOT NULL,
+    actor TEXT,
+    target TEXT,
+    ip TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+
+CREATE INDEX audit_log_at ON audit_log (at);
+CREATE INDEX audit_log_target_at ON audit_log (target, at);
+CREATE INDEX audit_log_actor_at ON audit_log (actor, at);
+CREATE INDEX audit_log_event_at ON audit_log (event, at);
+
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_log is append-only';
+END;
+$$;
+
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+"""
+
+_V6_PG: Final = """
+CREATE TABLE password_reset_tokens (
+    id_hash TEXT PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_by TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    used_at DOUBLE PRECISION
+);
+
+CREATE INDEX password_reset_tokens_user_id ON password_reset_tokens (user_id);
+"""
+
 # v7: authgate as an OpenID Provider (gateway/oidc/). Which factors a session passed (the
 # ID token's amr), and the provider's grants, codes, tokens and consents. Codes and refresh
 # tokens are stored only as sha256 digests; an access token (a JWT) by its jti. Written to run
@@ -270,9 +483,28 @@ CREATE TABLE oidc_consents (
 );
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+MIGRATIONS: Final[tuple[str | Migration, ...]] = (
+    Migration(sqlite=_V1, postgres=_V1_PG),
+    Migration(sqlite=_V2, postgres=_V2_PG),
+    Migration(sqlite=_V3, postgres=_V3_PG),
+    Migration(sqlite=_V4, postgres=_V4_PG),
+    _V5,  # the same SQL on both engines
+    Migration(sqlite=_V6, postgres=_V6_PG),
+    _V7,  # the same SQL on both engines
+)
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def script_for(migration: str | Migration, engine: str) -> str:
+    """Return the SQL a migration entry runs on `engine` ("sqlite" or "postgres")."""
+    if isinstance(migration, str):
+        return migration
+    if engine == "sqlite":
+        return migration.sqlite
+    if engine == "postgres":
+        return migration.postgres
+    raise ValueError(f"unknown engine {engine!r}")
 
 
 def split_statements(script: str) -> list[str]:

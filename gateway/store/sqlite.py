@@ -33,6 +33,23 @@ from gateway.models import (
     WebAuthnCredential,
 )
 from gateway.store import migrations
+from gateway.store.contract import AppPasswordLimit, RevocationListener, UserOverview
+from gateway.store.rows import (
+    app_password_from_row,
+    audit_from_row,
+    escape_like,
+    groups_json,
+    oidc_code_from_row,
+    oidc_consent_from_row,
+    oidc_grant_from_row,
+    oidc_token_from_row,
+    session_from_row,
+    totp_from_row,
+    user_from_row,
+    webauthn_from_row,
+)
+
+__all__ = ["AppPasswordLimit", "Store", "UserOverview"]
 
 # Queries are literals, never assembled at run time (the one exception is the
 # PRAGMA that records the schema version, which takes no parameters).
@@ -360,23 +377,13 @@ WHERE t.token_hash = ?
 
 
 @dataclass(frozen=True, slots=True)
-class UserOverview:
-    """What the admin user list shows about an account besides the user row: counts only."""
-
-    totp_devices: int
-    webauthn_credentials: int
-    recovery_codes_left: int
-    sessions: int
-
-
-@dataclass(frozen=True, slots=True)
 class _Result:
     rows: list[sqlite3.Row]
     rowcount: int
 
 
 class Store:
-    """Users, sessions and login attempts in one SQLite file.
+    """Everything authgate keeps, in one SQLite file (the embedded engine; see contract.Storage).
 
     Every statement runs under one asyncio lock: the connection is shared, so a
     read interleaved into another coroutine's open transaction would see its
@@ -395,6 +402,14 @@ class Store:
         self.error_counts: dict[str, int] = dict.fromkeys(_ERROR_KIND_NAMES, 0)
         # A second, read-only connection for the forward-auth session reads (see read_session).
         self._reader: aiosqlite.Connection | None = None
+
+    engine = "sqlite"
+    # One file on one machine: other workers' changes reach this one's caches within
+    # session.cache_ttl; there is no channel to hear them sooner.
+    revocations_live = False
+
+    def subscribe_revocations(self, listener: RevocationListener) -> None:
+        """Accept a listener and never call it: SQLite has no channel between processes."""
 
     @classmethod
     async def open(
@@ -502,12 +517,12 @@ class Store:
     async def get_user(self, user_id: int) -> User | None:
         """Return the user with this id, or None."""
         result = await self._locked(_SELECT_USER_BY_ID, (user_id,))
-        return _user_from_row(result.rows[0]) if result.rows else None
+        return user_from_row(result.rows[0]) if result.rows else None
 
     async def get_user_by_name(self, username: str) -> User | None:
         """Return the user with this username (any case), or None."""
         result = await self._locked(_SELECT_USER_BY_NAME, (username.lower(),))
-        return _user_from_row(result.rows[0]) if result.rows else None
+        return user_from_row(result.rows[0]) if result.rows else None
 
     async def find_login(self, login: str) -> tuple[User, str | None] | None:
         """Return the user whose username or e-mail is `login` (any case) and their password hash."""
@@ -516,12 +531,12 @@ class Store:
         if not result.rows:
             return None
         row = result.rows[0]
-        return _user_from_row(row), row["password_hash"]
+        return user_from_row(row), row["password_hash"]
 
     async def list_users(self) -> list[User]:
         """Return every user, ordered by username."""
         result = await self._locked(_SELECT_USERS)
-        return [_user_from_row(row) for row in result.rows]
+        return [user_from_row(row) for row in result.rows]
 
     async def update_user(
         self,
@@ -536,7 +551,7 @@ class Store:
             email,
             None if email is None else email.lower(),
             display_name,
-            None if groups is None else _groups_json(groups),
+            None if groups is None else groups_json(groups),
             user_id,
         )
         async with self._turn():
@@ -546,7 +561,7 @@ class Store:
                 raise _user_conflict(exc, username="", email=email or "") from exc
         if not result.rows:
             raise NotFound(f"no user with id {user_id}")
-        return _user_from_row(result.rows[0])
+        return user_from_row(result.rows[0])
 
     async def set_password_hash(self, user_id: int, password_hash: str | None) -> None:
         """Replace the user's password hash (None makes the account passwordless); NotFound."""
@@ -584,7 +599,7 @@ class Store:
             email,
             email.lower(),
             display_name,
-            _groups_json(groups),
+            groups_json(groups),
             password_hash,
             self._clock(),
         )
@@ -592,7 +607,7 @@ class Store:
             result = await self._sql(_INSERT_USER, params)
         except sqlite3.IntegrityError as exc:
             raise _user_conflict(exc, username=username, email=email) from exc
-        return _user_from_row(result.rows[0])
+        return user_from_row(result.rows[0])
 
     # -- sessions -----------------------------------------------------------
 
@@ -624,7 +639,7 @@ class Store:
         if not result.rows:
             return None
         row = result.rows[0]
-        return _session_from_row(row), _user_from_row(row, prefix="u_")
+        return session_from_row(row), user_from_row(row, prefix="u_")
 
     async def read_session(self, id_hash: str) -> tuple[SessionRecord, User] | None:
         """Like get_session, but on the read-only connection: never waits behind writes.
@@ -643,7 +658,7 @@ class Store:
             raise self._storage_error(exc) from exc
         if not rows:
             return None
-        return _session_from_row(rows[0]), _user_from_row(rows[0], prefix="u_")
+        return session_from_row(rows[0]), user_from_row(rows[0], prefix="u_")
 
     async def read_sessions(self, id_hashes: Sequence[str]) -> dict[str, tuple[SessionRecord, User]]:
         """Read many sessions with their users in one query on the read-only connection.
@@ -668,7 +683,7 @@ class Store:
             rows = await self._reader.execute_fetchall(query, hashes)
         except sqlite3.Error as exc:
             raise self._storage_error(exc) from exc
-        return {row["id_hash"]: (_session_from_row(row), _user_from_row(row, prefix="u_")) for row in rows}
+        return {row["id_hash"]: (session_from_row(row), user_from_row(row, prefix="u_")) for row in rows}
 
     async def delete_session(self, id_hash: str) -> bool:
         """Delete one session; False when it did not exist."""
@@ -686,7 +701,7 @@ class Store:
     async def list_user_sessions(self, user_id: int) -> list[SessionRecord]:
         """Return a user's sessions, newest first."""
         result = await self._locked(_SELECT_USER_SESSIONS, (user_id,))
-        return [_session_from_row(row) for row in result.rows]
+        return [session_from_row(row) for row in result.rows]
 
     async def set_session_authenticated(self, id_hash: str, at: float) -> bool:
         """Record that the session's owner proved a factor again (re-authentication) at `at`."""
@@ -829,12 +844,12 @@ class Store:
     async def list_totp_devices(self, user_id: int) -> list[TotpDevice]:
         """Return the user's TOTP devices, oldest first."""
         result = await self._locked(_SELECT_TOTP_DEVICES, (user_id,))
-        return [_totp_from_row(row) for row in result.rows]
+        return [totp_from_row(row) for row in result.rows]
 
     async def get_totp_device(self, user_id: int, device_id: int) -> TotpDevice | None:
         """Return the device if it exists and belongs to the user, else None."""
         result = await self._locked(_SELECT_TOTP_DEVICE, (device_id, user_id))
-        return _totp_from_row(result.rows[0]) if result.rows else None
+        return totp_from_row(result.rows[0]) if result.rows else None
 
     async def rename_totp_device(self, user_id: int, device_id: int, name: str) -> None:
         """Rename one of the user's devices; NotFound, or Conflict when the name is taken."""
@@ -955,7 +970,7 @@ class Store:
     async def find_user_by_handle(self, handle: bytes) -> User | None:
         """Return the user a WebAuthn user handle belongs to, or None."""
         result = await self._locked(_SELECT_USER_BY_HANDLE, (bytes(handle),))
-        return _user_from_row(result.rows[0]) if result.rows else None
+        return user_from_row(result.rows[0]) if result.rows else None
 
     async def add_webauthn_credential(
         self,
@@ -996,12 +1011,12 @@ class Store:
     async def list_webauthn_credentials(self, user_id: int) -> list[WebAuthnCredential]:
         """Return the user's security keys and passkeys, oldest first."""
         result = await self._locked(_SELECT_WEBAUTHN_CREDENTIALS, (user_id,))
-        return [_webauthn_from_row(row) for row in result.rows]
+        return [webauthn_from_row(row) for row in result.rows]
 
     async def get_webauthn_credential_by_id(self, credential_id: bytes) -> WebAuthnCredential | None:
         """Return the credential with this raw credential id (whoever owns it), or None."""
         result = await self._locked(_SELECT_WEBAUTHN_CREDENTIAL_BY_ID, (bytes(credential_id),))
-        return _webauthn_from_row(result.rows[0]) if result.rows else None
+        return webauthn_from_row(result.rows[0]) if result.rows else None
 
     async def rename_webauthn_credential(self, user_id: int, cred_pk: int, name: str) -> None:
         """Rename one of the user's credentials; NotFound, or Conflict when the name is taken."""
@@ -1118,7 +1133,7 @@ class Store:
     async def find_user_by_email(self, email: str) -> User | None:
         """Return the user with this e-mail address (any case), or None."""
         result = await self._locked(_SELECT_USER_BY_EMAIL, (email.strip().lower(),))
-        return _user_from_row(result.rows[0]) if result.rows else None
+        return user_from_row(result.rows[0]) if result.rows else None
 
     # -- security events ----------------------------------------------------
 
@@ -1193,7 +1208,7 @@ class Store:
         if not result.rows:
             return None
         row = result.rows[0]
-        return _app_password_from_row(row), _user_from_row(row, prefix="u_"), str(row["token_hash"])
+        return app_password_from_row(row), user_from_row(row, prefix="u_"), str(row["token_hash"])
 
     async def read_app_password(self, token_id: str) -> tuple[AppPassword, User, str] | None:
         """Like find_app_password, but on the read-only connection (the forward-auth hot path)."""
@@ -1207,12 +1222,12 @@ class Store:
         if not rows:
             return None
         row = rows[0]
-        return _app_password_from_row(row), _user_from_row(row, prefix="u_"), str(row["token_hash"])
+        return app_password_from_row(row), user_from_row(row, prefix="u_"), str(row["token_hash"])
 
     async def list_app_passwords(self, user_id: int) -> list[AppPassword]:
         """Return the user's live app passwords (expired ones included), newest first."""
         result = await self._locked(_SELECT_APP_TOKENS, (user_id,))
-        return [_app_password_from_row(row) for row in result.rows]
+        return [app_password_from_row(row) for row in result.rows]
 
     async def revoke_app_password(self, user_id: int, pk: int, at: float) -> bool:
         """Revoke one of the user's app passwords; False when it is not theirs or already revoked."""
@@ -1272,7 +1287,7 @@ class Store:
         """
         params = (actor, actor, target, target, event, event, since, since, until, until, limit, offset)
         result = await self._locked(_SELECT_AUDIT, params)
-        return [_audit_from_row(row) for row in result.rows]
+        return [audit_from_row(row) for row in result.rows]
 
     async def iter_audit(self, since: float | None = None, *, page: int = 500) -> AsyncIterator[AuditEvent]:
         """Yield audit rows at or after `since`, oldest first (in insertion order), a page at a time."""
@@ -1280,7 +1295,7 @@ class Store:
         while True:
             result = await self._locked(_PAGE_AUDIT, (after_id, since, since, page))
             for row in result.rows:
-                yield _audit_from_row(row)
+                yield audit_from_row(row)
             if len(result.rows) < page:
                 return
             after_id = int(result.rows[-1]["id"])
@@ -1294,9 +1309,9 @@ class Store:
 
     async def search_users(self, query: str, limit: int = 50) -> list[User]:
         """Return users whose username, e-mail or display name contains `query` (ASCII case-insensitive)."""
-        pattern = "%" + _escape_like(query.strip().lower()) + "%"
+        pattern = "%" + escape_like(query.strip().lower()) + "%"
         result = await self._locked(_SEARCH_USERS, (pattern, pattern, pattern, limit))
-        return [_user_from_row(row) for row in result.rows]
+        return [user_from_row(row) for row in result.rows]
 
     async def user_overview(self, now: float) -> dict[int, UserOverview]:
         """Return, by user id, counts of second factors and live sessions (one query, no secrets)."""
@@ -1410,7 +1425,7 @@ class Store:
             if not result.rows:
                 return "unknown", None, None
             row = result.rows[0]
-            grant, code = _oidc_grant_from_row(row, prefix="g_"), _oidc_code_from_row(row)
+            grant, code = oidc_grant_from_row(row, prefix="g_"), oidc_code_from_row(row)
             if row["used_at"] is not None:
                 await self._revoke_oidc_grant(grant.id, now, "authorization code reused")
                 return "reused", grant, code
@@ -1442,7 +1457,7 @@ class Store:
             if not result.rows or result.rows[0]["kind"] != "refresh":
                 return "unknown", None
             row = result.rows[0]
-            grant = _oidc_grant_from_row(row, prefix="g_")
+            grant = oidc_grant_from_row(row, prefix="g_")
             if row["used_at"] is not None:
                 await self._revoke_oidc_grant(grant.id, now, "refresh token reused")
                 return "reused", grant
@@ -1460,7 +1475,7 @@ class Store:
         if not result.rows:
             return None
         row = result.rows[0]
-        return _oidc_token_from_row(row), _oidc_grant_from_row(row, prefix="g_")
+        return oidc_token_from_row(row), oidc_grant_from_row(row, prefix="g_")
 
     async def revoke_oidc_token(self, token_hash: str, *, now: float) -> bool:
         """Revoke one access token (by jti); False when unknown or already revoked."""
@@ -1514,7 +1529,7 @@ class Store:
             "WHERE user_id = ? AND client_id = ?",
             (user_id, client_id),
         )
-        return _oidc_consent_from_row(result.rows[0]) if result.rows else None
+        return oidc_consent_from_row(result.rows[0]) if result.rows else None
 
     async def put_oidc_consent(self, consent: OidcConsent) -> None:
         """Remember (or replace) a user's consent for a client; NotFound (user)."""
@@ -1535,7 +1550,7 @@ class Store:
             "WHERE user_id = ? ORDER BY client_id",
             (user_id,),
         )
-        return [_oidc_consent_from_row(row) for row in result.rows]
+        return [oidc_consent_from_row(row) for row in result.rows]
 
     async def delete_oidc_consent(self, user_id: int, client_id: str, *, now: float) -> bool:
         """Forget a consent and revoke the grants (and tokens) the client holds for the user."""
@@ -1588,7 +1603,9 @@ class Store:
                     f"({target}); upgrade authgate or restore a backup taken before the upgrade"
                 )
             for version in range(current, target):
-                for statement in migrations.split_statements(migrations.MIGRATIONS[version]):
+                for statement in migrations.split_statements(
+                    migrations.script_for(migrations.MIGRATIONS[version], "sqlite")
+                ):
                     await self._sql(statement)
                 # PRAGMA takes no parameters; version is an int we computed.
                 await self._sql(f"PRAGMA user_version = {version + 1:d}")
@@ -1679,13 +1696,6 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
-def _groups_json(groups: Sequence[str]) -> str:
-    # A bare string is a Sequence[str] too, and would be stored as one group per letter.
-    if isinstance(groups, str):
-        raise TypeError("groups must be a sequence of group names, not a string")
-    return json.dumps(list(groups))
-
-
 def _user_conflict(exc: sqlite3.IntegrityError, *, username: str, email: str) -> StorageError:
     message = str(exc)
     if "users.username" in message:
@@ -1695,37 +1705,6 @@ def _user_conflict(exc: sqlite3.IntegrityError, *, username: str, email: str) ->
     return StorageError(f"database error: {message}")
 
 
-def _user_from_row(row: sqlite3.Row, *, prefix: str = "") -> User:
-    login_key = f"{prefix}password_login"
-    return User(
-        id=row[f"{prefix}id"],
-        username=row[f"{prefix}username"],
-        email=row[f"{prefix}email"],
-        display_name=row[f"{prefix}display_name"],
-        groups=tuple(json.loads(row[f"{prefix}groups"])),
-        disabled=bool(row[f"{prefix}disabled"]),
-        created_at=row[f"{prefix}created_at"],
-        # absent from INSERT ... RETURNING: a new account always starts with password login
-        password_login=bool(row[login_key]) if login_key in row.keys() else True,
-    )
-
-
-def _session_from_row(row: sqlite3.Row) -> SessionRecord:
-    return SessionRecord(
-        id_hash=row["id_hash"],
-        user_id=row["user_id"],
-        level=Level(row["level"]),
-        created_at=row["created_at"],
-        authenticated_at=row["authenticated_at"],
-        last_active=row["last_active"],
-        expires_at=row["expires_at"],
-        remember_me=bool(row["remember_me"]),
-        ip=row["ip"],
-        user_agent=row["user_agent"],
-        amr=tuple(row["amr"].split()),
-    )
-
-
 def _totp_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) -> StorageError:
     message = str(exc)
     if "FOREIGN KEY" in message:
@@ -1733,21 +1712,6 @@ def _totp_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) -> S
     if "totp_devices.user_id, totp_devices.name" in message:
         return Conflict(f"a TOTP device named {name!r} already exists")
     return StorageError(f"database error: {message}")
-
-
-def _totp_from_row(row: sqlite3.Row) -> TotpDevice:
-    return TotpDevice(
-        id=row["id"],
-        user_id=row["user_id"],
-        name=row["name"],
-        secret_sealed=row["secret_sealed"],
-        digits=row["digits"],
-        period=row["period"],
-        algorithm=row["algorithm"],
-        last_step=row["last_step"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-    )
 
 
 def _webauthn_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) -> StorageError:
@@ -1761,28 +1725,6 @@ def _webauthn_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) 
     return StorageError(f"database error: {message}")
 
 
-def _webauthn_from_row(row: sqlite3.Row) -> WebAuthnCredential:
-    return WebAuthnCredential(
-        id=row["id"],
-        user_id=row["user_id"],
-        credential_id=bytes(row["credential_id"]),
-        public_key=bytes(row["public_key"]),
-        sign_count=row["sign_count"],
-        transports=tuple(json.loads(row["transports"])),
-        aaguid=row["aaguid"],
-        backup_eligible=bool(row["backup_eligible"]),
-        backed_up=bool(row["backed_up"]),
-        device_type=row["device_type"],
-        name=row["name"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-    )
-
-
-class AppPasswordLimit(Conflict):
-    """The user already has as many live app passwords as allowed."""
-
-
 def _app_password_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: str) -> StorageError:
     message = str(exc)
     if "FOREIGN KEY" in message:
@@ -1792,83 +1734,3 @@ def _app_password_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: s
     if "app_passwords.token_id" in message:
         return Conflict("token id collision; generate a new token")
     return StorageError(f"database error: {message}")
-
-
-def _app_password_from_row(row: sqlite3.Row) -> AppPassword:
-    return AppPassword(
-        id=row["id"],
-        user_id=row["user_id"],
-        token_id=row["token_id"],
-        name=row["name"],
-        domains=tuple(json.loads(row["domains"])),
-        level=Level(row["level"]),
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        last_used_at=row["last_used_at"],
-        last_used_ip=row["last_used_ip"],
-    )
-
-
-def _audit_from_row(row: sqlite3.Row) -> AuditEvent:
-    return AuditEvent(
-        id=row["id"],
-        at=row["at"],
-        event=row["event"],
-        actor=row["actor"],
-        target=row["target"],
-        ip=row["ip"],
-        detail=row["detail"],
-    )
-
-
-def _escape_like(text: str) -> str:
-    """Make `%`, `_` and the escape character itself match literally in a LIKE ... ESCAPE '\\' pattern."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _oidc_grant_from_row(row: sqlite3.Row, *, prefix: str = "") -> OidcGrant:
-    return OidcGrant(
-        id=row[f"{prefix}id"],
-        client_id=row[f"{prefix}client_id"],
-        user_id=row[f"{prefix}user_id"],
-        scopes=tuple(row[f"{prefix}scopes"].split()),
-        session_hash=row[f"{prefix}session_hash"],
-        auth_time=row[f"{prefix}auth_time"],
-        amr=tuple(row[f"{prefix}amr"].split()),
-        acr=row[f"{prefix}acr"],
-        nonce=row[f"{prefix}nonce"],
-        created_at=row[f"{prefix}created_at"],
-        expires_at=row[f"{prefix}expires_at"],
-        revoked_at=row[f"{prefix}revoked_at"],
-    )
-
-
-def _oidc_code_from_row(row: sqlite3.Row) -> OidcCode:
-    return OidcCode(
-        code_hash=row["code_hash"],
-        grant_id=row["grant_id"],
-        redirect_uri=row["redirect_uri"],
-        code_challenge=row["code_challenge"],
-        expires_at=row["expires_at"],
-    )
-
-
-def _oidc_token_from_row(row: sqlite3.Row) -> OidcToken:
-    return OidcToken(
-        token_hash=row["token_hash"],
-        kind=row["kind"],
-        grant_id=row["grant_id"],
-        issued_at=row["issued_at"],
-        expires_at=row["expires_at"],
-        used_at=row["used_at"],
-        revoked_at=row["revoked_at"],
-    )
-
-
-def _oidc_consent_from_row(row: sqlite3.Row) -> OidcConsent:
-    return OidcConsent(
-        user_id=row["user_id"],
-        client_id=row["client_id"],
-        scopes=tuple(row["scopes"].split()),
-        granted_at=row["granted_at"],
-    )

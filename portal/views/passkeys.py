@@ -19,7 +19,6 @@ from gateway.errors import Conflict
 from gateway.factors.passkeys import InvalidWebAuthn
 from gateway.logs import log_event
 from gateway.models import AMR_HARDWARE_KEY, AMR_PASSWORD, AMR_USER_VERIFIED, Level, User, merge_amr
-from gateway.store.sqlite import Store
 from portal.flow import STEP_VERIFY, second_factor_needed
 from portal.flow import start as start_pending
 from portal.pending import set_pending
@@ -136,7 +135,7 @@ async def register_finish(request: web.Request) -> web.Response:
 
 
 async def rename_key(request: web.Request) -> web.Response:
-    return await rename_device(request, Store.rename_webauthn_credential)
+    return await rename_device(request, lambda store, *args: store.rename_webauthn_credential(*args))
 
 
 async def revoke_device(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from gateway.accounts.two_factor import FEW_RECOVERY_CODES
 from gateway.errors import Conflict, NotFound
 from gateway.models import AMR_OTP, AMR_PASSWORD, Level, User, merge_amr
 from gateway.sessions.codec import CachedSession
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
 from portal.fields import device_name_problem
 from portal.i18n import N_, Translator
 from portal.views.second_factor import finish_login
@@ -39,7 +39,7 @@ from portal.web import (
 ENROL_SALT = "authgate.totp-enrol.v1"
 ENROL_MAX_AGE = 15 * 60  # seconds a displayed secret stays valid for confirmation
 DEFAULT_DEVICE_NAME = N_("Authenticator app")  # offered in the reader's language
-Renamer = Callable[[Store, int, int, str], Awaitable[None]]
+Renamer = Callable[[Storage, int, int, str], Awaitable[None]]
 
 
 def _enrol_signer(request: web.Request) -> URLSafeTimedSerializer:
@@ -328,7 +328,7 @@ async def rename_device(request: web.Request, rename: Renamer) -> web.Response:
 
 
 async def totp_rename(request: web.Request) -> web.Response:
-    return await rename_device(request, Store.rename_totp_device)
+    return await rename_device(request, lambda store, *args: store.rename_totp_device(*args))
 
 
 async def totp_delete(request: web.Request) -> web.Response:

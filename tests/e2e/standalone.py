@@ -29,7 +29,7 @@ import yaml
 
 from gateway.config import load_config
 from gateway.factors.passwords import PasswordHasher
-from gateway.store.sqlite import Store
+from gateway.store.engine import open_store
 from tests.e2e.support import (
     CSRF_COOKIE,
     HTML,
@@ -88,7 +88,7 @@ def add_users(config: Path, extra: Mapping[str, str] | None = None) -> None:
         users[name] = (f"{name}@example.com", name.title(), (), password)
 
     async def create() -> None:
-        store = await Store.open(loaded.storage.database_path)
+        store = await open_store(loaded.storage)
         try:
             for name, (mail, display, groups, password) in users.items():
                 await store.create_user(name, mail, display, groups, hasher.hash(password))
@@ -108,6 +108,7 @@ class Gateway:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    workers: int = 2  # as server.workers in its configuration
     _logs: list[Any] = field(default_factory=list)
 
     @property
@@ -141,8 +142,10 @@ class Gateway:
             if time.monotonic() > deadline:
                 pytest.fail(f"authgate did not answer /api/health:\n{log_tail(self.log_path)}")
             time.sleep(0.05)
-        # Both workers listen once each has logged worker_started (SO_REUSEPORT spreads the load).
-        while self.log_text().split(f"--- start {self.starts}\n")[-1].count('"worker_started"') < 2:
+        # Every worker listens once each has logged worker_started (SO_REUSEPORT spreads the load).
+        while (
+            self.log_text().split(f"--- start {self.starts}\n")[-1].count('"worker_started"') < self.workers
+        ):
             if time.monotonic() > deadline:
                 pytest.fail(f"the second worker did not start:\n{log_tail(self.log_path)}")
             time.sleep(0.05)
@@ -240,7 +243,8 @@ def start_gateway(
     (port,) = free_ports(1)
     config = write_config(directory, port, overrides or {})
     add_users(config, users)
-    gateway = Gateway(directory, config, port, directory / "authgate.log")
+    workers = int((overrides or {}).get("server", {}).get("workers", 2))
+    gateway = Gateway(directory, config, port, directory / "authgate.log", workers=workers)
     gateway.start(preexec=preexec)
     return gateway
 

@@ -22,8 +22,17 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., Config]:
-    return partial(build_config, tmp_path)
+def storage_engine() -> str:
+    """SQLite; a module runs on both engines by importing tests.pg.both_storage_engines."""
+    return "sqlite"
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, storage_engine: str, request: pytest.FixtureRequest) -> Callable[..., Config]:
+    engine: dict[str, Any] = {}
+    if storage_engine == "postgres":
+        engine = {"storage": {"postgres": {"dsn": request.getfixturevalue("pg_dsn")}}}
+    return partial(build_config, tmp_path, engine=engine)
 
 
 @pytest.fixture

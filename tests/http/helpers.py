@@ -58,8 +58,13 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def build_config(tmp_path: Path, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Return a test configuration: cheap argon2, http cookies on localhost, apps under *.localhost."""
+def build_config(
+    tmp_path: Path, overrides: Mapping[str, Any] | None = None, *, engine: Mapping[str, Any] | None = None
+) -> Config:
+    """Return a test configuration: cheap argon2, http cookies on localhost, apps under *.localhost.
+
+    `engine`: settings that pick the storage engine (tests/http/conftest.py's storage_engine).
+    """
     base: dict[str, Any] = {
         "storage": {"data_dir": str(tmp_path / "data")},
         "secrets": {"session_keys": [KEY_A]},
@@ -84,7 +89,7 @@ def build_config(tmp_path: Path, overrides: Mapping[str, Any] | None = None) -> 
             ],
         },
     }
-    return parse_config(_merge(base, overrides or {}))
+    return parse_config(_merge(_merge(base, engine or {}), overrides or {}))
 
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -32,6 +32,7 @@ from tests.http.helpers import (
     services,
     signed_in,
 )
+from tests.pg import both_storage_engines  # noqa: F401 - runs this module on SQLite and PostgreSQL
 from tests.webauthn_authenticator import SoftAuthenticator
 
 Client = TestClient[Any, Any]

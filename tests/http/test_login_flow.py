@@ -22,6 +22,7 @@ from tests.http.helpers import (
     services,
     signed_in,
 )
+from tests.pg import both_storage_engines  # noqa: F401 - runs this module on SQLite and PostgreSQL
 
 Client = TestClient[Any, Any]
 LOGIN_URL = "http://localhost:8080/auth/login?rd="
@@ -373,12 +374,17 @@ async def test_portal_pages_carry_security_headers(client: Client) -> None:
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
 
 
-async def test_health(client: Client) -> None:
-    """/api/health answers 200 {"status": "ok"} while the database works."""
+async def test_health(client: Client, storage_engine: str) -> None:
+    """/api/health answers 200 {"status": "ok"} while the database works (PostgreSQL: and the
+    revocation channel's state)."""
+    expected: dict[str, str] = {"status": "ok"}
+    if storage_engine == "postgres":
+        assert await services(client).store.wait_listening(10.0)  # type: ignore[attr-defined]
+        expected |= {"engine": "postgres", "revocations": "live"}
     response = await client.get("/api/health")
 
     assert response.status == 200
-    assert await response.json() == {"status": "ok"}
+    assert await response.json() == expected
 
 
 async def test_group_rule_forbids_non_members(client: Client) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from tests.http.helpers import PASSWORD, SESSION_COOKIE, Clock, MakeClient, add_user, login
+from tests.pg import both_storage_engines  # noqa: F401 - runs this module on SQLite and PostgreSQL
 
 Client = TestClient[Any, Any]
 BAN_MESSAGE = "Too many failed sign-in attempts"

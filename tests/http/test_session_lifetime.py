@@ -20,6 +20,7 @@ from tests.http.helpers import (
     services,
     signed_in,
 )
+from tests.pg import both_storage_engines  # noqa: F401 - runs this module on SQLite and PostgreSQL
 
 Client = TestClient[Any, Any]
 HOUR = 3600.0

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 from gateway.accounts import audit
 from gateway.factors.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from tests.http.helpers import CSRF_COOKIE, SESSION_COOKIE, cookie_header, csrf_pair, forward_auth, services
+from tests.pg import both_storage_engines  # noqa: F401 - runs this module on SQLite and PostgreSQL
 
 Client = TestClient[Any, Any]
 

@@ -28,6 +28,7 @@ from tests.http.helpers import (
     totp_code,
     wrong_code,
 )
+from tests.pg import both_storage_engines  # noqa: F401 - runs this module on SQLite and PostgreSQL
 
 Client = TestClient[Any, Any]
 PERIOD = 30

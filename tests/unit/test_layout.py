@@ -78,6 +78,22 @@ def test_pure_modules_do_no_io(path: str) -> None:
     assert not any(m.startswith("gateway.store") for m in modules), f"{path} imports the store"
 
 
+ENGINE_MODULES = ("gateway.store.sqlite", "gateway.store.postgres")
+
+
+@pytest.mark.parametrize(
+    "path", [*gateway_modules(), *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "portal").rglob("*.py"))]
+)
+def test_callers_type_against_the_storage_contract(path: str) -> None:
+    """Outside gateway/store/, code uses gateway.store.contract.Storage, never an engine's class."""
+    if path.startswith("gateway/store/"):
+        return
+    tree = ast.parse((ROOT / path).read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    modules |= {alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names}
+    assert not modules & set(ENGINE_MODULES), f"{path} imports an engine module directly"
+
+
 PORTAL_PURE_MODULES = ("portal/i18n.py", "portal/events.py", "portal/fields.py", "portal/flow.py")
 
 

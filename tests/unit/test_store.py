@@ -1,11 +1,10 @@
-"""The SQLite store: schema migrations, users, sessions and login attempts."""
+"""The store contract on both engines: schema, users, sessions, login attempts (SQLite-only parts marked)."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,9 @@ import pytest
 from gateway.errors import Conflict, NotFound, StorageError
 from gateway.models import Level, SessionRecord, User
 from gateway.store import migrations
+from gateway.store.contract import Storage
 from gateway.store.sqlite import Store
+from tests.pg import MakeStore
 
 
 @pytest.fixture
@@ -22,10 +23,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(db_path, clock=lambda: 1000.0)
-    yield opened
-    await opened.close()
+async def store(make_store: MakeStore) -> Storage:
+    return await make_store(clock=lambda: 1000.0)
 
 
 def user_version(path: Path) -> int:
@@ -59,14 +58,15 @@ def session(
 BOB_HASH = "hash-bob"
 
 
-async def add_bob(store: Store, *, password_hash: str | None = BOB_HASH) -> User:
+async def add_bob(store: Storage, *, password_hash: str | None = BOB_HASH) -> User:
     return await store.create_user("Bob", "Bob@Example.com", "Bob B", ["admins", "dev"], password_hash)
 
 
 # -- schema ------------------------------------------------------------------
 
 
-async def test_open_migrates_an_empty_database(store: Store, db_path: Path) -> None:
+@pytest.mark.sqlite_only
+async def test_open_migrates_an_empty_database(store: Storage, db_path: Path) -> None:
     """Opening a new file creates every table and records the schema version."""
     assert user_version(db_path) == migrations.SCHEMA_VERSION == len(migrations.MIGRATIONS)
     assert {"users", "sessions", "login_attempts"} <= tables(db_path)
@@ -109,19 +109,22 @@ async def test_failed_migration_leaves_nothing_behind(db_path: Path, monkeypatch
     assert tables(db_path) == set()
 
 
-async def test_database_file_is_private(store: Store, db_path: Path) -> None:
+@pytest.mark.sqlite_only
+async def test_database_file_is_private(store: Storage, db_path: Path) -> None:
     """The database file is created readable by its owner only."""
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
 
 
-async def test_connection_settings(store: Store) -> None:
+@pytest.mark.sqlite_only
+async def test_connection_settings(store: Storage) -> None:
     """The store runs in WAL mode with foreign keys on and a busy timeout."""
     assert (await store._sql("PRAGMA journal_mode")).rows[0][0] == "wal"
     assert (await store._sql("PRAGMA foreign_keys")).rows[0][0] == 1
     assert (await store._sql("PRAGMA busy_timeout")).rows[0][0] == 5000
 
 
-async def test_statement_count_counts_every_statement(store: Store) -> None:
+@pytest.mark.sqlite_only
+async def test_statement_count_counts_every_statement(store: Storage) -> None:
     """Each statement increments statement_count; a transaction counts BEGIN and COMMIT too."""
     before = store.statement_count
     await store.ping()
@@ -155,7 +158,7 @@ def test_split_statements_rejects_unterminated_text() -> None:
 # -- users -------------------------------------------------------------------
 
 
-async def test_create_user_normalises_and_returns_the_row(store: Store) -> None:
+async def test_create_user_normalises_and_returns_the_row(store: Storage) -> None:
     """Usernames are stored lower case; e-mail keeps its case; groups round-trip."""
     bob = await add_bob(store)
 
@@ -176,7 +179,7 @@ async def test_create_user_normalises_and_returns_the_row(store: Store) -> None:
     ],
 )
 async def test_create_user_conflicts_case_insensitively(
-    store: Store, username: str, email: str, message: str
+    store: Storage, username: str, email: str, message: str
 ) -> None:
     """A username or e-mail that differs only in case is taken."""
     await add_bob(store)
@@ -186,13 +189,13 @@ async def test_create_user_conflicts_case_insensitively(
     assert await store.count_users() == 1
 
 
-async def test_groups_must_not_be_a_string(store: Store) -> None:
+async def test_groups_must_not_be_a_string(store: Storage) -> None:
     """Passing a bare string as groups is a programming error, not one group per letter."""
     with pytest.raises(TypeError):
         await store.create_user("bob", "bob@example.com", "Bob", "admins", None)
 
 
-async def test_create_first_user_only_when_empty(store: Store) -> None:
+async def test_create_first_user_only_when_empty(store: Storage) -> None:
     """The first-user bootstrap succeeds once and then returns None."""
     first = await store.create_first_user("admin", "admin@example.com", "Admin", ["admins"], "h")
     second = await store.create_first_user("eve", "eve@example.com", "Eve", ["admins"], "h")
@@ -202,7 +205,7 @@ async def test_create_first_user_only_when_empty(store: Store) -> None:
     assert await store.count_users() == 1
 
 
-async def test_create_first_user_races_to_one_winner(store: Store) -> None:
+async def test_create_first_user_races_to_one_winner(store: Storage) -> None:
     """Concurrent bootstraps create exactly one user."""
     results = await asyncio.gather(
         *(store.create_first_user(f"u{i}", f"u{i}@example.com", "U", [], None) for i in range(5))
@@ -212,14 +215,14 @@ async def test_create_first_user_races_to_one_winner(store: Store) -> None:
 
 
 @pytest.mark.parametrize("login", ["bob", "BoB", "bob@example.com", "BOB@EXAMPLE.COM"])
-async def test_find_login_by_name_or_email(store: Store, login: str) -> None:
+async def test_find_login_by_name_or_email(store: Storage, login: str) -> None:
     """A login matches the username or the e-mail, in any case, and returns the hash."""
     bob = await add_bob(store)
 
     assert await store.find_login(login) == (bob, "hash-bob")
 
 
-async def test_find_login_unknown_and_passwordless(store: Store) -> None:
+async def test_find_login_unknown_and_passwordless(store: Storage) -> None:
     """Unknown logins give None; passwordless users give a None hash."""
     bob = await add_bob(store, password_hash=None)
 
@@ -227,7 +230,7 @@ async def test_find_login_unknown_and_passwordless(store: Store) -> None:
     assert await store.find_login("bob") == (bob, None)
 
 
-async def test_find_login_prefers_username_over_someone_elses_email(store: Store) -> None:
+async def test_find_login_prefers_username_over_someone_elses_email(store: Storage) -> None:
     """When a username equals another user's e-mail, the username wins."""
     await store.create_user("alice", "carol@example.com", "Alice", [], "hash-alice")
     carol = await store.create_user("carol@example.com", "c@example.com", "Carol", [], "hash-carol")
@@ -235,13 +238,13 @@ async def test_find_login_prefers_username_over_someone_elses_email(store: Store
     assert await store.find_login("CAROL@example.com") == (carol, "hash-carol")
 
 
-async def test_get_user_missing(store: Store) -> None:
+async def test_get_user_missing(store: Storage) -> None:
     """Missing users are None, not errors."""
     assert await store.get_user(42) is None
     assert await store.get_user_by_name("ghost") is None
 
 
-async def test_list_users_ordered_by_username(store: Store) -> None:
+async def test_list_users_ordered_by_username(store: Storage) -> None:
     """list_users returns everyone sorted by username."""
     await store.create_user("zed", "z@example.com", "Z", [], None)
     await store.create_user("amy", "a@example.com", "A", [], None)
@@ -249,7 +252,7 @@ async def test_list_users_ordered_by_username(store: Store) -> None:
     assert [user.username for user in await store.list_users()] == ["amy", "zed"]
 
 
-async def test_update_user_changes_only_given_fields(store: Store) -> None:
+async def test_update_user_changes_only_given_fields(store: Storage) -> None:
     """update_user leaves fields passed as None untouched."""
     bob = await add_bob(store)
 
@@ -263,7 +266,7 @@ async def test_update_user_changes_only_given_fields(store: Store) -> None:
     assert await store.find_login("bob@example.com") is None
 
 
-async def test_update_user_errors(store: Store) -> None:
+async def test_update_user_errors(store: Storage) -> None:
     """Updating a missing user is NotFound; taking another user's e-mail is Conflict."""
     bob = await add_bob(store)
     await store.create_user("amy", "amy@example.com", "Amy", [], None)
@@ -274,7 +277,7 @@ async def test_update_user_errors(store: Store) -> None:
         await store.update_user(bob.id, email="AMY@example.com")
 
 
-async def test_set_password_hash(store: Store) -> None:
+async def test_set_password_hash(store: Storage) -> None:
     """The new hash is what find_login returns; a missing user is NotFound."""
     bob = await add_bob(store)
 
@@ -285,7 +288,7 @@ async def test_set_password_hash(store: Store) -> None:
         await store.set_password_hash(999, "x")
 
 
-async def test_disabling_deletes_sessions(store: Store) -> None:
+async def test_disabling_deletes_sessions(store: Storage) -> None:
     """Disabling a user ends their sessions; enabling again keeps the flag consistent."""
     bob = await add_bob(store)
     await store.create_session(session("s1", bob.id))
@@ -304,7 +307,7 @@ async def test_disabling_deletes_sessions(store: Store) -> None:
         await store.set_disabled(999, True)
 
 
-async def test_delete_user_cascades_to_sessions(store: Store) -> None:
+async def test_delete_user_cascades_to_sessions(store: Storage) -> None:
     """Deleting a user deletes their sessions with them."""
     bob = await add_bob(store)
     await store.create_session(session("s1", bob.id))
@@ -320,7 +323,7 @@ async def test_delete_user_cascades_to_sessions(store: Store) -> None:
 # -- sessions ----------------------------------------------------------------
 
 
-async def test_get_session_returns_record_and_user_in_one_query(store: Store) -> None:
+async def test_get_session_returns_record_and_user_in_one_query(store: Storage) -> None:
     """get_session joins the user in and runs a single statement."""
     bob = await add_bob(store)
     rec = session("s1", bob.id)
@@ -334,13 +337,13 @@ async def test_get_session_returns_record_and_user_in_one_query(store: Store) ->
     assert await store.get_session("nope") is None
 
 
-async def test_create_session_for_unknown_user(store: Store) -> None:
+async def test_create_session_for_unknown_user(store: Storage) -> None:
     """A session for a user that does not exist is NotFound, thanks to the foreign key."""
     with pytest.raises(NotFound):
         await store.create_session(session("s1", 999))
 
 
-async def test_delete_session(store: Store) -> None:
+async def test_delete_session(store: Storage) -> None:
     """delete_session reports whether there was something to delete."""
     bob = await add_bob(store)
     await store.create_session(session("s1", bob.id))
@@ -349,7 +352,7 @@ async def test_delete_session(store: Store) -> None:
     assert await store.delete_session("s1") is False
 
 
-async def test_delete_user_sessions_can_keep_one(store: Store) -> None:
+async def test_delete_user_sessions_can_keep_one(store: Storage) -> None:
     """'Log out everywhere else' keeps the current session only."""
     bob = await add_bob(store)
     amy = await store.create_user("amy", "amy@example.com", "Amy", [], None)
@@ -363,7 +366,7 @@ async def test_delete_user_sessions_can_keep_one(store: Store) -> None:
     assert len(await store.list_user_sessions(amy.id)) == 1
 
 
-async def test_touch_sessions_only_moves_forward(store: Store) -> None:
+async def test_touch_sessions_only_moves_forward(store: Storage) -> None:
     """Batched activity updates never move last_active backwards and ignore unknown ids."""
     bob = await add_bob(store)
     await store.create_session(session("s1", bob.id, last_active=500.0))
@@ -376,7 +379,7 @@ async def test_touch_sessions_only_moves_forward(store: Store) -> None:
     assert (s1.last_active, s2.last_active) == (600.0, 500.0)
 
 
-async def test_delete_expired_sessions(store: Store) -> None:
+async def test_delete_expired_sessions(store: Storage) -> None:
     """Sessions whose absolute end has passed are removed; the rest stay."""
     bob = await add_bob(store)
     await store.create_session(session("old", bob.id, expires_at=1000.0))
@@ -389,7 +392,7 @@ async def test_delete_expired_sessions(store: Store) -> None:
 # -- login attempts ----------------------------------------------------------
 
 
-async def test_failures_since_resets_after_success(store: Store) -> None:
+async def test_failures_since_resets_after_success(store: Storage) -> None:
     """Only failures after both `since` and the latest success count."""
     for at, ok in [(10.0, False), (20.0, False), (30.0, True), (40.0, False), (50.0, False)]:
         await store.record_attempt("Bob", "192.0.2.1", ok, at)
@@ -399,7 +402,7 @@ async def test_failures_since_resets_after_success(store: Store) -> None:
     assert await store.failures_since(ip="192.0.2.1", since=0.0) == [40.0, 50.0]
 
 
-async def test_failures_since_keys_are_separate(store: Store) -> None:
+async def test_failures_since_keys_are_separate(store: Storage) -> None:
     """A success from one IP does not reset another IP's failures, and vice versa for users."""
     await store.record_attempt("bob", "192.0.2.1", False, 10.0)
     await store.record_attempt("amy", "192.0.2.1", False, 11.0)
@@ -411,7 +414,7 @@ async def test_failures_since_keys_are_separate(store: Store) -> None:
     assert await store.failures_since(ip="192.0.2.9", since=0.0) == []
 
 
-async def test_failures_since_needs_exactly_one_key(store: Store) -> None:
+async def test_failures_since_needs_exactly_one_key(store: Storage) -> None:
     """Asking by neither or both keys is a programming error."""
     with pytest.raises(ValueError):
         await store.failures_since(since=0.0)
@@ -419,7 +422,7 @@ async def test_failures_since_needs_exactly_one_key(store: Store) -> None:
         await store.failures_since(username="bob", ip="192.0.2.1", since=0.0)
 
 
-async def test_prune_attempts(store: Store) -> None:
+async def test_prune_attempts(store: Storage) -> None:
     """Pruning removes attempts older than the cut-off only."""
     await store.record_attempt("bob", "192.0.2.1", False, 10.0)
     await store.record_attempt("bob", "192.0.2.1", False, 20.0)
@@ -428,7 +431,7 @@ async def test_prune_attempts(store: Store) -> None:
     assert await store.failures_since(username="bob", since=0.0) == [20.0]
 
 
-async def test_concurrent_writes_do_not_interleave_transactions(store: Store) -> None:
+async def test_concurrent_writes_do_not_interleave_transactions(store: Storage) -> None:
     """Many coroutines sharing the store never trip over each other's transactions."""
     bob = await add_bob(store)
     for i in range(20):

@@ -1,8 +1,9 @@
 """The store's atomic contracts (issue 11): attempt reservation, link use with its password, and
 StoreUnavailable with bounded waits for a locked, full or failing database.
 
-Two Store objects on one file stand for two workers: each has its own connections, so only
-SQLite's locking (not the per-store asyncio lock) can keep them apart.
+Two stores on one database stand for two workers (SQLite: one file) or two instances
+(PostgreSQL: two pools): each has its own connections, so only the database's locking (not a
+per-store asyncio lock) can keep them apart. The lock and full-disk tests are SQLite's own.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from gateway.errors import StorageError, StoreUnavailable
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage as Store
+from tests.pg import MakeStore
 
 
 @pytest.fixture
@@ -25,12 +27,11 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def workers(db_path: Path) -> AsyncIterator[tuple[Store, Store]]:
-    first = await Store.open(db_path, clock=lambda: 1000.0, busy_timeout=0.3)
-    second = await Store.open(db_path, clock=lambda: 1000.0, busy_timeout=0.3)
-    yield first, second
-    await first.close()
-    await second.close()
+async def workers(make_store: MakeStore) -> tuple[Store, Store]:
+    # On PostgreSQL: two pools, as two authgate instances have.
+    first = await make_store(clock=lambda: 1000.0, busy_timeout=0.3)
+    second = await make_store(clock=lambda: 1000.0, busy_timeout=0.3)
+    return first, second
 
 
 def three_strikes(failures: Sequence[float]) -> float | None:
@@ -131,6 +132,7 @@ def _hold_write_lock(path: Path) -> sqlite3.Connection:
     return holder
 
 
+@pytest.mark.sqlite_only
 async def test_a_write_under_another_writers_lock_raises_store_unavailable(
     workers: tuple[Store, Store], db_path: Path
 ) -> None:
@@ -150,6 +152,7 @@ async def test_a_write_under_another_writers_lock_raises_store_unavailable(
     await store.record_attempt("alice", "192.0.2.1", False, 1000.0)
 
 
+@pytest.mark.sqlite_only
 async def test_calls_queued_behind_a_stuck_write_each_wait_one_bound(
     workers: tuple[Store, Store], db_path: Path
 ) -> None:
@@ -176,6 +179,7 @@ async def test_calls_queued_behind_a_stuck_write_each_wait_one_bound(
     assert took < 20 * 0.3  # a hang check, not a speed target: far below the queue's sum
 
 
+@pytest.mark.sqlite_only
 async def test_a_full_database_raises_store_unavailable_and_writes_again_when_space_is_back(
     workers: tuple[Store, Store], db_path: Path
 ) -> None:

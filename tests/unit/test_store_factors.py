@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -15,7 +14,9 @@ from gateway.factors import recovery, totp
 from gateway.factors.secretbox import SecretBox
 from gateway.models import TotpDevice, User
 from gateway.store import migrations
+from gateway.store.contract import Storage
 from gateway.store.sqlite import Store
+from tests.pg import MakeStore
 
 PEPPER = b"pepper-for-tests-0123456789abcdef"
 BOX = SecretBox(bytes(range(32)))
@@ -27,23 +28,21 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(db_path, clock=lambda: 1000.0)
-    yield opened
-    await opened.close()
+async def store(make_store: MakeStore) -> Storage:
+    return await make_store(clock=lambda: 1000.0)
 
 
 @pytest.fixture
-async def bob(store: Store) -> User:
+async def bob(store: Storage) -> User:
     return await store.create_user("bob", "bob@example.com", "Bob", [], "hash")
 
 
 @pytest.fixture
-async def alice(store: Store) -> User:
+async def alice(store: Storage) -> User:
     return await store.create_user("alice", "alice@example.com", "Alice", [], "hash")
 
 
-def add_device(store: Store, user_id: int, name: str = "pixel-7 authy", **overrides: object):  # type: ignore[no-untyped-def]
+def add_device(store: Storage, user_id: int, name: str = "pixel-7 authy", **overrides: object):  # type: ignore[no-untyped-def]
     secret = totp.generate_secret()
     args: dict[str, object] = {
         "name": name,
@@ -69,7 +68,8 @@ def raw_rows(path: Path, sql: str) -> list[tuple[object, ...]]:
 # -- schema ------------------------------------------------------------------
 
 
-async def test_migration_creates_the_factor_tables(store: Store, db_path: Path) -> None:
+@pytest.mark.sqlite_only
+async def test_migration_creates_the_factor_tables(store: Storage, db_path: Path) -> None:
     """The current schema has the four second-factor tables."""
     names = {row[0] for row in raw_rows(db_path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"totp_devices", "recovery_codes", "user_factor_prefs", "audit_log"} <= names
@@ -98,7 +98,7 @@ async def test_version_one_database_is_upgraded_in_place(
 # -- TOTP devices ----------------------------------------------------------------
 
 
-async def test_add_and_list_devices(store: Store, bob: User) -> None:
+async def test_add_and_list_devices(store: Storage, bob: User) -> None:
     """Added devices come back with their settings, oldest first, with no step used yet."""
     first = await add_device(store, bob.id, "phone")
     second = await add_device(store, bob.id, "tablet", digits=8, period=60, algorithm="SHA256", last_step=42)
@@ -111,7 +111,7 @@ async def test_add_and_list_devices(store: Store, bob: User) -> None:
     assert (tablet.digits, tablet.period, tablet.algorithm, tablet.last_step) == (8, 60, "SHA256", 42)
 
 
-async def test_sealed_secret_round_trips(store: Store, bob: User) -> None:
+async def test_sealed_secret_round_trips(store: Storage, bob: User) -> None:
     """The stored secret opens with the user's context and is not in the database in clear."""
     secret = totp.generate_secret()
     sealed = BOX.seal(secret, context=totp.sealing_context(bob.id))
@@ -123,7 +123,8 @@ async def test_sealed_secret_round_trips(store: Store, bob: User) -> None:
     assert BOX.open(device.secret_sealed, context=totp.sealing_context(bob.id)) == secret
 
 
-async def test_totp_secret_not_in_database_file(store: Store, bob: User, db_path: Path) -> None:
+@pytest.mark.sqlite_only
+async def test_totp_secret_not_in_database_file(store: Storage, bob: User, db_path: Path) -> None:
     """The plain base32 secret appears nowhere in the SQLite files."""
     secret = totp.generate_secret()
     await store.add_totp_device(
@@ -137,7 +138,7 @@ async def test_totp_secret_not_in_database_file(store: Store, bob: User, db_path
     assert secret.encode() not in database_bytes(db_path)
 
 
-async def test_duplicate_device_name_conflicts(store: Store, bob: User, alice: User) -> None:
+async def test_duplicate_device_name_conflicts(store: Storage, bob: User, alice: User) -> None:
     """A user cannot have two devices of the same name (in any case); another user can."""
     await add_device(store, bob.id, "Phone")
     with pytest.raises(Conflict, match="Phone|phone"):
@@ -145,13 +146,13 @@ async def test_duplicate_device_name_conflicts(store: Store, bob: User, alice: U
     await add_device(store, alice.id, "Phone")
 
 
-async def test_device_for_unknown_user(store: Store) -> None:
+async def test_device_for_unknown_user(store: Storage) -> None:
     """Adding a device for a missing user is NotFound."""
     with pytest.raises(NotFound):
         await add_device(store, 999)
 
 
-async def test_get_device_belongs_to_user(store: Store, bob: User, alice: User) -> None:
+async def test_get_device_belongs_to_user(store: Storage, bob: User, alice: User) -> None:
     """Another user's device id is not found."""
     device_id = await add_device(store, bob.id)
     assert await store.get_totp_device(bob.id, device_id) is not None
@@ -159,7 +160,7 @@ async def test_get_device_belongs_to_user(store: Store, bob: User, alice: User) 
     assert await store.get_totp_device(bob.id, device_id + 100) is None
 
 
-async def test_rename_device(store: Store, bob: User, alice: User) -> None:
+async def test_rename_device(store: Storage, bob: User, alice: User) -> None:
     """Rename changes the name; NotFound for others' devices; Conflict for a taken name."""
     phone = await add_device(store, bob.id, "phone")
     await add_device(store, bob.id, "tablet")
@@ -173,7 +174,7 @@ async def test_rename_device(store: Store, bob: User, alice: User) -> None:
     await store.rename_totp_device(bob.id, phone, "OLD PHONE")  # its own name in another case
 
 
-async def test_delete_device(store: Store, bob: User, alice: User) -> None:
+async def test_delete_device(store: Storage, bob: User, alice: User) -> None:
     """Delete removes only the named device of that user; NotFound otherwise."""
     phone = await add_device(store, bob.id, "phone")
     tablet = await add_device(store, bob.id, "tablet")
@@ -185,7 +186,7 @@ async def test_delete_device(store: Store, bob: User, alice: User) -> None:
         await store.delete_totp_device(bob.id, phone)
 
 
-async def test_use_step_is_compare_and_set(store: Store, bob: User) -> None:
+async def test_use_step_is_compare_and_set(store: Storage, bob: User) -> None:
     """A step is recorded only when newer than the last one: the same or an older step is refused."""
     device_id = await add_device(store, bob.id)
     assert await store.use_totp_step(device_id, 100, 3000.0) is True
@@ -197,34 +198,29 @@ async def test_use_step_is_compare_and_set(store: Store, bob: User) -> None:
     assert (device.last_step, device.last_used_at) == (101, 3030.0)
 
 
-async def test_enrolment_step_cannot_be_used_again(store: Store, bob: User) -> None:
+async def test_enrolment_step_cannot_be_used_again(store: Storage, bob: User) -> None:
     """The step stored at enrolment blocks the confirming code from being used to log in."""
     device_id = await add_device(store, bob.id, last_step=500)
     assert await store.use_totp_step(device_id, 500, 1.0) is False
     assert await store.use_totp_step(device_id, 501, 1.0) is True
 
 
-async def test_concurrent_use_of_one_code_succeeds_once(store: Store, bob: User) -> None:
+async def test_concurrent_use_of_one_code_succeeds_once(store: Storage, bob: User) -> None:
     """Many requests racing with the same code: exactly one wins the replay guard."""
     device_id = await add_device(store, bob.id)
     results = await asyncio.gather(*(store.use_totp_step(device_id, 777, 1.0) for _ in range(20)))
     assert results.count(True) == 1
 
 
-async def test_concurrent_use_across_connections(store: Store, bob: User, db_path: Path) -> None:
-    """Two workers (separate connections to one file) cannot both accept the same step."""
+async def test_concurrent_use_across_connections(store: Storage, bob: User, make_store: MakeStore) -> None:
+    """Two workers or instances (separate connections to one database) cannot both accept the same step."""
     device_id = await add_device(store, bob.id)
-    other = await Store.open(db_path)
-    try:
-        results = await asyncio.gather(
-            *(s.use_totp_step(device_id, 55, 1.0) for s in (store, other, store, other))
-        )
-    finally:
-        await other.close()
+    other = await make_store()
+    results = await asyncio.gather(*(s.use_totp_step(device_id, 55, 1.0) for s in (store, other) * 10))
     assert results.count(True) == 1
 
 
-async def test_device_ids_are_not_reused(store: Store, bob: User) -> None:
+async def test_device_ids_are_not_reused(store: Storage, bob: User) -> None:
     """A deleted device's id never names a later device, so a stale use_totp_step misses."""
     old = await add_device(store, bob.id, "phone")
     await store.delete_totp_device(bob.id, old)
@@ -233,7 +229,7 @@ async def test_device_ids_are_not_reused(store: Store, bob: User) -> None:
     assert await store.use_totp_step(old, 1, 1.0) is False
 
 
-async def test_use_step_unknown_device(store: Store) -> None:
+async def test_use_step_unknown_device(store: Storage) -> None:
     """A missing device never accepts a step."""
     assert await store.use_totp_step(12345, 1, 1.0) is False
 
@@ -241,13 +237,13 @@ async def test_use_step_unknown_device(store: Store) -> None:
 # -- recovery codes -------------------------------------------------------------
 
 
-async def store_codes(store: Store, user_id: int, count: int = 10) -> list[str]:
+async def store_codes(store: Storage, user_id: int, count: int = 10) -> list[str]:
     codes = recovery.generate_codes(count)
     await store.replace_recovery_codes(user_id, [recovery.hash_code(c, pepper=PEPPER) for c in codes])
     return codes
 
 
-async def redeem(store: Store, user_id: int, code: str) -> bool:
+async def redeem(store: Storage, user_id: int, code: str) -> bool:
     rows = await store.unused_recovery_hashes(user_id)
     index = recovery.match_code(code, [h for _, h in rows], pepper=PEPPER)
     if index is None:
@@ -255,7 +251,7 @@ async def redeem(store: Store, user_id: int, code: str) -> bool:
     return await store.use_recovery_code(rows[index][0], 2000.0)
 
 
-async def test_each_recovery_code_works_once(store: Store, bob: User) -> None:
+async def test_each_recovery_code_works_once(store: Storage, bob: User) -> None:
     """Every code redeems once; the second time it is refused and the count drops."""
     codes = await store_codes(store, bob.id)
     assert await store.count_unused_recovery_codes(bob.id) == 10
@@ -265,7 +261,7 @@ async def test_each_recovery_code_works_once(store: Store, bob: User) -> None:
         assert await store.count_unused_recovery_codes(bob.id) == 10 - used
 
 
-async def test_use_recovery_code_is_atomic(store: Store, bob: User) -> None:
+async def test_use_recovery_code_is_atomic(store: Storage, bob: User) -> None:
     """Racing requests with the same code id: only one marks it used."""
     await store_codes(store, bob.id, 1)
     [(code_id, _)] = await store.unused_recovery_hashes(bob.id)
@@ -273,7 +269,7 @@ async def test_use_recovery_code_is_atomic(store: Store, bob: User) -> None:
     assert results.count(True) == 1
 
 
-async def test_regeneration_invalidates_the_old_set(store: Store, bob: User) -> None:
+async def test_regeneration_invalidates_the_old_set(store: Storage, bob: User) -> None:
     """After replace_recovery_codes only the new codes work."""
     old = await store_codes(store, bob.id)
     await redeem(store, bob.id, old[0])
@@ -283,7 +279,7 @@ async def test_regeneration_invalidates_the_old_set(store: Store, bob: User) -> 
     assert await redeem(store, bob.id, new[0]) is True
 
 
-async def test_old_code_id_cannot_be_used_after_regeneration(store: Store, bob: User) -> None:
+async def test_old_code_id_cannot_be_used_after_regeneration(store: Storage, bob: User) -> None:
     """A code id read before regeneration no longer redeems."""
     await store_codes(store, bob.id, 1)
     [(code_id, _)] = await store.unused_recovery_hashes(bob.id)
@@ -291,7 +287,7 @@ async def test_old_code_id_cannot_be_used_after_regeneration(store: Store, bob: 
     assert await store.use_recovery_code(code_id, 1.0) is False
 
 
-async def test_recovery_codes_are_per_user(store: Store, bob: User, alice: User) -> None:
+async def test_recovery_codes_are_per_user(store: Storage, bob: User, alice: User) -> None:
     """Bob's codes do not work for Alice, and replacing Alice's keeps Bob's."""
     bobs = await store_codes(store, bob.id)
     await store_codes(store, alice.id)
@@ -300,20 +296,21 @@ async def test_recovery_codes_are_per_user(store: Store, bob: User, alice: User)
     assert await store.count_unused_recovery_codes(bob.id) == 10
 
 
-async def test_replace_codes_for_unknown_user(store: Store) -> None:
+async def test_replace_codes_for_unknown_user(store: Storage) -> None:
     """Storing codes for a missing user is NotFound and stores nothing."""
     with pytest.raises(NotFound):
         await store.replace_recovery_codes(999, ["hs256$x"])
     assert await store.count_unused_recovery_codes(999) == 0
 
 
-async def test_replace_refuses_a_bare_string(store: Store, bob: User) -> None:
+async def test_replace_refuses_a_bare_string(store: Storage, bob: User) -> None:
     """A single hash string is not a list of hashes."""
     with pytest.raises(TypeError):
         await store.replace_recovery_codes(bob.id, "hs256$abc")
 
 
-async def test_recovery_codes_only_hashed_in_database_file(store: Store, bob: User, db_path: Path) -> None:
+@pytest.mark.sqlite_only
+async def test_recovery_codes_only_hashed_in_database_file(store: Storage, bob: User, db_path: Path) -> None:
     """The SQLite files (database, WAL) hold the hashes but no recovery code in any form."""
     codes = await store_codes(store, bob.id)
     await redeem(store, bob.id, codes[0])
@@ -331,7 +328,7 @@ async def test_recovery_codes_only_hashed_in_database_file(store: Store, bob: Us
 # -- kinds, reset, preferences ----------------------------------------------------
 
 
-async def test_second_factor_kinds(store: Store, bob: User) -> None:
+async def test_second_factor_kinds(store: Storage, bob: User) -> None:
     """Kinds reflect TOTP devices and unused recovery codes."""
     assert await store.second_factor_kinds(bob.id) == ()
     codes = await store_codes(store, bob.id, 1)
@@ -342,7 +339,7 @@ async def test_second_factor_kinds(store: Store, bob: User) -> None:
     assert await store.second_factor_kinds(bob.id) == ("totp",)
 
 
-async def test_reset_removes_every_factor(store: Store, bob: User, alice: User) -> None:
+async def test_reset_removes_every_factor(store: Storage, bob: User, alice: User) -> None:
     """reset_second_factors deletes the user's devices, codes and preference, and nobody else's."""
     await add_device(store, bob.id, "phone")
     await add_device(store, bob.id, "tablet")
@@ -357,7 +354,7 @@ async def test_reset_removes_every_factor(store: Store, bob: User, alice: User) 
     assert await store.second_factor_kinds(alice.id) == ("totp", "recovery")
 
 
-async def test_last_method(store: Store, bob: User) -> None:
+async def test_last_method(store: Storage, bob: User) -> None:
     """The last used kind is remembered and overwritten."""
     assert await store.get_last_method(bob.id) is None
     await store.set_last_method(bob.id, "totp")
@@ -370,12 +367,12 @@ async def test_last_method(store: Store, bob: User) -> None:
 # -- security events ---------------------------------------------------------------
 
 
-async def own_event(store: Store, user: User, event: str, detail: str, ip: str, at: float) -> None:
+async def own_event(store: Storage, user: User, event: str, detail: str, ip: str, at: float) -> None:
     """An audit row of something the user did on their own account (what AuditLog.record writes)."""
     await store.add_audit(at=at, event=event, actor=user.username, target=user.username, ip=ip, detail=detail)
 
 
-async def test_security_events_newest_first(store: Store, bob: User, alice: User) -> None:
+async def test_security_events_newest_first(store: Storage, bob: User, alice: User) -> None:
     """Events come back newest first, limited, and only the user's own."""
     for at in (10.0, 30.0, 20.0):
         await own_event(store, bob, "recovery_code_used", f"at {at}", "192.0.2.1", at)
@@ -389,8 +386,9 @@ async def test_security_events_newest_first(store: Store, bob: User, alice: User
 # -- cascade ------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 async def test_deleting_a_user_deletes_their_factors(
-    store: Store, bob: User, alice: User, db_path: Path
+    store: Storage, bob: User, alice: User, db_path: Path
 ) -> None:
     """Devices, codes and preference of a deleted user are gone (audit history stays); others' remain."""
     await add_device(store, bob.id)

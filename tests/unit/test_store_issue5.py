@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -13,7 +12,9 @@ from gateway.errors import Conflict, NotFound, StorageError
 from gateway.factors import app_passwords as ap
 from gateway.models import AppPassword, AuditEvent, Level, User
 from gateway.store import migrations
-from gateway.store.sqlite import AppPasswordLimit, Store
+from gateway.store.contract import AppPasswordLimit, Storage
+from gateway.store.sqlite import Store
+from tests.pg import MakeStore
 
 PEPPER = b"pepper-for-tests-0123456789abcdef"
 
@@ -24,24 +25,22 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(db_path, clock=lambda: 1000.0)
-    yield opened
-    await opened.close()
+async def store(make_store: MakeStore) -> Storage:
+    return await make_store(clock=lambda: 1000.0)
 
 
 @pytest.fixture
-async def bob(store: Store) -> User:
+async def bob(store: Storage) -> User:
     return await store.create_user("bob", "bob@example.com", "Bob Builder", ["dev"], "hash")
 
 
 @pytest.fixture
-async def alice(store: Store) -> User:
+async def alice(store: Storage) -> User:
     return await store.create_user("alice", "alice@example.org", "Alice Liddell", [], "hash")
 
 
 async def new_token(
-    store: Store,
+    store: Storage,
     user_id: int,
     name: str = "Thunderbird on laptop",
     *,
@@ -79,7 +78,8 @@ def raw_rows(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tupl
 # -- schema ----------------------------------------------------------------------------------------
 
 
-async def test_migration_creates_tables(store: Store, db_path: Path) -> None:
+@pytest.mark.sqlite_only
+async def test_migration_creates_tables(store: Storage, db_path: Path) -> None:
     """The current schema has the app password and audit tables and their indexes."""
     names = {row[0] for row in raw_rows(db_path, "SELECT name FROM sqlite_master")}
     assert {
@@ -112,7 +112,7 @@ async def test_version_three_database_is_upgraded(db_path: Path, monkeypatch: py
 # -- app passwords ---------------------------------------------------------------------------------
 
 
-async def test_create_and_find(store: Store, bob: User) -> None:
+async def test_create_and_find(store: Storage, bob: User) -> None:
     """A created token is found by its id in one joined query, with its user and stored hash."""
     pk, token = await new_token(
         store, bob.id, domains=("dav.example.com", "*.example.org"), expires_at=5000.0
@@ -141,7 +141,7 @@ async def test_create_and_find(store: Store, bob: User) -> None:
     ) == (record, bob)
 
 
-async def test_read_app_password_matches_find(store: Store, bob: User) -> None:
+async def test_read_app_password_matches_find(store: Storage, bob: User) -> None:
     """The hot-path read (read-only connection) sees the same row as find, and sees revocation."""
     pk, token = await new_token(store, bob.id)
     token_id = str(ap.token_id_of(token))
@@ -152,13 +152,14 @@ async def test_read_app_password_matches_find(store: Store, bob: User) -> None:
     assert await store.read_app_password(token_id) is None
 
 
-async def test_find_unknown_is_none(store: Store, bob: User) -> None:
+async def test_find_unknown_is_none(store: Storage, bob: User) -> None:
     """An id nobody has gives None."""
     await new_token(store, bob.id)
     assert await store.find_app_password("AAAAAAAA") is None
 
 
-async def test_plaintext_token_never_stored(store: Store, bob: User, db_path: Path) -> None:
+@pytest.mark.sqlite_only
+async def test_plaintext_token_never_stored(store: Storage, bob: User, db_path: Path) -> None:
     """Only the token id and keyed hash reach the database file; the secret part never does."""
     _, token = await new_token(store, bob.id)
     data = database_bytes(db_path)
@@ -167,7 +168,7 @@ async def test_plaintext_token_never_stored(store: Store, bob: User, db_path: Pa
     assert str(ap.token_id_of(token)).encode() in data
 
 
-async def test_list_newest_first_and_only_live(store: Store, bob: User, alice: User) -> None:
+async def test_list_newest_first_and_only_live(store: Storage, bob: User, alice: User) -> None:
     """Listing shows the user's own non-revoked tokens, newest first."""
     first, _ = await new_token(store, bob.id, "one")
     second, _ = await new_token(store, bob.id, "two")
@@ -177,7 +178,7 @@ async def test_list_newest_first_and_only_live(store: Store, bob: User, alice: U
     assert [t.id for t in await store.list_app_passwords(bob.id)] == [third, first]
 
 
-async def test_revoked_token_is_not_found(store: Store, bob: User) -> None:
+async def test_revoked_token_is_not_found(store: Storage, bob: User) -> None:
     """After revocation the token's id no longer finds anything, and revoking again says False."""
     pk, token = await new_token(store, bob.id)
     assert await store.revoke_app_password(bob.id, pk, 1100.0)
@@ -185,14 +186,14 @@ async def test_revoked_token_is_not_found(store: Store, bob: User) -> None:
     assert not await store.revoke_app_password(bob.id, pk, 1200.0)
 
 
-async def test_cannot_revoke_another_users_token(store: Store, bob: User, alice: User) -> None:
+async def test_cannot_revoke_another_users_token(store: Storage, bob: User, alice: User) -> None:
     """Revoking by id checks the owner."""
     pk, token = await new_token(store, bob.id)
     assert not await store.revoke_app_password(alice.id, pk, 1100.0)
     assert await store.find_app_password(str(ap.token_id_of(token))) is not None
 
 
-async def test_revoke_all(store: Store, bob: User, alice: User) -> None:
+async def test_revoke_all(store: Storage, bob: User, alice: User) -> None:
     """Revoke-all ends every live token of one user and counts them."""
     for name in ("a", "b", "c"):
         await new_token(store, bob.id, name)
@@ -203,7 +204,7 @@ async def test_revoke_all(store: Store, bob: User, alice: User) -> None:
     assert len(await store.list_app_passwords(alice.id)) == 1
 
 
-async def test_name_unique_among_live_tokens_any_case(store: Store, bob: User, alice: User) -> None:
+async def test_name_unique_among_live_tokens_any_case(store: Storage, bob: User, alice: User) -> None:
     """A live name cannot repeat in any case; a revoked one frees it; other users are separate."""
     pk, _ = await new_token(store, bob.id, "Phone")
     with pytest.raises(Conflict, match="already exists"):
@@ -213,7 +214,7 @@ async def test_name_unique_among_live_tokens_any_case(store: Store, bob: User, a
     await new_token(store, bob.id, "phone")
 
 
-async def test_token_id_collision_is_conflict(store: Store, bob: User) -> None:
+async def test_token_id_collision_is_conflict(store: Storage, bob: User) -> None:
     """Two tokens with the same lookup id cannot both exist."""
     _, token = await new_token(store, bob.id, "a")
     clash = token[: len(ap.PREFIX) + ap.ID_LENGTH] + "z" * ap.SECRET_LENGTH
@@ -221,13 +222,13 @@ async def test_token_id_collision_is_conflict(store: Store, bob: User) -> None:
         await new_token(store, bob.id, "b", token=clash)
 
 
-async def test_unknown_user_is_not_found(store: Store) -> None:
+async def test_unknown_user_is_not_found(store: Storage) -> None:
     """Creating a token for a missing user raises NotFound."""
     with pytest.raises(NotFound):
         await new_token(store, 999)
 
 
-async def test_max_per_user(store: Store, bob: User) -> None:
+async def test_max_per_user(store: Storage, bob: User) -> None:
     """The limit counts live tokens only, and is checked with the insert."""
     create = partial(new_token, store, bob.id, max_per_user=2)
     pk, _ = await create("a")
@@ -239,7 +240,7 @@ async def test_max_per_user(store: Store, bob: User) -> None:
     await create("c")
 
 
-async def test_domains_must_be_a_sequence(store: Store, bob: User) -> None:
+async def test_domains_must_be_a_sequence(store: Storage, bob: User) -> None:
     """A bare string for domains is a bug, not one domain per letter."""
     with pytest.raises(TypeError):
         await store.create_app_password(
@@ -254,7 +255,7 @@ async def test_domains_must_be_a_sequence(store: Store, bob: User) -> None:
         )
 
 
-async def test_touch_only_moves_forward(store: Store, bob: User) -> None:
+async def test_touch_only_moves_forward(store: Storage, bob: User) -> None:
     """Batched last-use updates write time and IP, and an older time never overwrites a newer one."""
     first, _ = await new_token(store, bob.id, "a")
     second, _ = await new_token(store, bob.id, "b")
@@ -266,7 +267,8 @@ async def test_touch_only_moves_forward(store: Store, bob: User) -> None:
     assert (tokens[second].last_used_at, tokens[second].last_used_ip) == (1500.0, "2001:db8::1")
 
 
-async def test_deleting_user_removes_tokens(store: Store, bob: User, db_path: Path) -> None:
+@pytest.mark.sqlite_only
+async def test_deleting_user_removes_tokens(store: Storage, bob: User, db_path: Path) -> None:
     """Tokens go with their account."""
     await new_token(store, bob.id)
     await store.delete_user(bob.id)
@@ -276,11 +278,11 @@ async def test_deleting_user_removes_tokens(store: Store, bob: User, db_path: Pa
 # -- audit log -------------------------------------------------------------------------------------
 
 
-async def add(store: Store, at: float, event: str, actor: str | None, target: str | None) -> int:
+async def add(store: Storage, at: float, event: str, actor: str | None, target: str | None) -> int:
     return await store.add_audit(at=at, event=event, actor=actor, target=target, ip="192.0.2.1", detail="d")
 
 
-async def test_add_and_list_audit(store: Store) -> None:
+async def test_add_and_list_audit(store: Storage) -> None:
     """Rows come back newest first with every field."""
     first = await add(store, 10.0, "login_succeeded", "bob", "bob")
     second = await add(store, 20.0, "logout", "bob", "bob")
@@ -292,7 +294,7 @@ async def test_add_and_list_audit(store: Store) -> None:
 
 
 @pytest.fixture
-async def audit_rows(store: Store) -> dict[str, int]:
+async def audit_rows(store: Storage) -> dict[str, int]:
     return {
         "a": await add(store, 10.0, "login_failed", None, "bob"),
         "b": await add(store, 20.0, "login_succeeded", "bob", "bob"),
@@ -321,14 +323,14 @@ async def audit_rows(store: Store) -> dict[str, int]:
     ],
 )
 async def test_list_audit_filters(
-    store: Store, audit_rows: dict[str, int], filters: dict[str, object], expected: str
+    store: Storage, audit_rows: dict[str, int], filters: dict[str, object], expected: str
 ) -> None:
     """Filters combine (AND), since is inclusive, until exclusive; limit and offset page."""
     rows = await store.list_audit(**filters)  # type: ignore[arg-type]
     assert [r.id for r in rows] == [audit_rows[key] for key in expected]
 
 
-async def test_iter_audit_oldest_first_across_pages(store: Store) -> None:
+async def test_iter_audit_oldest_first_across_pages(store: Storage) -> None:
     """Export order is insertion order, across page boundaries, optionally from `since`."""
     ids = [await add(store, float(i), "login_succeeded", "bob", "bob") for i in range(7)]
     assert [e.id async for e in store.iter_audit(page=3)] == ids
@@ -343,7 +345,8 @@ async def test_audit_has_no_update_or_delete_method() -> None:
     assert sorted(names) == ["add_audit", "iter_audit", "list_audit", "prune_audit"]
 
 
-async def test_audit_update_is_refused_by_the_database(store: Store, db_path: Path) -> None:
+@pytest.mark.sqlite_only
+async def test_audit_update_is_refused_by_the_database(store: Storage, db_path: Path) -> None:
     """Even raw SQL cannot rewrite an audit row: a trigger aborts every UPDATE."""
     row_id = await add(store, 10.0, "login_failed", None, "bob")
     with sqlite3.connect(db_path) as conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
@@ -351,14 +354,14 @@ async def test_audit_update_is_refused_by_the_database(store: Store, db_path: Pa
     assert (await store.list_audit())[0].event == "login_failed"
 
 
-async def test_audit_rows_survive_their_user(store: Store, bob: User) -> None:
+async def test_audit_rows_survive_their_user(store: Storage, bob: User) -> None:
     """Audit rows name users as text, so deleting the account keeps its history."""
     await add(store, 10.0, "login_succeeded", "bob", "bob")
     await store.delete_user(bob.id)
     assert [r.target for r in await store.list_audit()] == ["bob"]
 
 
-async def test_prune_audit(store: Store) -> None:
+async def test_prune_audit(store: Storage) -> None:
     """Pruning (used only with audit.retention) deletes rows strictly older than the cut-off."""
     await add(store, 10.0, "a", None, None)
     keep = await add(store, 20.0, "b", None, None)
@@ -366,14 +369,14 @@ async def test_prune_audit(store: Store) -> None:
     assert [r.id for r in await store.list_audit()] == [keep]
 
 
-async def test_audit_ids_are_never_reused(store: Store) -> None:
+async def test_audit_ids_are_never_reused(store: Storage) -> None:
     """AUTOINCREMENT: a pruned last row's id is not handed out again."""
     first = await add(store, 10.0, "a", None, None)
     await store.prune_audit(100.0)
     assert await add(store, 200.0, "b", None, None) > first
 
 
-async def test_add_audit_rejects_missing_event(store: Store) -> None:
+async def test_add_audit_rejects_missing_event(store: Storage) -> None:
     """The event name is required."""
     with pytest.raises((sqlite3.IntegrityError, StorageError)):
         await store.add_audit(at=1.0, event=None, actor=None, target=None, ip=None)  # type: ignore[arg-type]
@@ -398,12 +401,12 @@ async def test_add_audit_rejects_missing_event(store: Store) -> None:
         ("nobody", []),
     ],
 )
-async def test_search_users(store: Store, bob: User, alice: User, query: str, expected: list[str]) -> None:
+async def test_search_users(store: Storage, bob: User, alice: User, query: str, expected: list[str]) -> None:
     """Username, e-mail and display name match by substring in any case; % _ and \\ match literally."""
     await store.create_user("under_score", "x@example.net", "100% \\ sure", [], None)
     assert [u.username for u in await store.search_users(query)] == expected
 
 
-async def test_search_users_limit(store: Store, bob: User, alice: User) -> None:
+async def test_search_users_limit(store: Storage, bob: User, alice: User) -> None:
     """The limit caps the result, in username order."""
     assert [u.username for u in await store.search_users("", limit=1)] == ["alice"]

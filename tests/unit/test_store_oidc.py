@@ -1,22 +1,29 @@
-"""The store's OpenID Provider rows: codes and refresh tokens used once, atomically; reuse revokes."""
+"""The store's OpenID Provider rows: codes and refresh tokens used once, atomically; reuse revokes.
+
+Run on both engines (tests/pg.py); on PostgreSQL the concurrent callers use two pools, as two
+instances would.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from gateway.models import OidcCode, OidcConsent, OidcGrant, OidcToken
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage as Store
+from tests.pg import MakeStore
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "db.sqlite3")
-    yield opened
-    await opened.close()
+async def store(make_store: MakeStore) -> Store:
+    return await make_store()
+
+
+@pytest.fixture
+async def other(make_store: MakeStore) -> Store:
+    """A second store on the same database: another worker or instance."""
+    return await make_store()
 
 
 async def grant_with_code(store: Store, grant_id: str = "g1") -> OidcGrant:
@@ -41,11 +48,16 @@ def rows(grant: OidcGrant, n: int = 0) -> list[OidcToken]:
     ]
 
 
-async def test_a_code_is_used_once_even_when_redeemed_concurrently(store: Store) -> None:
-    """Twenty concurrent redemptions of one code: exactly one ok, the others see a reuse."""
+async def test_a_code_is_used_once_even_when_redeemed_concurrently(store: Store, other: Store) -> None:
+    """Twenty concurrent redemptions of one code from two stores: exactly one ok, the others see a reuse."""
     await grant_with_code(store)
     results = await asyncio.gather(
-        *(store.redeem_oidc_code("code-g1", now=20.0, tokens=lambda g, c, i=i: rows(g, i)) for i in range(20))
+        *(
+            (store if i % 2 else other).redeem_oidc_code(
+                "code-g1", now=20.0, tokens=lambda g, c, i=i: rows(g, i)
+            )
+            for i in range(20)
+        )
     )
     outcomes = sorted(r[0] for r in results)
     assert outcomes.count("ok") == 1 and outcomes.count("reused") == 19

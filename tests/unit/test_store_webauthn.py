@@ -4,34 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from gateway.errors import Conflict, NotFound
 from gateway.models import User, WebAuthnCredential
-from gateway.store.sqlite import Store
+from gateway.store.contract import Storage
+from tests.pg import MakeStore
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "data" / "authgate.sqlite3", clock=lambda: 1000.0)
-    yield opened
-    await opened.close()
+async def store(make_store: MakeStore) -> Storage:
+    return await make_store(clock=lambda: 1000.0)
 
 
 @pytest.fixture
-async def bob(store: Store) -> User:
+async def bob(store: Storage) -> User:
     return await store.create_user("bob", "Bob@Example.com", "Bob", [], "hash")
 
 
 @pytest.fixture
-async def alice(store: Store) -> User:
+async def alice(store: Storage) -> User:
     return await store.create_user("alice", "alice@example.com", "Alice", [], "hash")
 
 
-async def add_credential(store: Store, user_id: int, name: str = "YubiKey", **overrides: object) -> int:
+async def add_credential(store: Storage, user_id: int, name: str = "YubiKey", **overrides: object) -> int:
     args: dict[str, object] = {
         "credential_id": os.urandom(32),
         "public_key": b"\xa5cose-key",
@@ -47,7 +44,7 @@ async def add_credential(store: Store, user_id: int, name: str = "YubiKey", **ov
     return await store.add_webauthn_credential(user_id, **args)  # type: ignore[arg-type]
 
 
-async def test_new_user_may_use_password(store: Store, bob: User) -> None:
+async def test_new_user_may_use_password(store: Storage, bob: User) -> None:
     """Accounts start with password login allowed, and the flag round-trips through every read."""
     assert bob.password_login is True
     await store.set_password_login(bob.id, False)
@@ -57,13 +54,13 @@ async def test_new_user_may_use_password(store: Store, bob: User) -> None:
     assert (await store.list_users())[0].password_login is False
 
 
-async def test_set_password_login_unknown_user(store: Store) -> None:
+async def test_set_password_login_unknown_user(store: Storage) -> None:
     """Switching password login for a user that does not exist is NotFound."""
     with pytest.raises(NotFound):
         await store.set_password_login(999, False)
 
 
-async def test_credential_round_trip(store: Store, bob: User) -> None:
+async def test_credential_round_trip(store: Storage, bob: User) -> None:
     """A stored credential reads back with every field, by owner and by credential id."""
     raw_id = os.urandom(16)
     pk = await add_credential(
@@ -89,7 +86,7 @@ async def test_credential_round_trip(store: Store, bob: User) -> None:
     assert await store.get_webauthn_credential_by_id(b"unknown") is None
 
 
-async def test_duplicate_credential_id_conflicts(store: Store, bob: User, alice: User) -> None:
+async def test_duplicate_credential_id_conflicts(store: Storage, bob: User, alice: User) -> None:
     """A credential id can be registered once, even across accounts."""
     raw_id = os.urandom(32)
     await add_credential(store, bob.id, credential_id=raw_id)
@@ -97,7 +94,7 @@ async def test_duplicate_credential_id_conflicts(store: Store, bob: User, alice:
         await add_credential(store, alice.id, "Other", credential_id=raw_id)
 
 
-async def test_duplicate_name_conflicts_in_any_case(store: Store, bob: User, alice: User) -> None:
+async def test_duplicate_name_conflicts_in_any_case(store: Storage, bob: User, alice: User) -> None:
     """Names are unique per user regardless of case, but two users may use the same name."""
     await add_credential(store, bob.id, "YubiKey")
     with pytest.raises(Conflict, match="named"):
@@ -105,13 +102,13 @@ async def test_duplicate_name_conflicts_in_any_case(store: Store, bob: User, ali
     await add_credential(store, alice.id, "YubiKey")
 
 
-async def test_add_for_unknown_user(store: Store) -> None:
+async def test_add_for_unknown_user(store: Storage) -> None:
     """Adding a credential for a missing user is NotFound."""
     with pytest.raises(NotFound):
         await add_credential(store, 999)
 
 
-async def test_rename(store: Store, bob: User, alice: User) -> None:
+async def test_rename(store: Storage, bob: User, alice: User) -> None:
     """Rename changes the name; a taken name conflicts; another user's credential is NotFound."""
     first = await add_credential(store, bob.id, "Key 1")
     await add_credential(store, bob.id, "Key 2")
@@ -123,7 +120,7 @@ async def test_rename(store: Store, bob: User, alice: User) -> None:
         await store.rename_webauthn_credential(alice.id, first, "Mine now")
 
 
-async def test_delete_one_and_all(store: Store, bob: User, alice: User) -> None:
+async def test_delete_one_and_all(store: Storage, bob: User, alice: User) -> None:
     """Revoking deletes only the owner's credential; delete_all reports how many went."""
     first = await add_credential(store, bob.id, "Key 1")
     await add_credential(store, bob.id, "Key 2")
@@ -137,7 +134,7 @@ async def test_delete_one_and_all(store: Store, bob: User, alice: User) -> None:
     assert await store.list_webauthn_credentials(bob.id) == []
 
 
-async def test_update_use_never_lowers_the_counter(store: Store, bob: User) -> None:
+async def test_update_use_never_lowers_the_counter(store: Storage, bob: User) -> None:
     """A use records the time, backup state and counter; a lower counter written later is ignored."""
     pk = await add_credential(store, bob.id, sign_count=5)
     await store.update_webauthn_use(pk, sign_count=9, backed_up=True, at=1234.0)
@@ -146,7 +143,7 @@ async def test_update_use_never_lowers_the_counter(store: Store, bob: User) -> N
     assert (cred.sign_count, cred.backed_up, cred.last_used_at) == (9, True, 1235.0)
 
 
-async def test_user_handle_is_stable_and_random(store: Store, bob: User, alice: User) -> None:
+async def test_user_handle_is_stable_and_random(store: Storage, bob: User, alice: User) -> None:
     """Each user gets one 32-byte handle, the same every time, that leads back to them."""
     handle = await store.get_or_create_user_handle(bob.id)
     assert len(handle) == 32
@@ -156,26 +153,26 @@ async def test_user_handle_is_stable_and_random(store: Store, bob: User, alice: 
     assert await store.find_user_by_handle(os.urandom(32)) is None
 
 
-async def test_user_handle_unknown_user(store: Store) -> None:
+async def test_user_handle_unknown_user(store: Storage) -> None:
     """A handle cannot be created for a user that does not exist."""
     with pytest.raises(NotFound):
         await store.get_or_create_user_handle(999)
 
 
-async def test_concurrent_handle_creation_agrees(store: Store, bob: User) -> None:
+async def test_concurrent_handle_creation_agrees(store: Storage, bob: User) -> None:
     """Two ceremonies starting at once get the same handle."""
     handles = await asyncio.gather(*(store.get_or_create_user_handle(bob.id) for _ in range(5)))
     assert len(set(handles)) == 1
 
 
-async def test_challenge_is_single_use(store: Store, bob: User) -> None:
+async def test_challenge_is_single_use(store: Storage, bob: User) -> None:
     """A challenge can be taken once; the second take finds nothing."""
     await store.put_challenge("h1", purpose="register", challenge=b"c" * 32, user_id=bob.id, expires_at=1060)
     assert await store.take_challenge("h1", purpose="register", now=1010) == (b"c" * 32, bob.id)
     assert await store.take_challenge("h1", purpose="register", now=1010) is None
 
 
-async def test_concurrent_takes_hand_out_one(store: Store) -> None:
+async def test_concurrent_takes_hand_out_one(store: Storage) -> None:
     """Of several simultaneous takes of one challenge, exactly one gets it."""
     await store.put_challenge("h1", purpose="passkey-login", challenge=b"c", user_id=None, expires_at=1060)
     taken = await asyncio.gather(
@@ -185,28 +182,28 @@ async def test_concurrent_takes_hand_out_one(store: Store) -> None:
     assert taken.count(None) == 4
 
 
-async def test_expired_challenge_is_refused_and_gone(store: Store) -> None:
+async def test_expired_challenge_is_refused_and_gone(store: Storage) -> None:
     """A challenge taken at or after its expiry is None, and is deleted all the same."""
     await store.put_challenge("h1", purpose="register", challenge=b"c", user_id=None, expires_at=1060)
     assert await store.take_challenge("h1", purpose="register", now=1060) is None
     assert await store.take_challenge("h1", purpose="register", now=1000) is None
 
 
-async def test_challenge_for_another_purpose_is_refused_and_gone(store: Store) -> None:
+async def test_challenge_for_another_purpose_is_refused_and_gone(store: Storage) -> None:
     """A registration challenge cannot complete a login, and trying burns it."""
     await store.put_challenge("h1", purpose="register", challenge=b"c", user_id=None, expires_at=1060)
     assert await store.take_challenge("h1", purpose="passkey-login", now=1010) is None
     assert await store.take_challenge("h1", purpose="register", now=1010) is None
 
 
-async def test_duplicate_challenge_id_conflicts(store: Store) -> None:
+async def test_duplicate_challenge_id_conflicts(store: Storage) -> None:
     """Challenge ids are unique."""
     await store.put_challenge("h1", purpose="register", challenge=b"c", user_id=None, expires_at=1060)
     with pytest.raises(Conflict):
         await store.put_challenge("h1", purpose="register", challenge=b"d", user_id=None, expires_at=1060)
 
 
-async def test_prune_challenges(store: Store) -> None:
+async def test_prune_challenges(store: Storage) -> None:
     """Pruning deletes expired challenges only."""
     await store.put_challenge("old", purpose="register", challenge=b"c", user_id=None, expires_at=1000)
     await store.put_challenge("new", purpose="register", challenge=b"c", user_id=None, expires_at=2000)
@@ -214,40 +211,40 @@ async def test_prune_challenges(store: Store) -> None:
     assert await store.take_challenge("new", purpose="register", now=1500) == (b"c", None)
 
 
-async def test_recovery_token_is_single_use(store: Store, bob: User) -> None:
+async def test_recovery_token_is_single_use(store: Storage, bob: User) -> None:
     """A recovery link works once and returns its user."""
     await store.create_recovery_token("t1", bob.id, created_at=1000, expires_at=1900)
     assert await store.use_recovery_token("t1", now=1100) == bob.id
     assert await store.use_recovery_token("t1", now=1100) is None
 
 
-async def test_recovery_token_expires(store: Store, bob: User) -> None:
+async def test_recovery_token_expires(store: Storage, bob: User) -> None:
     """A recovery link used at or after its expiry is None; an unknown one too."""
     await store.create_recovery_token("t1", bob.id, created_at=1000, expires_at=1900)
     assert await store.use_recovery_token("t1", now=1900) is None
     assert await store.use_recovery_token("unknown", now=1000) is None
 
 
-async def test_concurrent_recovery_token_use(store: Store, bob: User) -> None:
+async def test_concurrent_recovery_token_use(store: Storage, bob: User) -> None:
     """Opening the same link twice at once lets one request through."""
     await store.create_recovery_token("t1", bob.id, created_at=1000, expires_at=1900)
     results = await asyncio.gather(*(store.use_recovery_token("t1", now=1100) for _ in range(4)))
     assert results.count(bob.id) == 1
 
 
-async def test_recovery_token_unknown_user(store: Store) -> None:
+async def test_recovery_token_unknown_user(store: Storage) -> None:
     """A token for a missing user is NotFound."""
     with pytest.raises(NotFound):
         await store.create_recovery_token("t1", 999, created_at=1000, expires_at=1900)
 
 
-async def test_find_user_by_email(store: Store, bob: User) -> None:
+async def test_find_user_by_email(store: Storage, bob: User) -> None:
     """The e-mail lookup ignores case and surrounding spaces; unknown addresses are None."""
     assert await store.find_user_by_email(" bob@EXAMPLE.com ") == bob
     assert await store.find_user_by_email("nobody@example.com") is None
 
 
-async def test_deleting_the_user_cascades(store: Store, bob: User) -> None:
+async def test_deleting_the_user_cascades(store: Storage, bob: User) -> None:
     """Deleting a user deletes their credentials, handle, challenges and recovery tokens."""
     raw_id = os.urandom(32)
     await add_credential(store, bob.id, credential_id=raw_id)
@@ -261,7 +258,7 @@ async def test_deleting_the_user_cascades(store: Store, bob: User) -> None:
     assert await store.use_recovery_token("t1", now=1100) is None
 
 
-async def test_second_factor_kinds_include_webauthn(store: Store, bob: User) -> None:
+async def test_second_factor_kinds_include_webauthn(store: Storage, bob: User) -> None:
     """A user with a credential has the "webauthn" kind; without one they do not."""
     assert await store.second_factor_kinds(bob.id) == ()
     pk = await add_credential(store, bob.id)
@@ -271,7 +268,7 @@ async def test_second_factor_kinds_include_webauthn(store: Store, bob: User) -> 
     assert await store.second_factor_kinds(bob.id) == ("recovery",)
 
 
-async def test_reset_second_factors_removes_credentials(store: Store, bob: User, alice: User) -> None:
+async def test_reset_second_factors_removes_credentials(store: Storage, bob: User, alice: User) -> None:
     """Resetting deletes the user's WebAuthn credentials (not others') and restores password login."""
     await add_credential(store, bob.id)
     await add_credential(store, alice.id)
