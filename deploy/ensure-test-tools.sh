@@ -3,7 +3,8 @@
 # systemd-analyze (the unit's system call filter is checked against its own groups), node/npm
 # for axe-core (the accessibility checker injected into Chromium, pinned in deploy/test-tools),
 # and buildah, mmdebstrap, podman and runc (tests/e2e/test_container.py bootstraps a Debian base,
-# builds deploy/Containerfile on it and runs the image; podman needs runc, crun fails on hybrid cgroups).
+# builds deploy/Containerfile on it and runs the image; podman needs runc, crun fails on hybrid cgroups),
+# and the PostgreSQL server (tests/pg.py runs initdb and its own throwaway cluster as user nobody).
 # As root (CI) they are installed with apt; otherwise we print the command to run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

@@ -9,6 +9,9 @@ Scenarios (each at -c8 and -c64, wrk -t2 on 127.0.0.1, content from a static fil
 Plus: G's p99 while a login storm runs (5 password logins/s, default argon2 parameters),
 G with --workers 1 vs --workers N, and an in-process micro-benchmark of the decision
 (10 vs 10,000 rules; 1 vs 100,000 cached sessions).
+Plus (--multi, deploy/bench/multi.py): G2-<engine>, G through an nginx upstream over two
+one-worker instances sharing one database per engine, in rounds next to F and G; per engine
+the cost of a cache miss and the revocation latency from a logout on A until B refuses.
 
 Every process started here is stopped at the end; all traffic is bounded in time.
 Prints a table and writes bench-results/bench-<timestamp>.json.
@@ -47,6 +50,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
+
+import multi  # noqa: E402 - deploy/bench/multi.py, next to this script
 
 from gateway.config import AccessControlConfig, AccessRule, Argon2Config, SessionConfig  # noqa: E402
 from gateway.models import Level, OriginalRequest, Policy, SessionRecord, Subject  # noqa: E402
@@ -227,6 +232,7 @@ def write_config(
     workers: int,
     key: str,
     metrics_port: int | None = None,
+    storage_extra: str = "",
 ) -> None:
     metrics = (
         f"metrics: {{enabled: true, listen: '127.0.0.1:{metrics_port}', token: '{METRICS_TOKEN}'}}\n"
@@ -244,7 +250,7 @@ log:
   level: warning
 storage:
   data_dir: {data_dir}
-secrets:
+{storage_extra}secrets:
   session_keys: ['{key}']
 session:
   cookies:
@@ -262,24 +268,31 @@ access_control:{rules_yaml()}"""
     )
 
 
-async def seed(config_path: Path, cookie_file: Path) -> dict[str, Any]:
-    """Create USERS users (one shared default-cost argon2 hash) and one session each."""
+async def seed(
+    config_path: Path, cookie_file: Path, *, extra_file: Path | None = None, extra: int = 0
+) -> dict[str, Any]:
+    """Create USERS users (one shared default-cost argon2 hash) and one session each.
+
+    `extra` more sessions (of the first users) go to `extra_file`: sessions no load has touched,
+    for the multi-instance scenario's cache-miss timings.
+    """
     from gateway.app import session_keys
     from gateway.config import load_config
     from gateway.factors.passwords import PasswordHasher
     from gateway.sessions.codec import SessionCodec
     from gateway.sessions.service import SessionService
-    from gateway.store.sqlite import Store
+    from gateway.store.engine import open_store
 
     config = load_config(str(config_path), {})
     started = time.perf_counter()
     # One hash at the default cost for everyone: hashing 1,000 passwords would take minutes.
     password_hash = PasswordHasher(Argon2Config()).hash(PASSWORD)
-    store = await Store.open(config.storage.database_path)
+    store = await open_store(config.storage)
     cfg = config.session
     codec = SessionCodec(session_keys(config), max_age=max(cfg.expiration, cfg.remember_me))
     service = SessionService(store, codec, cfg, config.identity_headers, time.time)
     cookies = []
+    more = []
     try:
         for i in range(USERS):
             groups = ["users"] + (["admins"] if i % 100 == 0 else []) + (["family"] if i % 3 == 0 else [])
@@ -291,9 +304,17 @@ async def seed(config_path: Path, cookie_file: Path) -> dict[str, Any]:
                     user, Level.ONE_FACTOR, remember_me=False, ip="127.0.0.1", user_agent="seed"
                 )
             )
+            if i < extra:
+                more.append(
+                    await service.create(
+                        user, Level.ONE_FACTOR, remember_me=False, ip="127.0.0.1", user_agent="seed"
+                    )
+                )
     finally:
         await store.close()
     cookie_file.write_text("\n".join(cookies) + "\n")
+    if extra_file is not None:
+        extra_file.write_text("\n".join(more) + "\n")
     return {"users": USERS, "sessions": len(cookies), "seconds": round(time.perf_counter() - started, 2)}
 
 
@@ -357,7 +378,15 @@ def fill(template: str, values: dict[str, Any]) -> str:
     return template
 
 
-def write_nginx(run_dir: Path, ports: dict[str, int], *, floor_port: int, authgate_port: int) -> Path:
+def write_nginx(
+    run_dir: Path,
+    ports: dict[str, int],
+    *,
+    floor_port: int,
+    authgate_port: int,
+    pairs: dict[str, list[int]] | None = None,
+) -> Path:
+    """`pairs`: scenario name -> the ports of the instances its own upstream spreads over."""
     ngx = run_dir / "nginx"
     for sub in ("tmp", "logs", "www"):
         (ngx / sub).mkdir(parents=True, exist_ok=True)
@@ -371,6 +400,11 @@ def write_nginx(run_dir: Path, ports: dict[str, int], *, floor_port: int, authga
     server_template = (HERE / "server.conf.template").read_text()
     backends = {"L": ("return 204", None), "F": ("floor", "floor"), "G": ("authgate", "authgate")}
     backends["G401"] = backends["GB"] = backends["G"]
+    upstreams = ""
+    for name, pair_ports in (pairs or {}).items():
+        upstream = name.lower().replace("-", "_")
+        backends[name] = (f"{name} (two instances)", upstream)
+        upstreams += multi.upstream_block(upstream, pair_ports)
     servers = [
         fill(
             server_template,
@@ -391,7 +425,7 @@ def write_nginx(run_dir: Path, ports: dict[str, int], *, floor_port: int, authga
             "DIR": ngx,
             "FLOOR_PORT": floor_port,
             "AUTHGATE_PORT": authgate_port,
-            "SERVERS": "\n".join(servers),
+            "SERVERS": upstreams + "\n".join(servers),
         },
     )
     path = ngx / "nginx.conf"
@@ -786,7 +820,7 @@ def measure(
     result["cpu_us_per_request"] = meter.per_request_us(result["requests"])
     statuses = logs.rotate(name)
     result["statuses"] = dict(statuses)
-    expected = EXPECTED[name]
+    expected = EXPECTED["G" if name.startswith("G2-") else name]
     unexpected = {s: n for s, n in statuses.items() if int(s) not in expected and s != "499"}
     result["ok"] = bool(
         result["requests"] > 0
@@ -919,6 +953,129 @@ def extras(
         )
 
 
+class _Skip(Exception):
+    """--only-multi: the extras are not run."""
+
+
+def multi_phase(
+    results: dict[str, Any],
+    procs: Processes,
+    args: argparse.Namespace,
+    ports: dict[str, int],
+    pairs: dict[str, list[int]],
+    run_dir: Path,
+    key: str,
+    cookie_file: Path,
+    logs: StatusLog,
+    conns: list[int],
+    seconds: float,
+) -> None:
+    """G through two instances per engine, next to F and G (one instance, SQLite) in the same rounds.
+
+    Then, straight against each pair: the cost of a cache miss, and revocation latency.
+    """
+    scenarios = results["scenarios"]
+    summary: dict[str, Any] = {"engines": {}}
+    results["multi"] = summary
+    extra = 60 if args.short else 300
+    closers: list[Callable[[], None]] = []
+    for name, (a_port, b_port) in pairs.items():
+        engine = multi.prepare_engine(name.removeprefix("G2-"), run_dir / name)
+        atexit.register(engine.close)  # also when a later step raises
+        closers.append(engine.close)
+        for instance, port in (("a", a_port), ("b", b_port)):
+            write_config(
+                run_dir / name / f"{instance}.yml",
+                data_dir=engine.data_dir,
+                port=port,
+                portal_port=ports[name],
+                workers=1,
+                key=key,
+                storage_extra=engine.storage_extra,
+            )
+        started = time.perf_counter()
+        seeded = asyncio.run(
+            seed(
+                run_dir / name / "a.yml",
+                run_dir / name / "cookies.txt",
+                extra_file=run_dir / name / "fresh.txt",
+                extra=extra,
+            )
+        )
+        summary["engines"][name] = {"seed": seeded, "seed_seconds": round(time.perf_counter() - started, 1)}
+        # One after the other: the first migrates and writes the generated secrets.
+        for instance, port in (("a", a_port), ("b", b_port)):
+            argv = [sys.executable, "-m", "gateway", "--config", str(run_dir / name / f"{instance}.yml")]
+            proc = procs.start(f"{name}-{instance}", [*argv, "serve"], log=run_dir / name / f"{instance}.out")
+            wait_port(port, 30, proc)
+        probe_cookie = (run_dir / name / "cookies.txt").read_text().split("\n", 1)[0]
+        summary["engines"][name]["probe"] = probe(ports[name], probe_cookie)
+        print(f"bench: {name} seeded {seeded}, probe {summary['engines'][name]['probe']}", flush=True)
+
+    # F, G and each G2 back to back in every round, as in the main table.
+    rounds = 1 if args.short else args.rounds
+    # A cache miss costs ~1 ms more on PostgreSQL than on SQLite, and every instance (every
+    # worker, for G) starts a round with its sessions expired (the other scenarios ran for
+    # longer than cache_ttl): a longer warm-up lets each one see every session first, so the
+    # measured part is the cached hot path on both engines, not their miss costs.
+    warmup = 2.0 if args.short else 3.0
+    order = ["F", "G", *pairs]
+    # The short run (CI) exercises the scenario at one connection count only.
+    for c in [min(conns)] if args.short else conns:
+        passes: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+        for _ in range(rounds):
+            for name in order:
+                cookies = run_dir / name / "cookies.txt" if name in pairs else cookie_file
+                roots = {"nginx": procs.pid("nginx")}
+                if name in pairs:
+                    roots.update({f"backend_{i}": procs.pid(f"{name}-{i}") for i in ("a", "b")})
+                else:
+                    roots.update(cpu_roots(procs, name))
+                run = measure(
+                    name,
+                    ports[name],
+                    connections=c,
+                    seconds=seconds,
+                    warmup=warmup,
+                    cookie_file=cookies,
+                    logs=logs,
+                    cpu_roots=roots,
+                )
+                if name in pairs:  # one backend figure: both instances together
+                    cpu = run["cpu_us_per_request"]
+                    cpu["backend"] = round(cpu.pop("backend_a") + cpu.pop("backend_b"), 1)
+                passes[name].append(run)
+        chosen = {name: median_run(runs) for name, runs in passes.items()}
+        for name, run in chosen.items():
+            label = f"{name} c{c}" if name in pairs else f"{name} c{c} multi"
+            scenarios[label] = run
+        for name in pairs:
+            g2, g, f = chosen[name], chosen["G"], chosen["F"]
+            summary[f"{name}/F c{c}"] = round(_round_ratio(g2, f), 3)
+            summary[f"G/F c{c}"] = round(_round_ratio(g, f), 3)
+            summary[f"{name}/G c{c}"] = round(_round_ratio(g2, g), 3)
+
+    # Without a notification channel a round waits up to cache_ttl (5 s): fewer rounds there.
+    revocation_rounds = {"sqlite": 2 if args.short else 12, "postgres": 3 if args.short else 60}
+    for name, (a_port, b_port) in pairs.items():
+        engine_name = name.removeprefix("G2-")
+        fresh = [line for line in (run_dir / name / "fresh.txt").read_text().splitlines() if line]
+        count = revocation_rounds[engine_name]
+        miss = multi.cache_miss_cost(a_port, fresh[count:])
+        revocation = multi.revocation_latency(a_port, b_port, fresh[:count])
+        summary["engines"][name].update({"cache_miss": miss, "revocation": revocation})
+        print(f"bench: {name} cache miss {miss}", flush=True)
+        print(f"bench: {name} revocation A -> B {revocation}", flush=True)
+        for instance in ("a", "b"):
+            procs.stop(f"{name}-{instance}")
+    for close in closers:
+        close()
+    summary["ok"] = all(
+        e["probe"]["status"] == 200 and e["cache_miss"]["ok"] and e["revocation"]["ok"]
+        for e in summary["engines"].values()
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -945,12 +1102,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run authgate with metrics enabled (a loopback listener) and scrape it at the end",
     )
+    parser.add_argument(
+        "--multi",
+        default=",".join(multi.available_engines()),
+        help="engines for the two-instance scenario G2-<engine>, comma-separated "
+        f"(default: {','.join(multi.available_engines())}; 'none' skips it)",
+    )
+    parser.add_argument(
+        "--only-multi", action="store_true", help="skip the main table and extras: only the G2 scenario"
+    )
     parser.add_argument("--out-dir", default=str(ROOT / "bench-results"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary run directory")
     args = parser.parse_args(argv)
     for flag, value in (("--rounds", args.rounds), ("--storm-rounds", args.storm_rounds)):
         if value < 1:
             parser.error(f"{flag} must be 1 or more, not {value}")
+    engines = [] if args.multi == "none" else [e for e in args.multi.split(",") if e]
+    for engine in engines:
+        if engine not in multi.ENGINES:
+            parser.error(f"--multi: {engine!r} is not an engine; use {', '.join(multi.ENGINES)} or none")
+    if args.only_multi and not engines:
+        parser.error("--only-multi needs at least one engine in --multi")
     seconds = 2.0 if args.short else args.duration
     warmup = 1.0
     conns = [int(c) for c in args.connections.split(",")]
@@ -981,6 +1153,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         ports = {name: free_port() for name in ("L", "F", "G", "G401", "GB")}
+        pairs = {f"G2-{engine}": [free_port(), free_port()] for engine in engines}
+        ports.update({name: free_port() for name in pairs})
         floor_port, authgate_port = free_port(), free_port()
         metrics_port = free_port() if args.metrics else None
         config = run_dir / "authgate.yml"
@@ -1001,7 +1175,9 @@ def main(argv: list[str] | None = None) -> int:
         first_cookie = cookie_file.read_text().split("\n", 1)[0]
         authorization = asyncio.run(seed_app_password(config))
 
-        nginx_conf = write_nginx(run_dir, ports, floor_port=floor_port, authgate_port=authgate_port)
+        nginx_conf = write_nginx(
+            run_dir, ports, floor_port=floor_port, authgate_port=authgate_port, pairs=pairs
+        )
         ngx_dir = nginx_conf.parent
         procs.start(
             "nginx",
@@ -1049,7 +1225,7 @@ def main(argv: list[str] | None = None) -> int:
         # from its median round by req/s, and a ratio is the median of the rounds' own ratios
         # (scenarios within a round ran seconds apart, under the same background load).
         rounds = 1 if args.short else args.rounds
-        for c in conns if not args.only_storm else ():
+        for c in conns if not (args.only_storm or args.only_multi) else ():
             passes: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
             for _ in range(rounds):
                 for name, cookies, credentials in runs:
@@ -1072,10 +1248,22 @@ def main(argv: list[str] | None = None) -> int:
         if metrics_port is not None:
             results["metrics_scrape"] = scrape_metrics(metrics_port, args.workers)
             print(f"bench: metrics scrape {results['metrics_scrape']}", flush=True)
+        if engines:
+            try:
+                multi_phase(
+                    results, procs, args, ports, pairs, run_dir, key, cookie_file, logs, conns, seconds
+                )
+            except Exception as exc:  # reported like a failed extra; the main table stays
+                results["scenarios"]["multi"] = {"error": f"{type(exc).__name__}: {exc}", "ok": False}
+                print(f"bench: multi-instance scenario failed: {exc}", file=sys.stderr, flush=True)
         try:
+            if args.only_multi:
+                raise _Skip
             extras(
                 results, procs, args, ports, config, key, cookie_file, run_dir, logs, conns, seconds, warmup
             )
+        except _Skip:
+            pass
         except Exception as exc:  # an extra that breaks is reported, the main table stays
             results["scenarios"]["extras"] = {"error": f"{type(exc).__name__}: {exc}", "ok": False}
             print(f"bench: extras failed: {exc}", file=sys.stderr, flush=True)
@@ -1090,6 +1278,7 @@ def main(argv: list[str] | None = None) -> int:
         all(s.get("ok", True) for s in results["scenarios"].values())
         and probes_ok(results)
         and results.get("metrics_scrape", {}).get("ok", True)
+        and results.get("multi", {}).get("ok", True)
     )
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1237,6 +1426,20 @@ def table(results: dict[str, Any], conns: list[int]) -> str:
     storm = next((v for k, v in results["scenarios"].items() if k.endswith("+storm")), None)
     if storm:
         lines.append(f"login storm: {storm['storm']}")
+    summary = results.get("multi", {})
+    lines.extend(f"{k:<34}{v}" for k, v in summary.items() if "/" in k)
+    for name, engine in summary.get("engines", {}).items():
+        miss, revocation = engine.get("cache_miss", {}), engine.get("revocation", {})
+        if miss:
+            lines.append(
+                f"{name} cache miss p50/p99 ms {miss['miss']['p50_ms']}/{miss['miss']['p99_ms']} "
+                f"(hit {miss['hit']['p50_ms']}/{miss['hit']['p99_ms']}, n={miss['miss']['n']})"
+            )
+        if revocation.get("n"):
+            lines.append(
+                f"{name} revocation A->B p50/p99 ms {revocation['p50_ms']}/{revocation['p99_ms']} "
+                f"(max {revocation['max_ms']}, n={revocation['n']})"
+            )
     return "\n".join(lines)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import find_pg_bin, missing_postgres
+
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_MISSING = [
     tool for tool in ("wrk", "nginx") if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()
@@ -22,10 +24,15 @@ TOOLS_MISSING = [
 pytestmark = pytest.mark.e2e
 
 EXPECTED = {"L": {"200"}, "F": {"200"}, "G": {"200"}, "G401": {"302", "401"}, "GB": {"200"}}
+# The two-instance scenario's rows: G through an nginx upstream over two instances per engine.
+PAIRS = {"G2-sqlite", "G2-postgres"}
+EXPECTED.update({name: {"200"} for name in PAIRS})
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    if find_pg_bin() is None:
+        missing_postgres()  # the G2-postgres scenario needs the server binaries
     if TOOLS_MISSING:
         if os.environ.get("CI") == "true":
             pytest.fail(
@@ -39,7 +46,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=300,
         check=False,
     )
     files = list(out.glob("bench-*.json"))
@@ -92,7 +99,8 @@ def test_metrics_counted_every_decision_of_every_worker(results: dict) -> None:
     answered = sum(
         run["requests"]
         for name, run in results["scenarios"].items()
-        if name.split()[0] in ("G", "G401", "GB") and "storm" not in name and "workers=1" not in name
+        if name.split()[0] in ("G", "G401", "GB")
+        and not any(part in name for part in ("storm", "workers=1", "multi"))
     )
     assert scrape["decisions"] >= answered > 0
     assert scrape["timed"] > 0
@@ -116,7 +124,9 @@ def test_app_password_scenario_really_uses_the_token(results: dict) -> None:
     assert probes["GB_forged_token"]["status"] == 302
 
 
-@pytest.mark.parametrize("argv", [["--rounds", "0"], ["--storm-rounds", "-1"], ["--rounds", "x"]])
+@pytest.mark.parametrize(
+    "argv", [["--rounds", "0"], ["--storm-rounds", "-1"], ["--rounds", "x"], ["--multi", "mysql"]]
+)
 def test_bad_round_counts_are_refused_before_anything_starts(argv: list[str]) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "deploy/bench/run.py"), *argv],
@@ -128,3 +138,31 @@ def test_bad_round_counts_are_refused_before_anything_starts(argv: list[str]) ->
     )
     assert done.returncode == 2
     assert argv[0] in done.stderr
+
+
+def test_two_instances_per_engine_answer_next_to_f_and_g(results: dict) -> None:
+    """G2-<engine> ran through its own upstream beside F and G of the same rounds, with ratios."""
+    scenarios = results["scenarios"]
+    summary = results["multi"]
+    assert summary["ok"], summary
+    for conns in (8,):  # the short run measures the pairs at its lower connection count only
+        for name in (*PAIRS, "F", "G"):
+            label = f"{name} c{conns}" if name in PAIRS else f"{name} c{conns} multi"
+            run = scenarios[label]
+            assert run["rps"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"], label
+            assert run["cpu_us_per_request"]["backend"] > 0, label
+        for name in PAIRS:
+            assert summary[f"{name}/F c{conns}"] > 0 and summary[f"G/F c{conns}"] > 0
+
+
+def test_each_pair_was_probed_and_measured_for_misses_and_revocation(results: dict) -> None:
+    """A seeded cookie passes through the pair; cache misses, hits and revocation waits were timed."""
+    engines = results["multi"]["engines"]
+    assert set(engines) == PAIRS
+    for name, engine in engines.items():
+        assert engine["probe"]["status"] == 200 and engine["probe"]["user"].startswith("user"), name
+        miss = engine["cache_miss"]
+        assert miss["ok"] and miss["miss"]["n"] == miss["hit"]["n"] > 0, name
+        revocation = engine["revocation"]
+        assert revocation["ok"] and revocation["failures"] == [] and revocation["n"] > 0, name
+        assert 0 < revocation["p50_ms"] <= revocation["p99_ms"], name
