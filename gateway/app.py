@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 from aiohttp import web
 
 from gateway import metrics_http
@@ -21,6 +22,8 @@ from gateway.authz.decision import Decisions
 from gateway.authz.rules import CompiledRules
 from gateway.config import Config
 from gateway.errors import StoreUnavailable
+from gateway.external_login.client import ProviderHttp
+from gateway.external_login.service import ExternalLoginService
 from gateway.factors import app_passwords
 from gateway.factors.passwords import AsyncPasswordHasher, PasswordHasher
 from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox, derive_key, load_storage_key
@@ -137,6 +140,10 @@ def create_app(
             clock=clock,
         )
         sessions = SessionService(store, codec, cfg, config.identity_headers, clock, must_enrol)
+        # One client session for every provider: its connection pool is bounded, cookies are not kept.
+        provider_http = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(), connector=aiohttp.TCPConnector(limit=20)
+        )
         audit_log = AuditLog(store, clock=clock, counter=metrics)
         oidc = None
         if config.oidc_provider.enabled:
@@ -164,6 +171,9 @@ def create_app(
             clock=clock,
             csrf_keys=keys,
             metrics=metrics,
+            external_login=ExternalLoginService(
+                config.external_login, ProviderHttp(provider_http), store, clock=clock
+            ),
             oidc=oidc,
         )
         # Other instances' revocations reach this one's caches at once (PostgreSQL); on
@@ -187,6 +197,7 @@ def create_app(
             with contextlib.suppress(OSError):
                 snapshot_files.publish(metrics.snapshot())
         hasher.close()
+        await provider_http.close()
         await store.close()
 
     app.cleanup_ctx.append(lifetime)

@@ -269,6 +269,62 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ClaimMapping:
+    """Which ID token / userinfo claim fills each account field (OIDC providers)."""
+
+    username: str = "preferred_username"
+    email: str = "email"
+    display_name: str = "name"
+    groups: str = "groups"
+
+
+@dataclass(frozen=True)
+class ExternalAllowList:
+    """Who may sign in through a provider; a match on any one list admits (see docs/external-login.md)."""
+
+    allow_any: bool = False  # explicit "anyone the provider knows"; never the default
+    email_domains: tuple[str, ...] = ()  # lower case; matched against a verified e-mail only
+    emails: tuple[str, ...] = ()  # lower case; verified e-mail only
+    groups: tuple[str, ...] = ()  # from the groups claim (OIDC)
+    organizations: tuple[str, ...] = ()  # GitHub organisation logins, lower case
+
+
+@dataclass(frozen=True)
+class ExternalProvider:
+    """One upstream identity provider (OIDC by discovery, or GitHub's OAuth2)."""
+
+    id: str  # in URLs and the link table: lower-case letters, digits and '-'
+    type: str  # "oidc" | "github"
+    label: str  # the button says "Sign in with <label>"
+    client_id: str
+    client_secret: str = field(default="", repr=False)  # read from client_secret_file when that is given
+    # oidc: the issuer; discovery is issuer + /.well-known/openid-configuration unless discovery_url is set
+    issuer: str = ""
+    discovery_url: str = ""
+    # github: where the user authorises (web) and the REST API (GitHub Enterprise: https://ghe/api/v3)
+    web_url: str = "https://github.com"
+    api_url: str = "https://api.github.com"
+    scopes: tuple[str, ...] = ()
+    claims: ClaimMapping = field(default_factory=ClaimMapping)
+    allow: ExternalAllowList = field(default_factory=ExternalAllowList)
+    link: bool = True  # an existing account with the same verified e-mail may be linked (after its password)
+    auto_create: bool = False  # create a local account on first sign-in; off unless asked for
+    groups: tuple[str, ...] = ()  # local groups given to accounts auto_create makes
+    # "local": our own second factor still applies; "provider": trust the provider's amr claim
+    two_factor: str = "local"
+    trusted_amr: tuple[str, ...] = ("mfa", "otp", "hwk", "sc")  # amr values that count as a second factor
+    # Entra and some others send no email_verified claim: trust their e-mail as verified only on request.
+    assume_email_verified: bool = False
+    timeout: float = 10.0  # seconds for each request to the provider
+
+
+@dataclass(frozen=True)
+class ExternalLoginConfig:
+    providers: tuple[ExternalProvider, ...] = ()
+    login_ttl: float = 600.0  # seconds between the button and the provider's callback (state, nonce, PKCE)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -288,6 +344,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    external_login: ExternalLoginConfig = field(default_factory=ExternalLoginConfig)
     oidc_provider: OidcProviderConfig = field(default_factory=OidcProviderConfig)
 
 
@@ -1475,6 +1532,76 @@ def _header_name(value: Any, path: str, problems: Problems) -> Any:
     return value
 
 
+# --- external_login.providers (docs/external-login.md) --------------------------------------------------
+
+_PROVIDER_TYPES = ("oidc", "github")
+_PROVIDER_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_PROVIDER_TWO_FACTOR = ("local", "provider")
+_SCOPE = re.compile(r"[!#-\[\]-~]+")  # RFC 6749 scope-token: printable ASCII but space, " and \\
+_DEFAULT_SCOPES = {"oidc": ("openid", "email", "profile"), "github": ("read:user", "user:email")}
+_PROVIDER_KEYS = (
+    *("id", "type", "label", "client_id", "client_secret", "client_secret_file", "issuer"),
+    *("discovery_url", "web_url", "api_url", "scopes", "claims", "allow", "link", "auto_create"),
+    *("groups", "two_factor", "trusted_amr", "assume_email_verified", "timeout"),
+)
+_OIDC_ONLY_KEYS = ("issuer", "discovery_url", "claims", "assume_email_verified")
+_GITHUB_ONLY_KEYS = ("web_url", "api_url")
+_ALLOW_KEYS = ("allow_any", "email_domains", "emails", "groups", "organizations")
+
+
+def _provider_url(value: Any, path: str, problems: Problems) -> Any:
+    """An absolute https URL (http only for localhost and 127.0.0.1), without query or fragment."""
+    if not isinstance(value, str) or not value.strip():
+        return _fail(problems, path, f"{_show(value)} is not a URL like https://login.example.com")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return _fail(problems, path, f"{_show(value)} is not an absolute http(s) URL")
+    if parts.scheme != "https" and not _is_local_host(parts.hostname):
+        return _fail(problems, path, f"{_show(value)} must use https (http is allowed only for localhost)")
+    if parts.username is not None or parts.query or parts.fragment:
+        return _fail(problems, path, f"{_show(value)} must not contain user:password@, a query or a fragment")
+    return value.strip().rstrip("/")
+
+
+def _scope_item(item: str, path: str, problems: Problems) -> Any:
+    if not _SCOPE.fullmatch(item):
+        return _fail(problems, path, f"{_show(item)} is not a scope; one word per entry, no spaces or quotes")
+    return item
+
+
+def _text_item(item: str, path: str, problems: Problems) -> Any:
+    return _text(item, path, problems) if item.strip() else _fail(problems, path, "is empty")
+
+
+def _email_domain_item(item: str, path: str, problems: Problems) -> Any:
+    domain = item.strip().lower().removeprefix("@")
+    reason = _hostname_problem(domain)
+    if reason is not None:
+        return _fail(problems, path, f"{_show(item)} {reason}; give a domain like example.com")
+    return domain
+
+
+def _email_item(item: str, path: str, problems: Problems) -> Any:
+    local, at, domain = item.strip().lower().rpartition("@")
+    if not at or not local or _hostname_problem(domain) is not None:
+        return _fail(problems, path, f"{_show(item)} is not an e-mail address like ada@example.com")
+    return f"{local}@{domain}"
+
+
+def _local_group_item(item: str, path: str, problems: Problems) -> Any:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", item):
+        return _fail(problems, path, f"{_show(item)} is not a group name; use letters, digits, '.', '_', '-'")
+    return item
+
+
+def _lowered(parse_item: Callable[[str, str, Problems], Any]) -> Callable[[str, str, Problems], Any]:
+    def parse(item: str, path: str, problems: Problems) -> Any:
+        value = parse_item(item, path, problems)
+        return value if value is _INVALID else value.lower()
+
+    return parse
+
+
 # --- oidc_provider --------------------------------------------------------------------------------
 
 _OIDC_CLIENT_KEYS = (
@@ -1512,6 +1639,125 @@ def _choices(allowed: tuple[str, ...]) -> Callable[[str, str, Problems], Any]:
         return item
 
     return parse
+
+
+def _list_of(parse_item: Callable[[str, str, Problems], Any]) -> _Parser:
+    def parse(value: Any, path: str, problems: Problems) -> Any:
+        return _each(value, path, parse_item, problems)
+
+    return parse
+
+
+_CLAIMS_PARSERS: dict[str, _Parser] = {key: _text for key in ("username", "email", "display_name", "groups")}
+_ALLOW_PARSERS: dict[str, _Parser] = {
+    "allow_any": _flag,
+    "email_domains": _list_of(_email_domain_item),
+    "emails": _list_of(_email_item),
+    "groups": _list_of(_text_item),
+    "organizations": _list_of(_lowered(_text_item)),
+}
+_PROVIDER_PARSERS: dict[str, _Parser] = {
+    "id": _text,
+    "type": _choice(_PROVIDER_TYPES),
+    "label": _text,
+    "client_id": _text,
+    "client_secret": _password,
+    "client_secret_file": _text,
+    "issuer": _provider_url,
+    "discovery_url": _provider_url,
+    "web_url": _provider_url,
+    "api_url": _provider_url,
+    "scopes": _list_of(_scope_item),
+    "claims": _sub_section(ClaimMapping, _CLAIMS_PARSERS),
+    "allow": _sub_section(ExternalAllowList, _ALLOW_PARSERS),
+    "link": _flag,
+    "auto_create": _flag,
+    "groups": _list_of(_local_group_item),
+    "two_factor": _choice(_PROVIDER_TWO_FACTOR),
+    "trusted_amr": _list_of(_text_item),
+    "assume_email_verified": _flag,
+    "timeout": _duration(positive=True, maximum=60.0),
+}
+
+
+def _provider(item: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(item, dict):
+        keys = ", ".join(_PROVIDER_KEYS)
+        return _fail(problems, path, f"{_show(item)} is not a mapping; allowed keys: {keys}")
+    _check_keys(item, _PROVIDER_KEYS, path, problems)
+    start = len(problems)
+    values: dict[str, Any] = {}
+    for key, parse in _PROVIDER_PARSERS.items():
+        if item.get(key) is not None:
+            values[key] = parse(item[key], f"{path}.{key}", problems)
+    if len(problems) > start:
+        return _INVALID
+    provider_id = values.get("id")
+    if provider_id is None:
+        return _fail(problems, f"{path}.id", "missing; name the provider, e.g. id: google (used in URLs)")
+    if not _PROVIDER_ID.fullmatch(provider_id):
+        return _fail(
+            problems,
+            f"{path}.id",
+            f"{_show(provider_id)} is not allowed; use 1-32 lower-case letters, digits and '-'",
+        )
+    kind = values.setdefault("type", "oidc")
+    for key in _GITHUB_ONLY_KEYS if kind == "oidc" else _OIDC_ONLY_KEYS:
+        if key in values:
+            _fail(problems, f"{path}.{key}", f"is not used by type {kind}; remove it")
+    if "client_id" not in values:
+        _fail(problems, f"{path}.client_id", "missing; copy it from the provider's application settings")
+    secret_file = values.pop("client_secret_file", None)
+    if secret_file is not None and "client_secret" in values:
+        _fail(problems, f"{path}.client_secret_file", "client_secret is set too; use one")
+    elif secret_file is not None:
+        try:
+            with open(secret_file, encoding="utf-8") as stream:
+                values["client_secret"] = stream.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(problems, f"{path}.client_secret_file", f"cannot read {secret_file}: {_reason(exc)}")
+    if not values.get("client_secret") and f"{path}.client_secret_file" not in {p for p, _ in problems}:
+        _fail(problems, f"{path}.client_secret", "missing or empty; give client_secret or client_secret_file")
+    if kind == "oidc" and "issuer" not in values and "discovery_url" not in values:
+        _fail(problems, f"{path}.issuer", "missing; give the issuer URL (or discovery_url) of the provider")
+    scopes = values.setdefault("scopes", _DEFAULT_SCOPES[kind])
+    if kind == "oidc" and "openid" not in scopes:
+        _fail(problems, f"{path}.scopes", f"{_show(list(scopes))} lacks openid, which OpenID Connect needs")
+    allow = values.get("allow", ExternalAllowList())
+    lists = ("email_domains", "emails", "groups", "organizations")
+    if not allow.allow_any and not any(getattr(allow, name) for name in lists):
+        _fail(
+            problems,
+            f"{path}.allow",
+            "is empty, which would admit nobody; list email_domains, emails, groups or organizations "
+            "(or set allow_any: true to admit anyone who has an account there)",
+        )
+    elif allow.allow_any and any(getattr(allow, name) for name in lists):
+        _fail(problems, f"{path}.allow.allow_any", "true admits everyone, so the lists do nothing; use one")
+    if kind == "oidc" and allow.organizations:
+        _fail(problems, f"{path}.allow.organizations", "only GitHub has organisations; use groups for OIDC")
+    if kind == "github" and allow.organizations and "read:org" not in scopes:
+        values["scopes"] = (*scopes, "read:org")  # /user/orgs lists private memberships only with it
+    if kind == "github" and values.get("two_factor") == "provider":
+        _fail(problems, f"{path}.two_factor", "provider needs amr, which GitHub never sends; use local")
+    if len(problems) > start:
+        return _INVALID
+    values.setdefault("label", "GitHub" if kind == "github" else provider_id)
+    return ExternalProvider(**values)
+
+
+def _external_providers(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, list):
+        return _fail(problems, path, f"{_show(value)} is not a list of providers")
+    providers = [_provider(item, f"{path}[{index}]", problems) for index, item in enumerate(value)]
+    if _INVALID in providers:
+        return _INVALID
+    seen: set[str] = set()
+    for index, provider in enumerate(providers):
+        if provider.id in seen:
+            return _fail(problems, f"{path}[{index}].id", f"{_show(provider.id)} is listed twice")
+        seen.add(provider.id)
+    return tuple(providers)
 
 
 def _oidc_client(item: Any, path: str, problems: Problems) -> Any:
@@ -1768,6 +2014,10 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
     "metrics": (
         MetricsConfig,
         {"enabled": _flag, "listen": _listen, "token": _metrics_token},
+    ),
+    "external_login": (
+        ExternalLoginConfig,
+        {"providers": _external_providers, "login_ttl": _duration_between(60.0, 3600.0)},
     ),
     "oidc_provider": (
         OidcProviderConfig,

@@ -39,7 +39,7 @@ from gateway.config import Config
 
 # -- what is counted --------------------------------------------------------------------------
 
-FACTORS: Final = ("password", "totp", "recovery", "passkey", "app_password")
+FACTORS: Final = ("password", "totp", "recovery", "passkey", "app_password", "external")
 RESULTS: Final = ("success", "failure")
 # Forward-auth requests answered before any rule was consulted.
 REJECT_REASONS: Final = (
@@ -82,6 +82,8 @@ def login_of(event: str, detail: str) -> tuple[str, str] | None:
         return method, "success" if event == audit.SECOND_FACTOR_SUCCEEDED else "failure"
     if event == audit.TOKEN_FAILED:
         return "app_password", "failure"
+    if event in (audit.EXTERNAL_LOGIN_SUCCEEDED, audit.EXTERNAL_LOGIN_FAILED):
+        return "external", "success" if event == audit.EXTERNAL_LOGIN_SUCCEEDED else "failure"
     return None
 
 

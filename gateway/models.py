@@ -194,6 +194,19 @@ class AttemptSlot:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalLink:
+    """A sign-in identity at an external provider linked to a local account (docs/external-login.md)."""
+
+    id: int
+    provider: str  # the provider's id in external_login.providers
+    subject: str  # the provider's stable user id (OIDC `sub`, GitHub's numeric id)
+    user_id: int
+    email: str  # the e-mail the provider gave when the link was made, for display only
+    created_at: float
+    last_used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class OidcGrant:
     """What a user allowed a relying party in one authorization (gateway/oidc/)."""
 

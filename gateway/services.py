@@ -15,6 +15,7 @@ from gateway.accounts.webauthn import WebAuthnService
 from gateway.authz.decision import Decisions
 from gateway.authz.rules import CompiledRules
 from gateway.config import Config
+from gateway.external_login.service import ExternalLoginService
 from gateway.factors.passwords import AsyncPasswordHasher
 from gateway.metrics import Metrics
 from gateway.oidc.service import OidcProvider
@@ -38,6 +39,7 @@ class Services:
     clock: Callable[[], float]
     csrf_keys: tuple[str, ...]
     metrics: Metrics  # this worker's counts (gateway/metrics.py)
+    external_login: ExternalLoginService  # sign-in through external providers
     oidc: OidcProvider | None = None  # the OpenID Provider, when oidc_provider has clients
 
 

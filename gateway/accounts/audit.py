@@ -25,6 +25,12 @@ SECOND_FACTOR_SUCCEEDED: Final = "second_factor_succeeded"
 SECOND_FACTOR_FAILED: Final = "second_factor_failed"
 REAUTH_SUCCEEDED: Final = "reauth_succeeded"
 REAUTH_FAILED: Final = "reauth_failed"
+# -- sign-in through external providers (docs/external-login.md); detail names the provider --
+EXTERNAL_LOGIN_SUCCEEDED: Final = "external_login_succeeded"
+EXTERNAL_LOGIN_FAILED: Final = "external_login_failed"
+EXTERNAL_ACCOUNT_LINKED: Final = "external_account_linked"
+EXTERNAL_ACCOUNT_UNLINKED: Final = "external_account_unlinked"
+EXTERNAL_ACCOUNT_CREATED: Final = "external_account_created"
 # -- factors and recovery ----------------------------------------------------
 ACCOUNT_CREATED: Final = "account_created"  # the first account, made on the setup page
 PASSWORD_CHANGED: Final = "password_changed"  # noqa: S105 - an event name
@@ -60,6 +66,7 @@ ADMIN_SESSIONS_REVOKED: Final = "admin_sessions_revoked"
 ADMIN_TOKEN_REVOKED: Final = "admin_token_revoked"  # noqa: S105 - an event name
 ADMIN_TOKENS_REVOKED: Final = "admin_tokens_revoked"  # noqa: S105 - an event name
 ADMIN_AUDIT_EXPORTED: Final = "admin_audit_exported"
+ADMIN_EXTERNAL_UNLINKED: Final = "admin_external_unlinked"  # a linked sign-in provider removed
 # -- OpenID Provider (gateway/oidc/) -----------------------------------------
 OIDC_CONSENT_GRANTED: Final = "oidc_consent_granted"
 OIDC_CONSENT_REVOKED: Final = "oidc_consent_revoked"
@@ -86,6 +93,9 @@ _WARNING_EVENTS: Final = frozenset(
         WEBAUTHN_REVOKED,
         ADMIN_SECOND_FACTORS_RESET,
         ADMIN_USER_DELETED,
+        EXTERNAL_LOGIN_FAILED,
+        EXTERNAL_ACCOUNT_LINKED,
+        EXTERNAL_ACCOUNT_UNLINKED,
         OIDC_GRANT_REVOKED,
         OIDC_CLIENT_AUTH_FAILED,
     }

@@ -18,6 +18,7 @@ REGISTER = "register"
 SECOND_FACTOR = "second-factor"
 PASSKEY_LOGIN = "passkey-login"
 REAUTH = "reauth"
+EXTERNAL_LINK = "external-link"  # confirming that an account is yours before linking a provider to it
 
 
 @dataclass(frozen=True, slots=True)

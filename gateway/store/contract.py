@@ -26,6 +26,7 @@ from gateway.models import (
     AppPassword,
     AttemptSlot,
     AuditEvent,
+    ExternalLink,
     Level,
     OidcCode,
     OidcConsent,
@@ -432,6 +433,27 @@ class AuditStore(Protocol):
         """Return the user's most recent events, newest first."""
 
 
+class ExternalLinkStore(Protocol):
+    """Sign-in identities at external providers linked to local accounts (docs/external-login.md)."""
+
+    async def find_external_link(self, provider: str, subject: str) -> tuple[ExternalLink, User] | None:
+        """Return the link for (provider, subject) and its local user, or None."""
+
+    async def add_external_link(
+        self, user_id: int, provider: str, subject: str, *, email: str, at: float
+    ) -> ExternalLink:
+        """Link (provider, subject) to a user; Conflict when it is linked already, NotFound (user)."""
+
+    async def list_external_links(self, user_id: int) -> list[ExternalLink]:
+        """Return a user's links, oldest first."""
+
+    async def delete_external_link(self, user_id: int, link_id: int) -> ExternalLink | None:
+        """Remove one of the user's links; return it, or None when the user has no such link."""
+
+    async def touch_external_link(self, link_id: int, at: float) -> None:
+        """Record a sign-in through the link."""
+
+
 class Lifecycle(Protocol):
     """Opening is engine-specific (gateway/store/engine.py); these end and probe a store."""
 
@@ -497,6 +519,7 @@ class Storage(
     WebAuthnStore,
     TokenStore,
     AuditStore,
+    ExternalLinkStore,
     OidcStore,
     RevocationFeed,
     Lifecycle,

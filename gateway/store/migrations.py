@@ -427,11 +427,42 @@ CREATE TABLE password_reset_tokens (
 CREATE INDEX password_reset_tokens_user_id ON password_reset_tokens (user_id);
 """
 
-# v7: authgate as an OpenID Provider (gateway/oidc/). Which factors a session passed (the
+_V7_EXTERNAL_IDENTITIES_PG: Final = """
+CREATE TABLE external_identities (
+    id BIGSERIAL PRIMARY KEY,
+    provider TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    email TEXT NOT NULL DEFAULT '',
+    created_at DOUBLE PRECISION NOT NULL,
+    last_used_at DOUBLE PRECISION,
+    UNIQUE (provider, subject)
+);
+
+CREATE INDEX external_identities_user_id ON external_identities (user_id);
+"""
+
+# v7: sign-in through external providers (docs/external-login.md): (provider, subject) -> local user.
+_V7_EXTERNAL_IDENTITIES: Final = """
+CREATE TABLE external_identities (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: an id on a settings page names one link
+    provider TEXT NOT NULL,                 -- external_login.providers[].id
+    subject TEXT NOT NULL,                  -- the provider's stable user id (sub, GitHub user id)
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    email TEXT NOT NULL DEFAULT '',         -- as the provider gave it when linked; display only
+    created_at REAL NOT NULL,
+    last_used_at REAL,
+    UNIQUE (provider, subject)
+);
+
+CREATE INDEX external_identities_user_id ON external_identities (user_id);
+"""
+
+# v8: authgate as an OpenID Provider (gateway/oidc/). Which factors a session passed (the
 # ID token's amr), and the provider's grants, codes, tokens and consents. Codes and refresh
 # tokens are stored only as sha256 digests; an access token (a JWT) by its jti. Written to run
 # unchanged on PostgreSQL too (DOUBLE PRECISION, which SQLite reads as REAL; no WITHOUT ROWID).
-_V7: Final = """
+_V8_OIDC_PROVIDER: Final = """
 ALTER TABLE sessions ADD COLUMN amr TEXT NOT NULL DEFAULT '';   -- space-separated RFC 8176 values
 
 CREATE TABLE oidc_grants (
@@ -490,7 +521,8 @@ MIGRATIONS: Final[tuple[str | Migration, ...]] = (
     Migration(sqlite=_V4, postgres=_V4_PG),
     _V5,  # the same SQL on both engines
     Migration(sqlite=_V6, postgres=_V6_PG),
-    _V7,  # the same SQL on both engines
+    Migration(sqlite=_V7_EXTERNAL_IDENTITIES, postgres=_V7_EXTERNAL_IDENTITIES_PG),
+    _V8_OIDC_PROVIDER,  # the same SQL on both engines
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

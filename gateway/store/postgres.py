@@ -44,6 +44,7 @@ from gateway.models import (
     AppPassword,
     AttemptSlot,
     AuditEvent,
+    ExternalLink,
     Level,
     OidcCode,
     OidcConsent,
@@ -62,6 +63,7 @@ from gateway.store.rows import (
     app_password_from_row,
     audit_from_row,
     escape_like,
+    external_link_from_row,
     groups_json,
     oidc_code_from_row,
     oidc_consent_from_row,
@@ -310,6 +312,28 @@ RETURNING user_id
 """
 
 _NOTIFY = "SELECT pg_notify($1, $2)"
+
+_SELECT_EXTERNAL_LINK = """
+SELECT e.id, e.provider, e.subject, e.user_id, e.email, e.created_at, e.last_used_at,
+       u.id AS u_id, u.username AS u_username, u.email AS u_email,
+       u.display_name AS u_display_name, u.groups AS u_groups,
+       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login
+FROM external_identities AS e JOIN users AS u ON u.id = e.user_id
+WHERE e.provider = $1 AND e.subject = $2
+"""
+_INSERT_EXTERNAL_LINK = """
+INSERT INTO external_identities (provider, subject, user_id, email, created_at) VALUES ($1, $2, $3, $4, $5)
+RETURNING id, provider, subject, user_id, email, created_at, last_used_at
+"""
+_SELECT_USER_EXTERNAL_LINKS = """
+SELECT id, provider, subject, user_id, email, created_at, last_used_at
+FROM external_identities WHERE user_id = $1 ORDER BY created_at, id
+"""
+_DELETE_EXTERNAL_LINK = """
+DELETE FROM external_identities WHERE id = $1 AND user_id = $2
+RETURNING id, provider, subject, user_id, email, created_at, last_used_at
+"""
+
 
 # Unique constraints and indexes by name, as PostgreSQL names them in UniqueViolationError.
 _UNIQUE_MESSAGES = {
@@ -1245,6 +1269,42 @@ class PostgresStore:
     async def prune_challenges(self, now: float) -> int:
         """Delete expired challenges; return how many."""
         return _rowcount(await self._exec("DELETE FROM webauthn_challenges WHERE expires_at <= $1", now))
+
+    # -- external sign-in links (docs/external-login.md) ---------------------
+
+    async def find_external_link(self, provider: str, subject: str) -> tuple[ExternalLink, User] | None:
+        """Return the link for (provider, subject) and its local user, or None."""
+        row = await self._row(_SELECT_EXTERNAL_LINK, provider, subject)
+        if row is None:
+            return None
+        return external_link_from_row(row), user_from_row(row, prefix="u_")
+
+    async def add_external_link(
+        self, user_id: int, provider: str, subject: str, *, email: str, at: float
+    ) -> ExternalLink:
+        """Link (provider, subject) to a user; Conflict when it is linked already, NotFound (user)."""
+        try:
+            row = await self._row(_INSERT_EXTERNAL_LINK, provider, subject, user_id, email, at)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise NotFound(f"no user with id {user_id}") from exc
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(f"this {provider} account is linked to a local account already") from exc
+        if row is None:  # INSERT ... RETURNING returns the row it inserted
+            raise StorageError("the new link could not be read back")
+        return external_link_from_row(row)
+
+    async def list_external_links(self, user_id: int) -> list[ExternalLink]:
+        """Return a user's links, oldest first."""
+        return [external_link_from_row(row) for row in await self._rows(_SELECT_USER_EXTERNAL_LINKS, user_id)]
+
+    async def delete_external_link(self, user_id: int, link_id: int) -> ExternalLink | None:
+        """Remove one of the user's links; return it, or None when the user has no such link."""
+        row = await self._row(_DELETE_EXTERNAL_LINK, link_id, user_id)
+        return external_link_from_row(row) if row is not None else None
+
+    async def touch_external_link(self, link_id: int, at: float) -> None:
+        """Record a sign-in through the link."""
+        await self._exec("UPDATE external_identities SET last_used_at = $1 WHERE id = $2", at, link_id)
 
     # -- account recovery and password reset links ----------------------------
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from gateway.models import (
     AppPassword,
     AuditEvent,
+    ExternalLink,
     Level,
     OidcCode,
     OidcConsent,
@@ -134,6 +135,18 @@ def audit_from_row(row: Row) -> AuditEvent:
 def escape_like(text: str) -> str:
     """Make `%`, `_` and the escape character itself match literally in a LIKE ... ESCAPE '\\' pattern."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def external_link_from_row(row: Row) -> ExternalLink:
+    return ExternalLink(
+        id=int(row["id"]),
+        provider=row["provider"],
+        subject=row["subject"],
+        user_id=int(row["user_id"]),
+        email=row["email"],
+        created_at=float(row["created_at"]),
+        last_used_at=None if row["last_used_at"] is None else float(row["last_used_at"]),
+    )
 
 
 def oidc_grant_from_row(row: Row, *, prefix: str = "") -> OidcGrant:

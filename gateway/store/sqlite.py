@@ -21,6 +21,7 @@ from gateway.models import (
     AppPassword,
     AttemptSlot,
     AuditEvent,
+    ExternalLink,
     Level,
     OidcCode,
     OidcConsent,
@@ -38,6 +39,7 @@ from gateway.store.rows import (
     app_password_from_row,
     audit_from_row,
     escape_like,
+    external_link_from_row,
     groups_json,
     oidc_code_from_row,
     oidc_consent_from_row,
@@ -128,6 +130,27 @@ WHERE s.id_hash = ?
 _SELECT_SESSIONS_WITH_USER_PREFIX = _SELECT_SESSION_WITH_USER.replace(
     "WHERE s.id_hash = ?", "WHERE s.id_hash IN ("
 )
+
+_SELECT_EXTERNAL_LINK = """
+SELECT e.id, e.provider, e.subject, e.user_id, e.email, e.created_at, e.last_used_at,
+       u.id AS u_id, u.username AS u_username, u.email AS u_email,
+       u.display_name AS u_display_name, u.groups AS u_groups,
+       u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login
+FROM external_identities AS e JOIN users AS u ON u.id = e.user_id
+WHERE e.provider = ? AND e.subject = ?
+"""
+_INSERT_EXTERNAL_LINK = """
+INSERT INTO external_identities (provider, subject, user_id, email, created_at) VALUES (?, ?, ?, ?, ?)
+RETURNING id, provider, subject, user_id, email, created_at, last_used_at
+"""
+_SELECT_USER_EXTERNAL_LINKS = """
+SELECT id, provider, subject, user_id, email, created_at, last_used_at
+FROM external_identities WHERE user_id = ? ORDER BY created_at, id
+"""
+_DELETE_EXTERNAL_LINK = """
+DELETE FROM external_identities WHERE id = ? AND user_id = ?
+RETURNING id, provider, subject, user_id, email, created_at, last_used_at
+"""
 
 # Failures that happened after `since` and after the latest success for the same key:
 # a successful login wipes the slate, as in Authelia.
@@ -1382,6 +1405,42 @@ class Store:
         result = await self._locked("DELETE FROM password_reset_tokens WHERE expires_at < ?", (before,))
         return result.rowcount
 
+    # -- external sign-in links (docs/external-login.md) ---------------------
+
+    async def find_external_link(self, provider: str, subject: str) -> tuple[ExternalLink, User] | None:
+        """Return the link for (provider, subject) and its local user, or None."""
+        result = await self._locked(_SELECT_EXTERNAL_LINK, (provider, subject))
+        if not result.rows:
+            return None
+        row = result.rows[0]
+        return external_link_from_row(row), user_from_row(row, prefix="u_")
+
+    async def add_external_link(
+        self, user_id: int, provider: str, subject: str, *, email: str, at: float
+    ) -> ExternalLink:
+        """Link (provider, subject) to a user; Conflict when it is linked already, NotFound (user)."""
+        try:
+            result = await self._locked(_INSERT_EXTERNAL_LINK, (provider, subject, user_id, email, at))
+        except sqlite3.IntegrityError as exc:
+            if "FOREIGN KEY" in str(exc):
+                raise NotFound(f"no user with id {user_id}") from exc
+            raise Conflict(f"this {provider} account is linked to a local account already") from exc
+        return external_link_from_row(result.rows[0])
+
+    async def list_external_links(self, user_id: int) -> list[ExternalLink]:
+        """Return a user's links, oldest first."""
+        result = await self._locked(_SELECT_USER_EXTERNAL_LINKS, (user_id,))
+        return [external_link_from_row(row) for row in result.rows]
+
+    async def delete_external_link(self, user_id: int, link_id: int) -> ExternalLink | None:
+        """Remove one of the user's links; return it, or None when the user has no such link."""
+        result = await self._locked(_DELETE_EXTERNAL_LINK, (link_id, user_id))
+        return external_link_from_row(result.rows[0]) if result.rows else None
+
+    async def touch_external_link(self, link_id: int, at: float) -> None:
+        """Record a sign-in through the link."""
+        await self._locked("UPDATE external_identities SET last_used_at = ? WHERE id = ?", (at, link_id))
+
     # -- OpenID Provider (gateway/oidc/) --------------------------------------
 
     async def create_oidc_grant(self, grant: OidcGrant, code: OidcCode) -> None:
@@ -1734,3 +1793,35 @@ def _app_password_conflict(exc: sqlite3.IntegrityError, *, user_id: int, name: s
     if "app_passwords.token_id" in message:
         return Conflict("token id collision; generate a new token")
     return StorageError(f"database error: {message}")
+
+
+def _app_password_from_row(row: sqlite3.Row) -> AppPassword:
+    return AppPassword(
+        id=row["id"],
+        user_id=row["user_id"],
+        token_id=row["token_id"],
+        name=row["name"],
+        domains=tuple(json.loads(row["domains"])),
+        level=Level(row["level"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        last_used_at=row["last_used_at"],
+        last_used_ip=row["last_used_ip"],
+    )
+
+
+def _audit_from_row(row: sqlite3.Row) -> AuditEvent:
+    return AuditEvent(
+        id=row["id"],
+        at=row["at"],
+        event=row["event"],
+        actor=row["actor"],
+        target=row["target"],
+        ip=row["ip"],
+        detail=row["detail"],
+    )
+
+
+def _escape_like(text: str) -> str:
+    """Make `%`, `_` and the escape character itself match literally in a LIKE ... ESCAPE '\\' pattern."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

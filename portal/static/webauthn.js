@@ -102,6 +102,14 @@
           .catch((error) => fail(button.dataset.status, error));
       });
     });
+    document.querySelectorAll("[data-webauthn='external-link']").forEach((button) => {
+      button.hidden = false;
+      button.addEventListener("click", () => {
+        say(button.dataset.status, t("Follow your browser's prompt..."));
+        authenticate("/login/external/link/webauthn/options", "/login/external/link/webauthn", {}, null,
+          button.dataset.status).catch((error) => fail(button.dataset.status, error));
+      });
+    });
     document.querySelectorAll("[data-webauthn='passkey']").forEach((button) => {
       button.hidden = false;
       button.addEventListener("click", () => {

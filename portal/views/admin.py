@@ -80,6 +80,7 @@ NOTICES: Final = {
     "sessions_revoked": N_("Sessions ended."),
     "token_revoked": N_("App password revoked."),
     "tokens_revoked": N_("App passwords revoked."),
+    "external_unlinked": N_("Linked sign-in provider removed."),
     "deleted": N_("User deleted."),
 }
 
@@ -394,6 +395,8 @@ async def _user_page(
         recovery_left=await store.count_unused_recovery_codes(target.id),
         sessions=_session_rows(await store.list_user_sessions(target.id), session.id_hash, now, tr),
         tokens=_token_rows(await store.list_app_passwords(target.id), now),
+        external_links=await store.list_external_links(target.id),
+        external_providers=services.external_login.providers,
         link_minutes=max(1, round(services.config.account_recovery.link_ttl / 60)),
     )
 
@@ -639,6 +642,25 @@ async def revoke_token(request: web.Request) -> web.Response:
         request, audit.ADMIN_TOKEN_REVOKED, admin, target.username, f"app password {pk} {token.name!r}"
     )
     return redirect(f"{_user_path(request, target.username)}?done=token_revoked")
+
+
+async def remove_external_link(request: web.Request) -> web.Response:
+    """Remove one of the user's linked sign-in providers (a compromised account at the provider)."""
+    guarded = await _user_action(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    session, admin, target, _form = guarded
+    raw = request.match_info["link_id"]
+    removed = await services_of(request).store.delete_external_link(
+        target.id, int(raw) if raw.isdigit() else 0
+    )
+    if removed is None:
+        return await _user_page(
+            request, session, admin, target, error="That provider is not linked any more.", status=404
+        )
+    detail = removed.provider + (f" ({removed.email})" if removed.email else "")
+    await _record(request, audit.ADMIN_EXTERNAL_UNLINKED, admin, target.username, detail)
+    return redirect(f"{_user_path(request, target.username)}?done=external_unlinked")
 
 
 async def revoke_all_tokens(request: web.Request) -> web.Response:

@@ -107,6 +107,7 @@ def _login_page(
         passkeys=passkeys_here(request),
         password_form=password_form,
         remembered_passwordless=not remembered.get("pw", True),
+        providers=list(services.external_login.providers.values()),
     )
 
 

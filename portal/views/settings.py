@@ -111,6 +111,8 @@ async def settings_page(
         recovery_left=remaining,
         recovery_low=0 < remaining <= FEW_RECOVERY_CODES,
         events=await services.store.list_security_events(user.id, limit=20),
+        external_links=await services.store.list_external_links(user.id),
+        external_providers=services.external_login.providers,
         apps=await _connected_apps(request, user),
         notice=notice or _notice(request.query.get("done", ""), translator(request)),
         welcome=request.query.get("done") == "welcome",
@@ -143,6 +145,8 @@ NOTICES = {
     "password_on": N_("Password sign-in is on again."),
     "password_off": N_("Password sign-in is off: sign in with a security key or passkey."),
     "recovered": N_("Welcome back. Every other session has ended: register a new device below."),
+    "linked": N_("Account linked: you can now sign in with it."),
+    "unlinked": N_("Linked account removed."),
     "app_revoked": N_("Access withdrawn: the app's tokens no longer work."),
 }
 

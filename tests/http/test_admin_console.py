@@ -224,6 +224,13 @@ async def _revoke_tokens(client: Client, alice: User) -> tuple[str, dict[str, st
     return "/admin/users/alice/tokens/revoke-all", {}
 
 
+async def _remove_external_link(client: Client, alice: User) -> tuple[str, dict[str, str]]:
+    link = await services(client).store.add_external_link(
+        alice.id, "google", "g-1", email="a@gmail.com", at=0
+    )
+    return f"/admin/users/alice/external/{link.id}/remove", {}
+
+
 ACTIONS = [
     Action("create", audit.ADMIN_USER_CREATED, _create, target="carol"),
     Action("modify", audit.ADMIN_USER_MODIFIED, _modify),
@@ -236,6 +243,7 @@ ACTIONS = [
     Action("revoke all sessions", audit.ADMIN_SESSIONS_REVOKED, _revoke_sessions),
     Action("revoke token", audit.ADMIN_TOKEN_REVOKED, _revoke_token),
     Action("revoke all tokens", audit.ADMIN_TOKENS_REVOKED, _revoke_tokens),
+    Action("remove a linked provider", audit.ADMIN_EXTERNAL_UNLINKED, _remove_external_link),
 ]
 
 

@@ -84,6 +84,8 @@ async def fill(path: Path) -> dict[str, object]:
         await store.record_attempt("bob", "192.0.2.1", False, 990.0)
         await store.record_attempt("bob", "192.0.2.1", True, 995.0)
         await store.add_audit(at=1000.0, event="login", actor="bob", target="bob", ip="192.0.2.1", detail="x")
+        link = await store.add_external_link(alice.id, "google", "g-42", email="alice@gmail.com", at=1000.0)
+        await store.touch_external_link(link.id, 1001.0)
         return {
             "bob": bob.id,
             "alice": alice.id,
@@ -98,6 +100,7 @@ async def fill(path: Path) -> dict[str, object]:
             "token": await store.find_app_password("tokid"),
             "audit": await store.list_audit(),
             "failures": await store.failures_since(username="bob", since=0.0),
+            "external": await store.find_external_link("google", "g-42"),
         }
     finally:
         await store.close()
@@ -133,6 +136,7 @@ async def test_copy_moves_every_row_and_keeps_them_working(
         assert await pg.failures_since(username="bob", since=0.0) == before["failures"]
         assert await pg.get_or_create_user_handle(alice) == before["handle"]
         assert await pg.get_last_method(bob) == "totp"
+        assert await pg.find_external_link("google", "g-42") == before["external"]
         assert await pg.take_challenge("ch-1", purpose="login", now=2000.0) == (b"\x01\x02", None)
         assert await pg.use_recovery_token("rt-1", now=2000.0) == alice
         assert await pg.use_password_reset_token("pr-1", now=2000.0) == bob

@@ -16,6 +16,7 @@ HTTP_LAYER = {
     "gateway/authz/endpoints.py",
     "gateway/authz/tokens.py",
     "gateway/authz/prepared.py",
+    "gateway/external_login/client.py",  # the HTTP client adapter to identity providers
     "gateway/oidc/endpoints.py",
 }
 DRIVERS = {"aiosqlite", "sqlite3", "asyncpg", "psycopg", "psycopg_pool"}
@@ -30,6 +31,9 @@ PURE_MODULES = {
     "gateway/authz/wire.py",
     "gateway/authz/memo.py",
     "gateway/sessions/codec.py",
+    "gateway/external_login/flow.py",
+    "gateway/external_login/identity.py",
+    "gateway/external_login/tokens.py",
     "gateway/oidc/clients.py",
     "gateway/oidc/protocol.py",
 }
