@@ -563,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = audit_commands.add_parser("export", help="write audit events as JSON lines, oldest first")
     export.add_argument("--since", help="only events at or after this ISO 8601 date/time (UTC unless given)")
     export.add_argument("--output", help="file to write (mode 0600; default: standard output)")
+
+    from gateway.oidc import cli as oidc_cli  # the provider's commands live with the provider
+
+    oidc_cli.add_parser(commands, _load)
     return parser
 
 

@@ -31,6 +31,9 @@ from gateway.factors.secretbox import PURPOSE_RECOVERY, PURPOSE_TOTP, SecretBox,
 from gateway.logs import log_event, logger
 from gateway.metrics import PUBLISH_INTERVAL, Metrics, SnapshotFiles
 from gateway.models import SessionRecord, User
+from gateway.oidc import endpoints as oidc_endpoints
+from gateway.oidc.keys import KeyRing
+from gateway.oidc.service import OidcProvider
 from gateway.secret_files import load_or_create_secret_lines
 from gateway.services import SERVICES, Services
 from gateway.sessions.codec import SessionCodec
@@ -66,6 +69,7 @@ async def _housekeeping(store: Storage, clock: Callable[[], float], audit_retent
             await store.prune_attempts(now - ATTEMPT_RETENTION)
             if audit_retention > 0:
                 await store.prune_audit(now - audit_retention)
+            await store.prune_oidc(now)
         except StoreUnavailable as exc:  # locked or full: one line, and try again next round
             log_event("housekeeping_failed", logging.WARNING, reason=exc.reason)
         except Exception:  # a busy database must not end housekeeping for good
@@ -158,6 +162,18 @@ def create_app(
         ldap = config.authentication_backend.ldap
         directory = _directory(ldap, store, sessions, tokens, clock) if ldap is not None else None
         sessions.directory_configured = tokens.directory_configured = directory is not None
+        audit_log = AuditLog(store, clock=clock, counter=metrics)
+        oidc = None
+        if config.oidc_provider.enabled:
+            oidc = OidcProvider(
+                config.oidc_provider,
+                store,
+                KeyRing(config.storage.data_dir, retention=config.oidc_provider.key_retention, clock=clock),
+                hasher,
+                config.regulation,
+                audit_log,
+                clock,
+            )
         app[SERVICES] = Services(
             config=config,
             store=store,
@@ -168,7 +184,7 @@ def create_app(
             two_factor=two_factor,
             webauthn=WebAuthnService(store, config.webauthn, clock),
             notifier=build_notifier(config.notifier),
-            audit=AuditLog(store, clock=clock, counter=metrics),
+            audit=audit_log,
             app_passwords=tokens,
             clock=clock,
             csrf_keys=keys,
@@ -177,6 +193,7 @@ def create_app(
                 config.external_login, ProviderHttp(provider_http), store, clock=clock
             ),
             directory=directory,
+            oidc=oidc,
         )
         # Other instances' revocations reach this one's caches at once (PostgreSQL); on
         # SQLite the store never calls it and cache_ttl bounds them.
@@ -212,4 +229,7 @@ def create_app(
     if config.metrics.enabled and not config.metrics.listen:
         metrics_http.add_main_route(app)
     portal_routes.add_routes(app, portal_base_path(config))
+    if config.oidc_provider.enabled:
+        oidc_endpoints.add_routes(app, config.oidc_provider.issuer)
+        portal_routes.add_oidc_routes(app, oidc_endpoints.issuer_path(config.oidc_provider.issuer))
     return app

@@ -27,6 +27,20 @@ from gateway.directory.presets import GROUP_SEARCH_MODES, IMPLEMENTATIONS, PRESE
 from gateway.errors import ConfigError
 from gateway.factors.passkeys import USER_VERIFICATION, check_relying_party, origin_of
 from gateway.models import Level, Policy
+from gateway.oidc.clients import (
+    AUTH_METHODS,
+    CONSENT_MODES,
+    DEFAULT_SCOPES,
+    GRANT_TYPES,
+    SCOPES,
+    SIGNING_ALGS,
+    OidcClient,
+    OidcProviderConfig,
+    client_id_problem,
+    issuer_problem,
+    redirect_uri_problem,
+    secret_hash_problem,
+)
 from gateway.store.dsn import dsn_problem
 
 Network = IPv4Network | IPv6Network
@@ -386,6 +400,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     external_login: ExternalLoginConfig = field(default_factory=ExternalLoginConfig)
     authentication_backend: AuthenticationBackendConfig = field(default_factory=AuthenticationBackendConfig)
+    oidc_provider: OidcProviderConfig = field(default_factory=OidcProviderConfig)
 
 
 def config_warnings(config: Config) -> list[tuple[str, str]]:
@@ -501,6 +516,7 @@ def parse_config(data: object, environ: Mapping[str, str] = _NO_ENVIRONMENT) -> 
     _check_across_keys(config, failed, problems)
     config = _resolve_defaults(config, data, overrides, failed, problems)
     _check_metrics(config, failed, problems)
+    _check_oidc_provider(config, failed, problems)
     if problems:
         raise ConfigError(problems)
     return config
@@ -748,7 +764,13 @@ def _resolve_defaults(
     if "notifier.type" not in failed and "notifier.smtp" not in failed and notifier.type == "smtp":
         _check_smtp(notifier.smtp, problems)
     storage = _resolve_storage(config.storage, data, overrides, failed, problems)
-    return dataclasses.replace(config, webauthn=webauthn, notifier=notifier, storage=storage)
+    oidc = config.oidc_provider
+    if oidc.enabled and not oidc.issuer:
+        # The provider lives where the portal does unless told otherwise.
+        oidc = dataclasses.replace(oidc, issuer=config.session.cookies[0].portal_url.rstrip("/"))
+    return dataclasses.replace(
+        config, webauthn=webauthn, notifier=notifier, storage=storage, oidc_provider=oidc
+    )
 
 
 def _resolve_storage(
@@ -1801,6 +1823,45 @@ def _lowered(parse_item: Callable[[str, str, Problems], Any]) -> Callable[[str, 
     return parse
 
 
+# --- oidc_provider --------------------------------------------------------------------------------
+
+_OIDC_CLIENT_KEYS = (
+    *("client_id", "client_name", "client_secret", "public", "redirect_uris", "post_logout_redirect_uris"),
+    *("scopes", "grant_types", "authorization_policy", "token_endpoint_auth_method"),
+    *("id_token_signed_response_alg", "consent", "require_pkce"),
+    *("access_token_lifespan", "id_token_lifespan", "refresh_token_lifespan"),
+)
+_MAX_TOKEN_LIFESPAN = 86400.0  # access and ID tokens: a day at most (refresh tokens renew them)
+
+
+def _oidc_issuer(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, str) or not value.strip():
+        return _fail(problems, path, f"{_show(value)} is not a URL like https://auth.example.com")
+    reason = issuer_problem(value)
+    if reason is not None:
+        return _fail(problems, path, f"{_show(value)} {reason}")
+    return value.rstrip("/")
+
+
+def _redirect_uri(item: str, path: str, problems: Problems) -> Any:
+    reason = redirect_uri_problem(item)
+    if reason is not None:
+        return _fail(problems, path, f"{_show(item)} {reason}")
+    return item
+
+
+def _choices(allowed: tuple[str, ...]) -> Callable[[str, str, Problems], Any]:
+    def parse(item: str, path: str, problems: Problems) -> Any:
+        if item not in allowed:
+            hint = _did_you_mean(item, allowed)
+            return _fail(
+                problems, path, f"{_show(item)} is not allowed{hint}; use any of {', '.join(allowed)}"
+            )
+        return item
+
+    return parse
+
+
 def _list_of(parse_item: Callable[[str, str, Problems], Any]) -> _Parser:
     def parse(value: Any, path: str, problems: Problems) -> Any:
         return _each(value, path, parse_item, problems)
@@ -1920,6 +1981,163 @@ def _external_providers(value: Any, path: str, problems: Problems) -> Any:
     return tuple(providers)
 
 
+def _oidc_client(item: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(item, dict):
+        return _fail(
+            problems, path, f"{_show(item)} is not a mapping; allowed keys: {', '.join(_OIDC_CLIENT_KEYS)}"
+        )
+    start = len(problems)
+    _check_keys(item, _OIDC_CLIENT_KEYS, path, problems)
+    kwargs: dict[str, Any] = {}
+    client_id = item.get("client_id")
+    if not isinstance(client_id, str):
+        _fail(problems, f"{path}.client_id", f"missing or not a string ({_show(client_id)})")
+    elif (reason := client_id_problem(client_id)) is not None:
+        _fail(problems, f"{path}.client_id", f"{_show(client_id)} {reason}")
+    else:
+        kwargs["client_id"] = client_id
+    if item.get("client_name") is not None:
+        kwargs["client_name"] = _text(item["client_name"], f"{path}.client_name", problems)
+    public = False
+    if item.get("public") is not None:
+        public = _flag(item["public"], f"{path}.public", problems)
+        kwargs["public"] = public is True
+    secret = item.get("client_secret")
+    if public is True:
+        if secret is not None:
+            _fail(
+                problems, f"{path}.client_secret", "a public client has no secret; remove it or public: true"
+            )
+    elif secret is None:
+        _fail(
+            problems,
+            f"{path}.client_secret",
+            "missing; give an argon2 hash from `authgate oidc hash-secret`, or set public: true",
+        )
+    elif not isinstance(secret, str) or (reason := secret_hash_problem(secret)) is not None:
+        # never echo the value: it may be the plain secret, and problems end up in logs
+        _fail(problems, f"{path}.client_secret", reason or "is not a string")
+    else:
+        kwargs["client_secret_hash"] = secret
+    uris = _each(item.get("redirect_uris"), f"{path}.redirect_uris", _redirect_uri, problems)
+    if uris == ():
+        _fail(problems, f"{path}.redirect_uris", "missing; list the exact callback URL(s) of the app")
+    kwargs["redirect_uris"] = uris
+    kwargs["post_logout_redirect_uris"] = _each(
+        item.get("post_logout_redirect_uris"), f"{path}.post_logout_redirect_uris", _redirect_uri, problems
+    )
+    scopes = DEFAULT_SCOPES
+    if item.get("scopes") is not None:
+        scopes = _each(item["scopes"], f"{path}.scopes", _choices(SCOPES), problems)
+        if isinstance(scopes, tuple) and "openid" not in scopes:
+            _fail(problems, f"{path}.scopes", "must include openid")
+        kwargs["scopes"] = scopes
+    grants: Any = ("authorization_code",)
+    if item.get("grant_types") is not None:
+        grants = _each(item["grant_types"], f"{path}.grant_types", _choices(GRANT_TYPES), problems)
+        if isinstance(grants, tuple) and "authorization_code" not in grants:
+            _fail(problems, f"{path}.grant_types", "must include authorization_code (the only flow offered)")
+        kwargs["grant_types"] = grants
+    if isinstance(grants, tuple) and isinstance(scopes, tuple):
+        if ("refresh_token" in grants) != ("offline_access" in scopes):
+            _fail(
+                problems,
+                f"{path}.grant_types",
+                "refresh_token and the offline_access scope go together (refresh tokens are issued "
+                "only for offline_access); list both or neither",
+            )
+    if item.get("authorization_policy") is not None:
+        kwargs["authorization_policy"] = _token_level(
+            item["authorization_policy"], f"{path}.authorization_policy", problems
+        )
+    method = item.get("token_endpoint_auth_method")
+    if method is not None:
+        method = _choice(AUTH_METHODS)(method, f"{path}.token_endpoint_auth_method", problems)
+    if public is True:
+        if method not in (None, "none"):
+            _fail(problems, f"{path}.token_endpoint_auth_method", "a public client authenticates with none")
+        kwargs["token_endpoint_auth_method"] = "none"  # noqa: S105 - a method name
+    elif method == "none":
+        _fail(
+            problems,
+            f"{path}.token_endpoint_auth_method",
+            "none is only for public clients; use client_secret_basic or client_secret_post",
+        )
+    elif isinstance(method, str):
+        kwargs["token_endpoint_auth_method"] = method
+    alg = item.get("id_token_signed_response_alg")
+    if alg is not None:
+        if alg not in SIGNING_ALGS:
+            _fail(
+                problems,
+                f"{path}.id_token_signed_response_alg",
+                f"{_show(alg)} is not allowed; use one of {', '.join(SIGNING_ALGS)}",
+            )
+        kwargs["id_token_signed_response_alg"] = alg
+    if item.get("consent") is not None:
+        kwargs["consent"] = _choice(CONSENT_MODES)(item["consent"], f"{path}.consent", problems)
+    if item.get("require_pkce") is not None:
+        kwargs["require_pkce"] = _flag(item["require_pkce"], f"{path}.require_pkce", problems)
+    for key in ("access_token_lifespan", "id_token_lifespan", "refresh_token_lifespan"):
+        if item.get(key) is not None:
+            maximum = None if key == "refresh_token_lifespan" else _MAX_TOKEN_LIFESPAN
+            kwargs[key] = _duration(positive=True, maximum=maximum)(item[key], f"{path}.{key}", problems)
+    if len(problems) > start or "client_id" not in kwargs:
+        return _INVALID
+    return OidcClient(**kwargs)
+
+
+def _oidc_clients(value: Any, path: str, problems: Problems) -> Any:
+    if not isinstance(value, list):
+        return _fail(problems, path, f"{_show(value)} is not a list of clients")
+    clients = [_oidc_client(item, f"{path}[{index}]", problems) for index, item in enumerate(value)]
+    seen: dict[str, int] = {}
+    for index, client in enumerate(clients):
+        if not isinstance(client, OidcClient):
+            continue
+        if client.client_id in seen:
+            clients[index] = _fail(
+                problems,
+                f"{path}[{index}].client_id",
+                f"{_show(client.client_id)} is already the id of {path}[{seen[client.client_id]}]; "
+                "client ids must be unique",
+            )
+        seen.setdefault(client.client_id, index)
+    if _INVALID in clients:
+        return _INVALID
+    return tuple(clients)
+
+
+def _check_oidc_provider(config: Config, failed: set[str], problems: Problems) -> None:
+    """The provider lives in the portal; retired keys stay published as long as their tokens live."""
+    oidc = config.oidc_provider
+    if not oidc.enabled or failed & {"oidc_provider.key_retention", "oidc_provider.clients"}:
+        return
+    portals = [cookie.portal_url.rstrip("/") for cookie in config.session.cookies]
+    if not failed & {"oidc_provider.issuer", "session.cookies"} and oidc.issuer not in portals:
+        problems.append(
+            (
+                "oidc_provider.issuer",
+                f"{_show(oidc.issuer)} is not one of the portal URLs ({', '.join(portals)}); the "
+                "provider signs users in through the portal, so the issuer must be a session.cookies "
+                "portal_url (or leave it out to use the first)",
+            )
+        )
+    longest = max(
+        [oidc.access_token_lifespan, oidc.id_token_lifespan]
+        + [c.access_token_lifespan or 0 for c in oidc.clients]
+        + [c.id_token_lifespan or 0 for c in oidc.clients]
+    )
+    if oidc.key_retention < longest:
+        problems.append(
+            (
+                "oidc_provider.key_retention",
+                f"{oidc.key_retention:g}s is shorter than the longest token lifetime ({longest:g}s); "
+                "tokens signed by a retired key would stop verifying before they expire",
+            )
+        )
+
+
 _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
     "server": (
         ServerConfig,
@@ -2023,6 +2241,18 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
         {"providers": _external_providers, "login_ttl": _duration_between(60.0, 3600.0)},
     ),
     "authentication_backend": (AuthenticationBackendConfig, {"ldap": _ldap}),
+    "oidc_provider": (
+        OidcProviderConfig,
+        {
+            "issuer": _oidc_issuer,
+            "clients": _oidc_clients,
+            "access_token_lifespan": _duration(positive=True, maximum=_MAX_TOKEN_LIFESPAN),
+            "id_token_lifespan": _duration(positive=True, maximum=_MAX_TOKEN_LIFESPAN),
+            "refresh_token_lifespan": _duration(positive=True),
+            "authorization_code_lifespan": _duration_between(10.0, 600.0),
+            "key_retention": _duration(positive=True),
+        },
+    ),
 }
 
 # Keys typed `str` in the dataclasses take environment values verbatim instead of through YAML.

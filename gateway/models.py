@@ -26,6 +26,24 @@ class Level(enum.IntEnum):
     TWO_FACTOR = 2
 
 
+# Authentication method references (RFC 8176) a session records, for the ID token's amr.
+AMR_PASSWORD = "pwd"  # noqa: S105 - a method name
+AMR_OTP = "otp"  # a TOTP or recovery code
+AMR_HARDWARE_KEY = "hwk"  # a security key or passkey
+AMR_USER_VERIFIED = "user"  # the authenticator verified its user (PIN or biometrics)
+AMR_MFA = "mfa"
+
+
+def merge_amr(before: tuple[str, ...], *added: str) -> tuple[str, ...]:
+    """Return the methods of `before` plus `added` (no repeats), with mfa when two kinds were used."""
+    methods = [m for m in dict.fromkeys((*before, *added)) if m != AMR_MFA]
+    kinds = {m for m in methods if m in (AMR_PASSWORD, AMR_OTP, AMR_HARDWARE_KEY)}
+    user_verified_key = AMR_HARDWARE_KEY in kinds and AMR_USER_VERIFIED in methods
+    if len(kinds) >= 2 or user_verified_key:
+        methods.append(AMR_MFA)
+    return tuple(methods)
+
+
 @dataclass(frozen=True, slots=True)
 class OriginalRequest:
     """The request the proxy is asking about, as reconstructed from trusted headers."""
@@ -96,6 +114,8 @@ class SessionRecord:
     remember_me: bool
     ip: str
     user_agent: str
+    # Which factors were passed, as RFC 8176 values ("pwd", "otp", "hwk", "mfa"); () if unknown.
+    amr: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,3 +213,55 @@ class ExternalLink:
     email: str  # the e-mail the provider gave when the link was made, for display only
     created_at: float
     last_used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OidcGrant:
+    """What a user allowed a relying party in one authorization (gateway/oidc/)."""
+
+    id: str
+    client_id: str
+    user_id: int
+    scopes: tuple[str, ...]
+    session_hash: str  # the portal session it was granted in
+    auth_time: float
+    amr: tuple[str, ...]
+    acr: str
+    nonce: str  # "" when the request had none
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OidcCode:
+    """An authorization code as stored (its digest is the key; the code itself is never stored)."""
+
+    code_hash: str
+    grant_id: str
+    redirect_uri: str
+    code_challenge: str  # "" when the request had none
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OidcToken:
+    """A refresh token's digest or an access token's jti, with what it belongs to."""
+
+    token_hash: str
+    kind: str  # "access" | "refresh"
+    grant_id: str
+    issued_at: float
+    expires_at: float
+    used_at: float | None = None
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OidcConsent:
+    """A remembered consent: the scopes a user allowed a client without being asked again."""
+
+    user_id: int
+    client_id: str
+    scopes: tuple[str, ...]
+    granted_at: float

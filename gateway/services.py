@@ -19,6 +19,7 @@ from gateway.directory.service import DirectoryService
 from gateway.external_login.service import ExternalLoginService
 from gateway.factors.passwords import AsyncPasswordHasher
 from gateway.metrics import Metrics
+from gateway.oidc.service import OidcProvider
 from gateway.sessions.service import SessionService
 from gateway.store.contract import Storage
 
@@ -41,6 +42,7 @@ class Services:
     metrics: Metrics  # this worker's counts (gateway/metrics.py)
     external_login: ExternalLoginService  # sign-in through external providers
     directory: DirectoryService | None = None  # authentication_backend.ldap; None = local users only
+    oidc: OidcProvider | None = None  # the OpenID Provider, when oidc_provider has clients
 
 
 SERVICES = web.AppKey("services", Services)

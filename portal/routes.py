@@ -13,6 +13,7 @@ from portal.views import (
     external_login,
     language,
     login,
+    oidc,
     passkeys,
     password_reset,
     reauth,
@@ -94,6 +95,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/admin/users/{username}/tokens/revoke-all", admin.revoke_all_tokens),
     ("POST", "/admin/users/{username}/external/{link_id}/remove", admin.remove_external_link),
     ("GET", "/admin/audit", admin.audit_page),
+    ("POST", "/settings/apps/{client_id}/revoke", oidc.revoke_app),
+    ("GET", "/admin/oidc", oidc.admin_clients),
     ("GET", "/reset/{token}", password_reset.reset_page),
     ("POST", "/reset/{token}", password_reset.reset_submit),
 )
@@ -108,3 +111,19 @@ def add_routes(app: web.Application, base: str) -> None:
     if base:
         app.router.add_get(base, store_guard(login.home))
     app.router.add_static(f"{base}/static", STATIC_DIR, append_version=True)
+
+
+# The OpenID Provider's browser-facing endpoints, under the issuer's path (gateway/oidc/endpoints.py).
+OIDC_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/api/oidc/authorization", oidc.authorize),
+    ("POST", "/api/oidc/authorization", oidc.authorize),
+    ("POST", "/api/oidc/consent", oidc.consent_submit),
+    ("GET", "/api/oidc/logout", oidc.end_session),
+    ("POST", "/api/oidc/logout", oidc.end_session),
+    ("POST", "/api/oidc/logout/confirm", oidc.logout_confirm),
+)
+
+
+def add_oidc_routes(app: web.Application, base: str) -> None:
+    for method, path, handler in OIDC_ROUTES:
+        app.router.add_route(method, f"{base}{path}", store_guard(handler))

@@ -67,6 +67,14 @@ ADMIN_TOKEN_REVOKED: Final = "admin_token_revoked"  # noqa: S105 - an event name
 ADMIN_TOKENS_REVOKED: Final = "admin_tokens_revoked"  # noqa: S105 - an event name
 ADMIN_AUDIT_EXPORTED: Final = "admin_audit_exported"
 ADMIN_EXTERNAL_UNLINKED: Final = "admin_external_unlinked"  # a linked sign-in provider removed
+# -- OpenID Provider (gateway/oidc/) -----------------------------------------
+OIDC_CONSENT_GRANTED: Final = "oidc_consent_granted"
+OIDC_CONSENT_REVOKED: Final = "oidc_consent_revoked"
+OIDC_TOKENS_ISSUED: Final = "oidc_tokens_issued"  # noqa: S105 - an event name
+OIDC_TOKEN_REVOKED: Final = "oidc_token_revoked"  # noqa: S105 - an event name
+OIDC_GRANT_REVOKED: Final = "oidc_grant_revoked"  # reuse of a code or refresh token, or logout
+OIDC_CLIENT_AUTH_FAILED: Final = "oidc_client_auth_failed"
+OIDC_KEYS_ROTATED: Final = "oidc_keys_rotated"
 
 CLI_ACTOR: Final = "cli"
 MAX_DETAIL_LENGTH: Final = 500
@@ -88,6 +96,8 @@ _WARNING_EVENTS: Final = frozenset(
         EXTERNAL_LOGIN_FAILED,
         EXTERNAL_ACCOUNT_LINKED,
         EXTERNAL_ACCOUNT_UNLINKED,
+        OIDC_GRANT_REVOKED,
+        OIDC_CLIENT_AUTH_FAILED,
     }
 )
 

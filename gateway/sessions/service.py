@@ -97,8 +97,17 @@ class SessionService:
         # re-checks them any more (docs/ldap.md, "removing the directory").
         self.directory_configured = True
 
-    async def create(self, user: User, level: Level, *, remember_me: bool, ip: str, user_agent: str) -> str:
-        """Start a new session and return its signed cookie value."""
+    async def create(
+        self,
+        user: User,
+        level: Level,
+        *,
+        remember_me: bool,
+        ip: str,
+        user_agent: str,
+        amr: tuple[str, ...] = (),
+    ) -> str:
+        """Start a new session and return its signed cookie value (`amr`: the factors passed)."""
         now = self.clock()
         session_id = generate_session_id()
         lifetime = self.cfg.remember_me if remember_me else self.cfg.expiration
@@ -113,6 +122,7 @@ class SessionService:
             remember_me=remember_me,
             ip=ip,
             user_agent=user_agent[:512],
+            amr=amr,
         )
         await self.store.create_session(record)
         return self.codec.sign(session_id)

@@ -28,6 +28,10 @@ from gateway.models import (
     AuditEvent,
     ExternalLink,
     Level,
+    OidcCode,
+    OidcConsent,
+    OidcGrant,
+    OidcToken,
     SecurityEvent,
     SessionRecord,
     TotpDevice,
@@ -497,6 +501,42 @@ class RevocationFeed(Protocol):
         """True while changes by other instances are heard at once (else cache_ttl bounds them)."""
 
 
+class OidcStore(Protocol):
+    """The OpenID Provider's grants, single-use codes, tokens and consents (gateway/oidc/)."""
+
+    async def create_oidc_grant(self, grant: OidcGrant, code: OidcCode) -> None: ...
+
+    async def redeem_oidc_code(
+        self, code_hash: str, *, now: float, tokens: Callable[[OidcGrant, OidcCode], Sequence[OidcToken]]
+    ) -> tuple[str, OidcGrant | None, OidcCode | None]: ...
+
+    async def rotate_oidc_refresh_token(
+        self, token_hash: str, *, now: float, tokens: Callable[[OidcGrant], Sequence[OidcToken]]
+    ) -> tuple[str, OidcGrant | None]: ...
+
+    async def find_oidc_token(self, token_hash: str) -> tuple[OidcToken, OidcGrant] | None: ...
+
+    async def revoke_oidc_token(self, token_hash: str, *, now: float) -> bool: ...
+
+    async def revoke_oidc_grant(self, grant_id: str, *, now: float, reason: str) -> bool: ...
+
+    async def revoke_oidc_grants(
+        self, user_id: int, client_id: str | None, *, now: float, reason: str
+    ) -> int: ...
+
+    async def get_oidc_consent(self, user_id: int, client_id: str) -> OidcConsent | None: ...
+
+    async def put_oidc_consent(self, consent: OidcConsent) -> None: ...
+
+    async def list_oidc_consents(self, user_id: int) -> list[OidcConsent]: ...
+
+    async def delete_oidc_consent(self, user_id: int, client_id: str, *, now: float) -> bool: ...
+
+    async def count_oidc_grants(self, now: float) -> dict[str, tuple[int, int]]: ...
+
+    async def prune_oidc(self, now: float, *, code_grace: float = 600.0) -> int: ...
+
+
 class Storage(
     UserStore,
     SessionStore,
@@ -506,6 +546,7 @@ class Storage(
     TokenStore,
     AuditStore,
     ExternalLinkStore,
+    OidcStore,
     RevocationFeed,
     Lifecycle,
     Protocol,

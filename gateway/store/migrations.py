@@ -483,6 +483,62 @@ CREATE UNIQUE INDEX users_source_external_id ON users (source, external_id) WHER
 CREATE INDEX users_directory_checked_at ON users (directory_checked_at) WHERE external_id IS NOT NULL;
 """
 
+# v9: authgate as an OpenID Provider (gateway/oidc/). Which factors a session passed (the
+# ID token's amr), and the provider's grants, codes, tokens and consents. Codes and refresh
+# tokens are stored only as sha256 digests; an access token (a JWT) by its jti. Written to run
+# unchanged on PostgreSQL too (DOUBLE PRECISION, which SQLite reads as REAL; no WITHOUT ROWID).
+_V9_OIDC_PROVIDER: Final = """
+ALTER TABLE sessions ADD COLUMN amr TEXT NOT NULL DEFAULT '';   -- space-separated RFC 8176 values
+
+CREATE TABLE oidc_grants (
+    id TEXT PRIMARY KEY,                    -- random; one per completed authorization request
+    client_id TEXT NOT NULL,
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    scopes TEXT NOT NULL,                   -- space-separated, as granted
+    session_hash TEXT NOT NULL,             -- the portal session it was granted in (the sid claim)
+    auth_time DOUBLE PRECISION NOT NULL,
+    amr TEXT NOT NULL,
+    acr TEXT NOT NULL,
+    nonce TEXT NOT NULL,                    -- '' when the request had none
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,   -- nothing issued from it outlives this
+    revoked_at DOUBLE PRECISION,            -- NULL while live
+    revoked_reason TEXT NOT NULL DEFAULT ''
+);
+
+CREATE INDEX oidc_grants_user_client ON oidc_grants (user_id, client_id);
+CREATE INDEX oidc_grants_expires_at ON oidc_grants (expires_at);
+
+CREATE TABLE oidc_codes (
+    code_hash TEXT PRIMARY KEY,             -- sha256 of the authorization code
+    grant_id TEXT NOT NULL REFERENCES oidc_grants (id) ON DELETE CASCADE,
+    redirect_uri TEXT NOT NULL,
+    code_challenge TEXT NOT NULL,           -- S256 challenge; '' when the request had none
+    expires_at DOUBLE PRECISION NOT NULL,
+    used_at DOUBLE PRECISION                -- set once: a second use revokes the grant
+);
+
+CREATE TABLE oidc_tokens (
+    token_hash TEXT PRIMARY KEY,            -- sha256 of a refresh token, or an access token's jti
+    kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
+    grant_id TEXT NOT NULL REFERENCES oidc_grants (id) ON DELETE CASCADE,
+    issued_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    used_at DOUBLE PRECISION,               -- a refresh token exchanged (rotated); reuse revokes the grant
+    revoked_at DOUBLE PRECISION
+);
+
+CREATE INDEX oidc_tokens_grant_id ON oidc_tokens (grant_id);
+
+CREATE TABLE oidc_consents (
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    client_id TEXT NOT NULL,
+    scopes TEXT NOT NULL,                   -- space-separated, sorted
+    granted_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (user_id, client_id)
+);
+"""
+
 MIGRATIONS: Final[tuple[str | Migration, ...]] = (
     Migration(sqlite=_V1, postgres=_V1_PG),
     Migration(sqlite=_V2, postgres=_V2_PG),
@@ -492,6 +548,7 @@ MIGRATIONS: Final[tuple[str | Migration, ...]] = (
     Migration(sqlite=_V6, postgres=_V6_PG),
     Migration(sqlite=_V7_EXTERNAL_IDENTITIES, postgres=_V7_EXTERNAL_IDENTITIES_PG),
     Migration(sqlite=_V_LDAP, postgres=_V_LDAP_PG),
+    _V9_OIDC_PROVIDER,  # the same SQL on both engines
 )
 
 

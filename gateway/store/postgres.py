@@ -46,6 +46,10 @@ from gateway.models import (
     AuditEvent,
     ExternalLink,
     Level,
+    OidcCode,
+    OidcConsent,
+    OidcGrant,
+    OidcToken,
     SecurityEvent,
     SessionRecord,
     TotpDevice,
@@ -61,6 +65,10 @@ from gateway.store.rows import (
     escape_like,
     external_link_from_row,
     groups_json,
+    oidc_code_from_row,
+    oidc_consent_from_row,
+    oidc_grant_from_row,
+    oidc_token_from_row,
     session_from_row,
     totp_from_row,
     user_from_row,
@@ -171,16 +179,16 @@ FROM users AS u
 
 _INSERT_SESSION = (
     "INSERT INTO sessions (id_hash, user_id, level, created_at, authenticated_at, last_active, "
-    "expires_at, remember_me, ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    "expires_at, remember_me, ip, user_agent, amr) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
 _SELECT_USER_SESSIONS = (
     "SELECT id_hash, user_id, level, created_at, authenticated_at, last_active, expires_at, remember_me, "
-    "ip, user_agent FROM sessions WHERE user_id = $1 ORDER BY created_at DESC"
+    "ip, user_agent, amr FROM sessions WHERE user_id = $1 ORDER BY created_at DESC"
 )
 # The u_ prefixes keep user and session columns apart in the one joined row.
 _SELECT_SESSION_WITH_USER = """
 SELECT s.id_hash, s.user_id, s.level, s.created_at, s.authenticated_at, s.last_active,
-       s.expires_at, s.remember_me, s.ip, s.user_agent,
+       s.expires_at, s.remember_me, s.ip, s.user_agent, s.amr,
        u.id AS u_id, u.username AS u_username, u.email AS u_email,
        u.display_name AS u_display_name, u.groups AS u_groups,
        u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login,
@@ -191,7 +199,7 @@ WHERE s.id_hash = $1
 """
 _SELECT_SESSIONS_WITH_USER = """
 SELECT s.id_hash, s.user_id, s.level, s.created_at, s.authenticated_at, s.last_active,
-       s.expires_at, s.remember_me, s.ip, s.user_agent,
+       s.expires_at, s.remember_me, s.ip, s.user_agent, s.amr,
        u.id AS u_id, u.username AS u_username, u.email AS u_email,
        u.display_name AS u_display_name, u.groups AS u_groups,
        u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login,
@@ -398,6 +406,34 @@ class _OneLine(logging.Filter):
 
 
 logging.getLogger("asyncpg.pool").addFilter(_OneLine())
+
+_INSERT_OIDC_GRANT = """
+INSERT INTO oidc_grants (id, client_id, user_id, scopes, session_hash, auth_time, amr, acr, nonce,
+                         created_at, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+"""
+# FOR UPDATE OF the single-use row: a second redeemer waits for the first's commit, then
+# reads the row as it left it (used) and is told "reused".
+_SELECT_OIDC_CODE_FOR_UPDATE = """
+SELECT c.code_hash, c.grant_id, c.redirect_uri, c.code_challenge, c.expires_at, c.used_at,
+       g.id AS g_id, g.client_id AS g_client_id, g.user_id AS g_user_id, g.scopes AS g_scopes,
+       g.session_hash AS g_session_hash, g.auth_time AS g_auth_time, g.amr AS g_amr, g.acr AS g_acr,
+       g.nonce AS g_nonce, g.created_at AS g_created_at, g.expires_at AS g_expires_at,
+       g.revoked_at AS g_revoked_at
+FROM oidc_codes AS c JOIN oidc_grants AS g ON g.id = c.grant_id
+WHERE c.code_hash = $1
+FOR UPDATE OF c
+"""
+_SELECT_OIDC_ISSUED = """
+SELECT t.token_hash, t.kind, t.grant_id, t.issued_at, t.expires_at, t.used_at, t.revoked_at,
+       g.id AS g_id, g.client_id AS g_client_id, g.user_id AS g_user_id, g.scopes AS g_scopes,
+       g.session_hash AS g_session_hash, g.auth_time AS g_auth_time, g.amr AS g_amr, g.acr AS g_acr,
+       g.nonce AS g_nonce, g.created_at AS g_created_at, g.expires_at AS g_expires_at,
+       g.revoked_at AS g_revoked_at
+FROM oidc_tokens AS t JOIN oidc_grants AS g ON g.id = t.grant_id
+WHERE t.token_hash = $1
+"""
+_SELECT_OIDC_ISSUED_FOR_UPDATE = _SELECT_OIDC_ISSUED.rstrip() + "\nFOR UPDATE OF t\n"
 
 
 def _rowcount(status: str) -> int:
@@ -849,6 +885,7 @@ class PostgresStore:
             int(rec.remember_me),
             rec.ip,
             rec.user_agent,
+            " ".join(rec.amr),
         )
         try:
             await self._exec(_INSERT_SESSION, *params)
@@ -1649,6 +1686,243 @@ class PostgresStore:
             )
             for row in await self._rows(_SELECT_SECURITY_EVENTS, user_id, limit)
         ]
+
+    # -- OpenID Provider (gateway/oidc/) --------------------------------------
+
+    async def create_oidc_grant(self, grant: OidcGrant, code: OidcCode) -> None:
+        """Store a new grant with its authorization code, in one transaction; NotFound (user)."""
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await self._execute(
+                conn,
+                _INSERT_OIDC_GRANT,
+                *(grant.id, grant.client_id, grant.user_id, " ".join(grant.scopes)),
+                *(grant.session_hash, grant.auth_time, " ".join(grant.amr), grant.acr),
+                *(grant.nonce, grant.created_at, grant.expires_at),
+            )
+            await self._execute(
+                conn,
+                "INSERT INTO oidc_codes (code_hash, grant_id, redirect_uri, code_challenge, expires_at) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                code.code_hash,
+                code.grant_id,
+                code.redirect_uri,
+                code.code_challenge,
+                code.expires_at,
+            )
+
+        try:
+            await self._run(work, transaction=True)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise NotFound(f"no user with id {grant.user_id}") from exc
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict("an OIDC grant or code with this id already exists") from exc
+
+    async def redeem_oidc_code(
+        self, code_hash: str, *, now: float, tokens: Callable[[OidcGrant, OidcCode], Sequence[OidcToken]]
+    ) -> tuple[str, OidcGrant | None, OidcCode | None]:
+        """Use an authorization code once (the SQLite store's contract).
+
+        Atomic across instances: the code row is read FOR UPDATE in the transaction that marks
+        it, so a concurrent caller waits and then sees it used ("reused").
+        """
+
+        async def work(conn: asyncpg.Connection) -> tuple[str, OidcGrant | None, OidcCode | None]:
+            row = await self._fetchrow(conn, _SELECT_OIDC_CODE_FOR_UPDATE, code_hash)
+            if row is None:
+                return "unknown", None, None
+            grant, code = oidc_grant_from_row(row, prefix="g_"), oidc_code_from_row(row)
+            if row["used_at"] is not None:
+                await self._revoke_oidc_grant(conn, grant.id, now, "authorization code reused")
+                return "reused", grant, code
+            await self._execute(
+                conn, "UPDATE oidc_codes SET used_at = $1 WHERE code_hash = $2", now, code_hash
+            )
+            if grant.revoked_at is not None:
+                return "revoked", grant, code
+            if code.expires_at <= now:
+                return "expired", grant, code
+            await self._insert_oidc_tokens(conn, tokens(grant, code))
+            return "ok", grant, code
+
+        return await self._run(work, transaction=True)
+
+    async def rotate_oidc_refresh_token(
+        self, token_hash: str, *, now: float, tokens: Callable[[OidcGrant], Sequence[OidcToken]]
+    ) -> tuple[str, OidcGrant | None]:
+        """Exchange a refresh token once (the SQLite store's contract); the row is locked FOR UPDATE."""
+
+        async def work(conn: asyncpg.Connection) -> tuple[str, OidcGrant | None]:
+            row = await self._fetchrow(conn, _SELECT_OIDC_ISSUED_FOR_UPDATE, token_hash)
+            if row is None or row["kind"] != "refresh":
+                return "unknown", None
+            grant = oidc_grant_from_row(row, prefix="g_")
+            if row["used_at"] is not None:
+                await self._revoke_oidc_grant(conn, grant.id, now, "refresh token reused")
+                return "reused", grant
+            if grant.revoked_at is not None or row["revoked_at"] is not None:
+                return "revoked", grant
+            if row["expires_at"] <= now or grant.expires_at <= now:
+                return "expired", grant
+            await self._execute(
+                conn, "UPDATE oidc_tokens SET used_at = $1 WHERE token_hash = $2", now, token_hash
+            )
+            await self._insert_oidc_tokens(conn, tokens(grant))
+            return "ok", grant
+
+        return await self._run(work, transaction=True)
+
+    async def find_oidc_token(self, token_hash: str) -> tuple[OidcToken, OidcGrant] | None:
+        """Return a token row and its grant by digest (refresh) or jti (access), or None."""
+        row = await self._row(_SELECT_OIDC_ISSUED, token_hash)
+        if row is None:
+            return None
+        return oidc_token_from_row(row), oidc_grant_from_row(row, prefix="g_")
+
+    async def revoke_oidc_token(self, token_hash: str, *, now: float) -> bool:
+        """Revoke one access token (by jti); False when unknown or already revoked."""
+        status = await self._exec(
+            "UPDATE oidc_tokens SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL",
+            now,
+            token_hash,
+        )
+        return _rowcount(status) == 1
+
+    async def revoke_oidc_grant(self, grant_id: str, *, now: float, reason: str) -> bool:
+        """Revoke a grant and every token issued from it; False when it was revoked already."""
+
+        async def work(conn: asyncpg.Connection) -> bool:
+            return await self._revoke_oidc_grant(conn, grant_id, now, reason)
+
+        return await self._run(work, transaction=True)
+
+    async def _revoke_oidc_grant(
+        self, conn: asyncpg.Connection, grant_id: str, now: float, reason: str
+    ) -> bool:
+        status = await self._execute(
+            conn,
+            "UPDATE oidc_grants SET revoked_at = $1, revoked_reason = $2 "
+            "WHERE id = $3 AND revoked_at IS NULL",
+            now,
+            reason,
+            grant_id,
+        )
+        await self._execute(
+            conn,
+            "UPDATE oidc_tokens SET revoked_at = $1 WHERE grant_id = $2 AND revoked_at IS NULL",
+            now,
+            grant_id,
+        )
+        return _rowcount(status) == 1
+
+    async def revoke_oidc_grants(
+        self, user_id: int, client_id: str | None, *, now: float, reason: str
+    ) -> int:
+        """Revoke a user's live grants (for one client, or all with None); return how many."""
+
+        async def work(conn: asyncpg.Connection) -> int:
+            rows = await self._fetch(
+                conn,
+                "SELECT id FROM oidc_grants WHERE user_id = $1 AND ($2::text IS NULL OR client_id = $2) "
+                "AND revoked_at IS NULL",
+                user_id,
+                client_id,
+            )
+            for row in rows:
+                await self._revoke_oidc_grant(conn, row["id"], now, reason)
+            return len(rows)
+
+        return await self._run(work, transaction=True)
+
+    async def _insert_oidc_tokens(self, conn: asyncpg.Connection, tokens: Sequence[OidcToken]) -> None:
+        for token in tokens:
+            await self._execute(
+                conn,
+                "INSERT INTO oidc_tokens (token_hash, kind, grant_id, issued_at, expires_at) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                token.token_hash,
+                token.kind,
+                token.grant_id,
+                token.issued_at,
+                token.expires_at,
+            )
+
+    async def get_oidc_consent(self, user_id: int, client_id: str) -> OidcConsent | None:
+        """Return the consent a user remembered for a client, or None."""
+        row = await self._row(
+            "SELECT user_id, client_id, scopes, granted_at FROM oidc_consents "
+            "WHERE user_id = $1 AND client_id = $2",
+            user_id,
+            client_id,
+        )
+        return None if row is None else oidc_consent_from_row(row)
+
+    async def put_oidc_consent(self, consent: OidcConsent) -> None:
+        """Remember (or replace) a user's consent for a client; NotFound (user)."""
+        try:
+            await self._exec(
+                "INSERT INTO oidc_consents (user_id, client_id, scopes, granted_at) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (user_id, client_id) DO UPDATE SET scopes = excluded.scopes, "
+                "granted_at = excluded.granted_at",
+                consent.user_id,
+                consent.client_id,
+                " ".join(sorted(consent.scopes)),
+                consent.granted_at,
+            )
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise NotFound(f"no user with id {consent.user_id}") from exc
+
+    async def list_oidc_consents(self, user_id: int) -> list[OidcConsent]:
+        """Return a user's remembered consents, by client id."""
+        rows = await self._rows(
+            "SELECT user_id, client_id, scopes, granted_at FROM oidc_consents "
+            "WHERE user_id = $1 ORDER BY client_id",
+            user_id,
+        )
+        return [oidc_consent_from_row(row) for row in rows]
+
+    async def delete_oidc_consent(self, user_id: int, client_id: str, *, now: float) -> bool:
+        """Forget a consent and revoke the grants (and tokens) the client holds for the user."""
+
+        async def work(conn: asyncpg.Connection) -> bool:
+            status = await self._execute(
+                conn, "DELETE FROM oidc_consents WHERE user_id = $1 AND client_id = $2", user_id, client_id
+            )
+            grants = await self._fetch(
+                conn,
+                "SELECT id FROM oidc_grants WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL",
+                user_id,
+                client_id,
+            )
+            for row in grants:
+                await self._revoke_oidc_grant(conn, row["id"], now, "consent revoked")
+            return _rowcount(status) > 0 or bool(grants)
+
+        return await self._run(work, transaction=True)
+
+    async def count_oidc_grants(self, now: float) -> dict[str, tuple[int, int]]:
+        """Live grants by client id: (grants, distinct users), for the admin console."""
+        rows = await self._rows(
+            "SELECT client_id, COUNT(*), COUNT(DISTINCT user_id) FROM oidc_grants "
+            "WHERE revoked_at IS NULL AND expires_at > $1 GROUP BY client_id",
+            now,
+        )
+        return {row[0]: (int(row[1]), int(row[2])) for row in rows}
+
+    async def prune_oidc(self, now: float, *, code_grace: float = 600.0) -> int:
+        """Delete expired codes (after `code_grace`), tokens and grants; return how many rows went."""
+
+        async def work(conn: asyncpg.Connection) -> int:
+            removed = 0
+            for sql, before in (
+                ("DELETE FROM oidc_codes WHERE expires_at <= $1", now - code_grace),
+                ("DELETE FROM oidc_tokens WHERE expires_at <= $1", now),
+                ("DELETE FROM oidc_grants WHERE expires_at <= $1", now),
+            ):
+                removed += _rowcount(await self._execute(conn, sql, before))
+            return removed
+
+        return await self._run(work, transaction=True)
 
     # -- plumbing -----------------------------------------------------------
 

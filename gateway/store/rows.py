@@ -15,6 +15,10 @@ from gateway.models import (
     AuditEvent,
     ExternalLink,
     Level,
+    OidcCode,
+    OidcConsent,
+    OidcGrant,
+    OidcToken,
     SessionRecord,
     TotpDevice,
     User,
@@ -67,6 +71,7 @@ def session_from_row(row: Row) -> SessionRecord:
         remember_me=bool(row["remember_me"]),
         ip=row["ip"],
         user_agent=row["user_agent"],
+        amr=tuple(row["amr"].split()),
     )
 
 
@@ -144,4 +149,52 @@ def external_link_from_row(row: Row) -> ExternalLink:
         email=row["email"],
         created_at=float(row["created_at"]),
         last_used_at=None if row["last_used_at"] is None else float(row["last_used_at"]),
+    )
+
+
+def oidc_grant_from_row(row: Row, *, prefix: str = "") -> OidcGrant:
+    return OidcGrant(
+        id=row[f"{prefix}id"],
+        client_id=row[f"{prefix}client_id"],
+        user_id=row[f"{prefix}user_id"],
+        scopes=tuple(row[f"{prefix}scopes"].split()),
+        session_hash=row[f"{prefix}session_hash"],
+        auth_time=row[f"{prefix}auth_time"],
+        amr=tuple(row[f"{prefix}amr"].split()),
+        acr=row[f"{prefix}acr"],
+        nonce=row[f"{prefix}nonce"],
+        created_at=row[f"{prefix}created_at"],
+        expires_at=row[f"{prefix}expires_at"],
+        revoked_at=row[f"{prefix}revoked_at"],
+    )
+
+
+def oidc_code_from_row(row: Row) -> OidcCode:
+    return OidcCode(
+        code_hash=row["code_hash"],
+        grant_id=row["grant_id"],
+        redirect_uri=row["redirect_uri"],
+        code_challenge=row["code_challenge"],
+        expires_at=row["expires_at"],
+    )
+
+
+def oidc_token_from_row(row: Row) -> OidcToken:
+    return OidcToken(
+        token_hash=row["token_hash"],
+        kind=row["kind"],
+        grant_id=row["grant_id"],
+        issued_at=row["issued_at"],
+        expires_at=row["expires_at"],
+        used_at=row["used_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def oidc_consent_from_row(row: Row) -> OidcConsent:
+    return OidcConsent(
+        user_id=row["user_id"],
+        client_id=row["client_id"],
+        scopes=tuple(row["scopes"].split()),
+        granted_at=row["granted_at"],
     )

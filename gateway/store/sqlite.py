@@ -23,6 +23,10 @@ from gateway.models import (
     AuditEvent,
     ExternalLink,
     Level,
+    OidcCode,
+    OidcConsent,
+    OidcGrant,
+    OidcToken,
     SecurityEvent,
     SessionRecord,
     TotpDevice,
@@ -37,6 +41,10 @@ from gateway.store.rows import (
     escape_like,
     external_link_from_row,
     groups_json,
+    oidc_code_from_row,
+    oidc_consent_from_row,
+    oidc_grant_from_row,
+    oidc_token_from_row,
     session_from_row,
     totp_from_row,
     user_from_row,
@@ -127,20 +135,20 @@ RETURNING id, username, email, display_name, groups, disabled, created_at, passw
 
 _INSERT_SESSION = """
 INSERT INTO sessions (id_hash, user_id, level, created_at, authenticated_at, last_active,
-                      expires_at, remember_me, ip, user_agent)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      expires_at, remember_me, ip, user_agent, amr)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 _SELECT_USER_SESSIONS = """
 SELECT id_hash, user_id, level, created_at, authenticated_at, last_active,
-       expires_at, remember_me, ip, user_agent
+       expires_at, remember_me, ip, user_agent, amr
 FROM sessions WHERE user_id = ? ORDER BY created_at DESC
 """
 
 # The u_ prefixes keep user and session columns apart in the one joined row.
 _SELECT_SESSION_WITH_USER = """
 SELECT s.id_hash, s.user_id, s.level, s.created_at, s.authenticated_at, s.last_active,
-       s.expires_at, s.remember_me, s.ip, s.user_agent,
+       s.expires_at, s.remember_me, s.ip, s.user_agent, s.amr,
        u.id AS u_id, u.username AS u_username, u.email AS u_email,
        u.display_name AS u_display_name, u.groups AS u_groups,
        u.disabled AS u_disabled, u.created_at AS u_created_at, u.password_login AS u_password_login,
@@ -396,6 +404,30 @@ _CONSUME_RESET_LINK = """
 UPDATE password_reset_tokens SET used_at = ?
 WHERE id_hash = ? AND used_at IS NULL AND expires_at > ?
 RETURNING user_id
+"""
+
+_INSERT_OIDC_GRANT = """
+INSERT INTO oidc_grants (id, client_id, user_id, scopes, session_hash, auth_time, amr, acr, nonce,
+                         created_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_SELECT_OIDC_CODE = """
+SELECT c.code_hash, c.grant_id, c.redirect_uri, c.code_challenge, c.expires_at, c.used_at,
+       g.id AS g_id, g.client_id AS g_client_id, g.user_id AS g_user_id, g.scopes AS g_scopes,
+       g.session_hash AS g_session_hash, g.auth_time AS g_auth_time, g.amr AS g_amr, g.acr AS g_acr,
+       g.nonce AS g_nonce, g.created_at AS g_created_at, g.expires_at AS g_expires_at,
+       g.revoked_at AS g_revoked_at
+FROM oidc_codes AS c JOIN oidc_grants AS g ON g.id = c.grant_id
+WHERE c.code_hash = ?
+"""
+_SELECT_OIDC_ISSUED = """
+SELECT t.token_hash, t.kind, t.grant_id, t.issued_at, t.expires_at, t.used_at, t.revoked_at,
+       g.id AS g_id, g.client_id AS g_client_id, g.user_id AS g_user_id, g.scopes AS g_scopes,
+       g.session_hash AS g_session_hash, g.auth_time AS g_auth_time, g.amr AS g_amr, g.acr AS g_acr,
+       g.nonce AS g_nonce, g.created_at AS g_created_at, g.expires_at AS g_expires_at,
+       g.revoked_at AS g_revoked_at
+FROM oidc_tokens AS t JOIN oidc_grants AS g ON g.id = t.grant_id
+WHERE t.token_hash = ?
 """
 
 
@@ -701,6 +733,7 @@ class Store:
             int(rec.remember_me),
             rec.ip,
             rec.user_agent,
+            " ".join(rec.amr),
         )
         try:
             await self._locked(_INSERT_SESSION, params)
@@ -1493,6 +1526,215 @@ class Store:
     async def touch_external_link(self, link_id: int, at: float) -> None:
         """Record a sign-in through the link."""
         await self._locked("UPDATE external_identities SET last_used_at = ? WHERE id = ?", (at, link_id))
+
+    # -- OpenID Provider (gateway/oidc/) --------------------------------------
+
+    async def create_oidc_grant(self, grant: OidcGrant, code: OidcCode) -> None:
+        """Store a new grant with its authorization code, in one transaction; NotFound (user)."""
+        try:
+            async with self._transaction():
+                await self._sql(
+                    _INSERT_OIDC_GRANT,
+                    (
+                        *(grant.id, grant.client_id, grant.user_id, " ".join(grant.scopes)),
+                        *(grant.session_hash, grant.auth_time, " ".join(grant.amr), grant.acr),
+                        *(grant.nonce, grant.created_at, grant.expires_at),
+                    ),
+                )
+                await self._sql(
+                    "INSERT INTO oidc_codes (code_hash, grant_id, redirect_uri, code_challenge, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (code.code_hash, code.grant_id, code.redirect_uri, code.code_challenge, code.expires_at),
+                )
+        except sqlite3.IntegrityError as exc:
+            if "FOREIGN KEY" in str(exc):
+                raise NotFound(f"no user with id {grant.user_id}") from exc
+            raise Conflict("an OIDC grant or code with this id already exists") from exc
+
+    async def redeem_oidc_code(
+        self, code_hash: str, *, now: float, tokens: Callable[[OidcGrant, OidcCode], Sequence[OidcToken]]
+    ) -> tuple[str, OidcGrant | None, OidcCode | None]:
+        """Use an authorization code once; return (outcome, grant, code).
+
+        Outcomes: "ok" (the code was unused and live: it is now used, and the rows `tokens`
+        returns for the grant are stored; when `tokens` raises, nothing changes and the
+        exception propagates), "unknown", "expired", "revoked" (the grant was
+        revoked before), "reused" (the code was used before: the grant and every token issued
+        from it are revoked now, RFC 6749 4.1.2).
+
+        Atomic contract: one write transaction (BEGIN IMMEDIATE) reads and marks the code, so of
+        concurrent callers with one code exactly one gets "ok"; the others see "reused".
+        """
+        async with self._transaction(immediate=True):
+            result = await self._sql(_SELECT_OIDC_CODE, (code_hash,))
+            if not result.rows:
+                return "unknown", None, None
+            row = result.rows[0]
+            grant, code = oidc_grant_from_row(row, prefix="g_"), oidc_code_from_row(row)
+            if row["used_at"] is not None:
+                await self._revoke_oidc_grant(grant.id, now, "authorization code reused")
+                return "reused", grant, code
+            await self._sql("UPDATE oidc_codes SET used_at = ? WHERE code_hash = ?", (now, code_hash))
+            if grant.revoked_at is not None:
+                return "revoked", grant, code
+            if code.expires_at <= now:
+                return "expired", grant, code
+            await self._insert_oidc_tokens(tokens(grant, code))
+        return "ok", grant, code
+
+    async def rotate_oidc_refresh_token(
+        self,
+        token_hash: str,
+        *,
+        now: float,
+        tokens: Callable[[OidcGrant], Sequence[OidcToken]],
+    ) -> tuple[str, OidcGrant | None]:
+        """Exchange a refresh token once; return (outcome, grant).
+
+        Outcomes: "ok" (it is now used and the new rows from `tokens` are stored; when `tokens`
+        raises, nothing changes and the exception propagates), "unknown",
+        "expired", "revoked", "reused" (it was exchanged before: the whole grant is revoked, so the
+        thief's and the owner's tokens all stop, OAuth 2.0 Security BCP 4.14.2).
+        Atomic contract as for redeem_oidc_code: one BEGIN IMMEDIATE transaction.
+        """
+        async with self._transaction(immediate=True):
+            result = await self._sql(_SELECT_OIDC_ISSUED, (token_hash,))
+            if not result.rows or result.rows[0]["kind"] != "refresh":
+                return "unknown", None
+            row = result.rows[0]
+            grant = oidc_grant_from_row(row, prefix="g_")
+            if row["used_at"] is not None:
+                await self._revoke_oidc_grant(grant.id, now, "refresh token reused")
+                return "reused", grant
+            if grant.revoked_at is not None or row["revoked_at"] is not None:
+                return "revoked", grant
+            if row["expires_at"] <= now or grant.expires_at <= now:
+                return "expired", grant
+            await self._sql("UPDATE oidc_tokens SET used_at = ? WHERE token_hash = ?", (now, token_hash))
+            await self._insert_oidc_tokens(tokens(grant))
+        return "ok", grant
+
+    async def find_oidc_token(self, token_hash: str) -> tuple[OidcToken, OidcGrant] | None:
+        """Return a token row and its grant by digest (refresh) or jti (access), or None."""
+        result = await self._locked(_SELECT_OIDC_ISSUED, (token_hash,))
+        if not result.rows:
+            return None
+        row = result.rows[0]
+        return oidc_token_from_row(row), oidc_grant_from_row(row, prefix="g_")
+
+    async def revoke_oidc_token(self, token_hash: str, *, now: float) -> bool:
+        """Revoke one access token (by jti); False when unknown or already revoked."""
+        result = await self._locked(
+            "UPDATE oidc_tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+            (now, token_hash),
+        )
+        return result.rowcount == 1
+
+    async def revoke_oidc_grant(self, grant_id: str, *, now: float, reason: str) -> bool:
+        """Revoke a grant and every token issued from it; False when it was revoked already."""
+        async with self._transaction():
+            return await self._revoke_oidc_grant(grant_id, now, reason)
+
+    async def _revoke_oidc_grant(self, grant_id: str, now: float, reason: str) -> bool:
+        result = await self._sql(
+            "UPDATE oidc_grants SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL",
+            (now, reason, grant_id),
+        )
+        await self._sql(
+            "UPDATE oidc_tokens SET revoked_at = ? WHERE grant_id = ? AND revoked_at IS NULL", (now, grant_id)
+        )
+        return result.rowcount == 1
+
+    async def revoke_oidc_grants(
+        self, user_id: int, client_id: str | None, *, now: float, reason: str
+    ) -> int:
+        """Revoke a user's live grants (for one client, or all with None); return how many."""
+        async with self._transaction():
+            result = await self._sql(
+                "SELECT id FROM oidc_grants WHERE user_id = ? AND (? IS NULL OR client_id = ?) "
+                "AND revoked_at IS NULL",
+                (user_id, client_id, client_id),
+            )
+            for row in result.rows:
+                await self._revoke_oidc_grant(row["id"], now, reason)
+        return len(result.rows)
+
+    async def _insert_oidc_tokens(self, tokens: Sequence[OidcToken]) -> None:
+        for token in tokens:
+            await self._sql(
+                "INSERT INTO oidc_tokens (token_hash, kind, grant_id, issued_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (token.token_hash, token.kind, token.grant_id, token.issued_at, token.expires_at),
+            )
+
+    async def get_oidc_consent(self, user_id: int, client_id: str) -> OidcConsent | None:
+        """Return the consent a user remembered for a client, or None."""
+        result = await self._locked(
+            "SELECT user_id, client_id, scopes, granted_at FROM oidc_consents "
+            "WHERE user_id = ? AND client_id = ?",
+            (user_id, client_id),
+        )
+        return oidc_consent_from_row(result.rows[0]) if result.rows else None
+
+    async def put_oidc_consent(self, consent: OidcConsent) -> None:
+        """Remember (or replace) a user's consent for a client; NotFound (user)."""
+        try:
+            await self._locked(
+                "INSERT INTO oidc_consents (user_id, client_id, scopes, granted_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (user_id, client_id) DO UPDATE SET scopes = excluded.scopes, "
+                "granted_at = excluded.granted_at",
+                (consent.user_id, consent.client_id, " ".join(sorted(consent.scopes)), consent.granted_at),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise NotFound(f"no user with id {consent.user_id}") from exc
+
+    async def list_oidc_consents(self, user_id: int) -> list[OidcConsent]:
+        """Return a user's remembered consents, by client id."""
+        result = await self._locked(
+            "SELECT user_id, client_id, scopes, granted_at FROM oidc_consents "
+            "WHERE user_id = ? ORDER BY client_id",
+            (user_id,),
+        )
+        return [oidc_consent_from_row(row) for row in result.rows]
+
+    async def delete_oidc_consent(self, user_id: int, client_id: str, *, now: float) -> bool:
+        """Forget a consent and revoke the grants (and tokens) the client holds for the user."""
+        async with self._transaction():
+            result = await self._sql(
+                "DELETE FROM oidc_consents WHERE user_id = ? AND client_id = ?", (user_id, client_id)
+            )
+            grants = await self._sql(
+                "SELECT id FROM oidc_grants WHERE user_id = ? AND client_id = ? AND revoked_at IS NULL",
+                (user_id, client_id),
+            )
+            for row in grants.rows:
+                await self._revoke_oidc_grant(row["id"], now, "consent revoked")
+        return result.rowcount > 0 or bool(grants.rows)
+
+    async def count_oidc_grants(self, now: float) -> dict[str, tuple[int, int]]:
+        """Live grants by client id: (grants, distinct users), for the admin console."""
+        result = await self._locked(
+            "SELECT client_id, COUNT(*), COUNT(DISTINCT user_id) FROM oidc_grants "
+            "WHERE revoked_at IS NULL AND expires_at > ? GROUP BY client_id",
+            (now,),
+        )
+        return {row[0]: (int(row[1]), int(row[2])) for row in result.rows}
+
+    async def prune_oidc(self, now: float, *, code_grace: float = 600.0) -> int:
+        """Delete expired codes and tokens, and grants past their end; return how many rows went.
+
+        Codes stay `code_grace` seconds past their expiry, so a late second use is still
+        recognised as a reuse (and revokes its grant) rather than as an unknown code.
+        """
+        removed = 0
+        async with self._transaction():
+            for sql, before in (
+                ("DELETE FROM oidc_codes WHERE expires_at <= ?", now - code_grace),
+                ("DELETE FROM oidc_tokens WHERE expires_at <= ?", now),
+                ("DELETE FROM oidc_grants WHERE expires_at <= ?", now),
+            ):
+                removed += (await self._sql(sql, (before,))).rowcount
+        return removed
 
     # -- plumbing -----------------------------------------------------------
 

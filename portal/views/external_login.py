@@ -287,7 +287,11 @@ async def complete_sign_in(
             audit.EXTERNAL_LOGIN_SUCCEEDED, actor=name, target=name, ip=ip, detail=detail
         )
         response = redirect(after_login_target(request, rd))
-        return await start_session(request, response, user, level=Level.TWO_FACTOR, remember=False, old=old)
+        # The provider's own methods (it vouched for two factors); "fed" says it was federated.
+        amr = tuple(dict.fromkeys(("fed", *found.amr)))
+        return await start_session(
+            request, response, user, level=Level.TWO_FACTOR, remember=False, old=old, amr=amr
+        )
     kinds = await services.two_factor.kinds(user.id)
     step = second_factor_needed(
         mode=services.config.two_factor.mode, policy_demands_two=False, has_factors=bool(kinds)
@@ -323,7 +327,7 @@ async def complete_sign_in(
     else:
         target = after_login_target(request, rd)
     return await start_session(
-        request, redirect(target), user, level=Level.ONE_FACTOR, remember=False, old=old
+        request, redirect(target), user, level=Level.ONE_FACTOR, remember=False, old=old, amr=("fed",)
     )
 
 

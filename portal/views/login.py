@@ -14,7 +14,7 @@ from gateway.accounts import audit
 from gateway.accounts.regulation import banned_until
 from gateway.errors import DirectoryLoginFailed, DirectoryUnavailable
 from gateway.logs import log_event
-from gateway.models import AttemptSlot, Level, User
+from gateway.models import AMR_PASSWORD, AttemptSlot, Level, User
 from portal.flow import STEP_ENROL, STEP_VERIFY, second_factor_needed
 from portal.flow import start as start_pending
 from portal.i18n import N_, Translator
@@ -280,7 +280,12 @@ async def login_submit(request: web.Request) -> web.Response:
         # A new session id at every login: never keep one an attacker may have planted.
         await services.sessions.revoke(old.id_hash)
     cookie = await services.sessions.create(
-        user, Level.ONE_FACTOR, remember_me=remember, ip=ip, user_agent=request.headers.get("User-Agent", "")
+        user,
+        Level.ONE_FACTOR,
+        remember_me=remember,
+        ip=ip,
+        user_agent=request.headers.get("User-Agent", ""),
+        amr=(AMR_PASSWORD,),
     )
     detail = "password, remember me" if remember else "password"  # audit text: not translated
     await services.audit.record(

@@ -18,13 +18,14 @@ from gateway.accounts.webauthn import PASSKEY_LOGIN, SECOND_FACTOR
 from gateway.errors import Conflict
 from gateway.factors.passkeys import InvalidWebAuthn
 from gateway.logs import log_event
-from gateway.models import Level, User
+from gateway.models import AMR_HARDWARE_KEY, AMR_PASSWORD, AMR_USER_VERIFIED, Level, User, merge_amr
 from portal.flow import STEP_VERIFY, second_factor_needed
 from portal.flow import start as start_pending
 from portal.pending import set_pending
 from portal.views.login import ban_remaining, remember_last_login
 from portal.views.second_factor import (
     FactorContext,
+    amr_with,
     login_retry_url,
     record_wrong_code,
     resolve_context,
@@ -128,7 +129,8 @@ async def register_finish(request: web.Request) -> web.Response:
     response = json_next(f"{base_of(request)}/settings?named={credential.id}")
     if session.level < Level.TWO_FACTOR:
         # Enrolling the first factor from a password session: the session now has two (new id).
-        await start_session(request, response, user, remember=session.remember_me, old=session)
+        amr = merge_amr(session.record.amr or (AMR_PASSWORD,), AMR_HARDWARE_KEY)
+        await start_session(request, response, user, remember=session.remember_me, old=session, amr=amr)
     return response
 
 
@@ -266,7 +268,14 @@ async def second_factor_finish(request: web.Request) -> web.Response:
     )
     remember = ctx.pending.remember_me if ctx.pending else bool(ctx.session and ctx.session.remember_me)
     target = after_login_target(request, ctx.rd)
-    return await start_session(request, json_next(target), ctx.user, remember=remember, old=ctx.session)
+    return await start_session(
+        request,
+        json_next(target),
+        ctx.user,
+        remember=remember,
+        old=ctx.session,
+        amr=amr_with(ctx, AMR_HARDWARE_KEY),
+    )
 
 
 # --- Passwordless login --------------------------------------------------------------------------
@@ -361,4 +370,5 @@ async def _passkey_signed_in(
     )
     response = json_next(after_login_target(request, rd))
     remember_last_login(request, response, user)
-    return await start_session(request, response, user, level=level, remember=False, old=None)
+    amr = merge_amr((AMR_HARDWARE_KEY, AMR_USER_VERIFIED) if verified else (AMR_HARDWARE_KEY,))
+    return await start_session(request, response, user, level=level, remember=False, old=None, amr=amr)

@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.accounts import audit
 from gateway.accounts.notify import NotificationFailed
 from gateway.logs import log_event
-from gateway.models import User
+from gateway.models import AMR_OTP, AMR_PASSWORD, User, merge_amr
 from portal.i18n import N_, Translator
 from portal.views.login import ban_remaining, reserve_attempt
 from portal.views.second_factor import start_session
@@ -237,4 +237,6 @@ async def link_submit(request: web.Request) -> web.Response:
     await record_own_event(request, user, audit.ACCOUNT_RECOVERED, detail)
     old = await current_session(request)
     response = redirect(f"{base_of(request)}/settings?done=recovered")
-    return await start_session(request, response, user, remember=False, old=old)
+    # The e-mailed single-use link plays the part of a one-time code next to the password.
+    amr = merge_amr((AMR_PASSWORD,), AMR_OTP)
+    return await start_session(request, response, user, remember=False, old=old, amr=amr)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway.accounts import audit
 from gateway.accounts.two_factor import RECOVERY, TOTP
-from gateway.models import AttemptSlot, Level, User
+from gateway.models import AMR_HARDWARE_KEY, AMR_OTP, AMR_PASSWORD, AttemptSlot, Level, User, merge_amr
 from gateway.sessions.codec import CachedSession
 from portal.flow import PendingLogin, PendingLoginError, check, default_method
 from portal.i18n import N_
@@ -95,8 +95,12 @@ async def start_session(
     level: Level = Level.TWO_FACTOR,
     remember: bool,
     old: CachedSession | None,
+    amr: tuple[str, ...],
 ) -> web.Response:
-    """Start a fresh session (new id) on `response`, ending the old one and any pending login."""
+    """Start a fresh session (new id) on `response`, ending the old one and any pending login.
+
+    `amr`: every factor the new session has passed (RFC 8176 values, for OIDC ID tokens).
+    """
     services = services_of(request)
     if old is not None:
         await services.sessions.revoke(old.id_hash)
@@ -106,6 +110,7 @@ async def start_session(
         remember_me=remember,
         ip=client_ip(request),
         user_agent=request.headers.get("User-Agent", ""),
+        amr=amr,
     )
     set_session_cookie(request, response, cookie, remember=remember)
     clear_pending(request, response)
@@ -113,10 +118,29 @@ async def start_session(
 
 
 async def finish_login(
-    request: web.Request, user: User, *, remember: bool, old: CachedSession | None, target: str
+    request: web.Request,
+    user: User,
+    *,
+    remember: bool,
+    old: CachedSession | None,
+    target: str,
+    amr: tuple[str, ...],
 ) -> web.Response:
     """Start a fresh level-two session (new id), end the old one, and go on."""
-    return await start_session(request, redirect(target), user, remember=remember, old=old)
+    return await start_session(request, redirect(target), user, remember=remember, old=old, amr=amr)
+
+
+def amr_with(ctx: FactorContext, method: str) -> tuple[str, ...]:
+    """The factors of the first step (pending login or step-up session) plus `method`."""
+    if ctx.pending is not None:
+        first: tuple[str, ...] = (
+            (AMR_HARDWARE_KEY,) if ctx.pending.first_factor == WEBAUTHN else (AMR_PASSWORD,)
+        )
+    elif ctx.session is not None:
+        first = ctx.session.record.amr or (AMR_PASSWORD,)
+    else:
+        first = ()
+    return merge_amr(first, method)
 
 
 async def usable_kinds(request: web.Request, ctx: FactorContext) -> tuple[str, ...]:
@@ -228,7 +252,12 @@ async def second_factor_submit(request: web.Request) -> web.Response:
     await services.audit.record(audit.SECOND_FACTOR_SUCCEEDED, actor=name, target=name, ip=ip, detail=method)
     remember = ctx.pending.remember_me if ctx.pending else bool(ctx.session and ctx.session.remember_me)
     return await finish_login(
-        request, ctx.user, remember=remember, old=ctx.session, target=after_login_target(request, ctx.rd)
+        request,
+        ctx.user,
+        remember=remember,
+        old=ctx.session,
+        target=after_login_target(request, ctx.rd),
+        amr=amr_with(ctx, AMR_OTP),  # a recovery code is a one-time code too
     )
 
 

@@ -12,7 +12,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from gateway.accounts import audit
 from gateway.accounts.two_factor import FEW_RECOVERY_CODES
 from gateway.errors import Conflict, DirectoryLoginFailed, NotFound, PasswordChangeRefused
-from gateway.models import Level, User
+from gateway.models import AMR_OTP, AMR_PASSWORD, Level, User, merge_amr
 from gateway.sessions.codec import CachedSession
 from gateway.store.contract import Storage
 from portal.fields import device_name_problem, new_password_problem
@@ -116,11 +116,29 @@ async def settings_page(
         events=await services.store.list_security_events(user.id, limit=20),
         external_links=await services.store.list_external_links(user.id),
         external_providers=services.external_login.providers,
+        apps=await _connected_apps(request, user),
         notice=notice or _notice(request.query.get("done", ""), translator(request)),
         welcome=request.query.get("done") == "welcome",
         next_url=safe_target(request, request.query.get("next")) or f"{base_of(request)}/",
         error=error,
     )
+
+
+async def _connected_apps(request: web.Request, user: User) -> list[tuple[str, str, str, float]]:
+    """The OpenID Connect apps the user consented to: (client id, name, scopes, when)."""
+    services = services_of(request)
+    if services.oidc is None:
+        return []
+    apps = []
+    for consent in await services.store.list_oidc_consents(user.id):
+        client = services.oidc.cfg.client(consent.client_id)
+        name = (
+            client.name
+            if client is not None
+            else translator(request).gettext("%(client)s (no longer configured)", client=consent.client_id)
+        )
+        apps.append((consent.client_id, name, " ".join(consent.scopes), consent.granted_at))
+    return apps
 
 
 NOTICES = {
@@ -133,6 +151,7 @@ NOTICES = {
     "recovered": N_("Welcome back. Every other session has ended: register a new device below."),
     "linked": N_("Account linked: you can now sign in with it."),
     "unlinked": N_("Linked account removed."),
+    "app_revoked": N_("Access withdrawn: the app's tokens no longer work."),
 }
 
 
@@ -269,7 +288,10 @@ async def totp_new_submit(request: web.Request) -> web.Response:
         first_codes = await services.two_factor.new_recovery_codes(user.id)
         await record_own_event(request, user, audit.RECOVERY_CODES_GENERATED)
     # Password and a current code were just checked: the session is now a two-factor one (new id).
-    response = await finish_login(request, user, remember=session.remember_me, old=session, target=target)
+    amr = merge_amr(session.record.amr or (AMR_PASSWORD,), AMR_OTP)
+    response = await finish_login(
+        request, user, remember=session.remember_me, old=session, target=target, amr=amr
+    )
     if first_codes is None:
         return response
     page = render(request, "recovery_codes.html", codes=first_codes, next_url=target, first=True)

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.accounts import audit
 from gateway.errors import Conflict
-from gateway.models import Level
+from gateway.models import AMR_PASSWORD, Level
 from portal.fields import display_name_problem, email_problem, new_password_problem, username_problem
 from portal.web import (
     base_of,
@@ -88,7 +88,12 @@ async def setup_submit(request: web.Request) -> web.Response:
     # An audit row (not only a log line): the new owner sees it in "Recent security activity".
     await record_own_event(request, user, audit.ACCOUNT_CREATED, "first account, administrator")
     cookie = await services.sessions.create(
-        user, Level.ONE_FACTOR, remember_me=False, ip=ip, user_agent=request.headers.get("User-Agent", "")
+        user,
+        Level.ONE_FACTOR,
+        remember_me=False,
+        ip=ip,
+        user_agent=request.headers.get("User-Agent", ""),
+        amr=(AMR_PASSWORD,),
     )
     # Offer a second factor right away; the welcome notice links on to where the user was going.
     query = urlencode({"done": "welcome", **({"next": rd} if rd else {})})

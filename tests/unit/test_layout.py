@@ -17,6 +17,7 @@ HTTP_LAYER = {
     "gateway/authz/tokens.py",
     "gateway/authz/prepared.py",
     "gateway/external_login/client.py",  # the HTTP client adapter to identity providers
+    "gateway/oidc/endpoints.py",
 }
 DRIVERS = {"aiosqlite", "sqlite3", "asyncpg", "psycopg", "psycopg_pool"}
 PURE_PACKAGES = ("gateway/factors/",)
@@ -38,6 +39,8 @@ PURE_MODULES = {
     "gateway/directory/filters.py",
     "gateway/directory/presets.py",
     "gateway/directory/entries.py",
+    "gateway/oidc/clients.py",
+    "gateway/oidc/protocol.py",
 }
 
 
