@@ -10,14 +10,14 @@ Workers re-read the file when it changes, so a rotation needs no restart.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from joserfc.jwk import ECKey, KeySet, RSAKey
+
+from gateway.secret_files import write_private_file
 
 KEYS_FILE = "oidc_keys.json"
 RSA_BITS = 2048
@@ -85,26 +85,6 @@ def _parse(text: str, path: Path) -> list[StoredKey]:
     return keys
 
 
-def _write_atomically(path: Path, content: str, *, exclusive: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if exclusive:
-        # O_EXCL: two workers starting together must not each write their own keys.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content)
-        return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".oidc_keys.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def key_path(data_dir: str) -> Path:
     return Path(data_dir) / "secrets" / KEYS_FILE
 
@@ -114,7 +94,7 @@ def load_or_create_keys(data_dir: str, *, now: float) -> list[StoredKey]:
     path = key_path(data_dir)
     if not path.exists():
         try:
-            _write_atomically(path, _dump([generate_key(alg, now) for alg in ALGORITHMS]), exclusive=True)
+            write_private_file(path, _dump([generate_key(alg, now) for alg in ALGORITHMS]))
         except FileExistsError:
             pass
     return read_keys(path)
@@ -144,7 +124,7 @@ def rotate_keys(data_dir: str, *, now: float, retention: float) -> tuple[list[St
         else:
             dropped.append(key)
     new = [generate_key(alg, now) for alg in ALGORITHMS]
-    _write_atomically(key_path(data_dir), _dump(new + kept), exclusive=False)
+    write_private_file(key_path(data_dir), _dump(new + kept), replace=True)
     return new, dropped
 
 
